@@ -1,0 +1,7 @@
+"""Exercise checkers: ``check_<exercise>(fn)`` for every exercise of the course.
+
+Each returns True when the learner's code is right, prints a friendly line and returns False while it is
+still the stub, and raises AssertionError naming the mistake otherwise (see ``_core`` for the contract).
+"""
+
+from course_lib.checks._core import Case, Mistake, call_learner, check_function, checker, expect

@@ -1,0 +1,305 @@
+"""The machinery every exercise checker is built from.
+
+A checker runs the learner's function on fixed and random cases and compares it with the reference:
+
+- right on every case: prints a success line and returns True;
+- still the stub (raises NotImplementedError): prints a friendly "not implemented yet" line and returns
+  False, so the notebook goes on with the reference implementation;
+- wrong: raises AssertionError whose message says what was seen, what was expected and, when the wrong
+  answer matches a known mistake, the likely cause with a hint. A learner's exception, a wrong type or a
+  wrong shape is explained in the same way: a checker never crashes on a learner's bug.
+
+Two ways to write a checker:
+
+``check_function(...)``
+    for an exercise that is a pure function: give the reference, the cases and the catalogue of mistakes
+    (each a deliberately wrong version of the function with its hint). When the learner's output differs
+    from the reference, the checker runs each mistake on the same input; the first one the learner's output
+    agrees with names the cause.
+
+``@checker("name")``
+    for anything else (a module, a stateful update): write the body with ``call_learner`` and ``expect``;
+    the decorator turns the learner's NotImplementedError into the friendly line and prints the success line.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import numbers
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+PASS_MARK = "✅"
+TODO_MARK = "⏳"
+
+
+class LearnerNotImplemented(Exception):
+    """Raised inside a checker when the learner's code is still the stub."""
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A common mistake: a deliberately wrong version of the exercise and the hint that explains it."""
+
+    hint: str
+    fn: Callable[..., Any]
+
+
+@dataclass
+class Case:
+    """One input of a checker: positional and keyword arguments, and how to describe them to the learner."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        parts = [describe_value(a) for a in self.args]
+        parts += [f"{k}={describe_value(v)}" for k, v in self.kwargs.items()]
+        return "(" + ", ".join(parts) + ")"
+
+
+# --------------------------------------------------------------------------------------------- describing
+def describe_value(value: Any, max_items: int = 6) -> str:
+    """A short, readable rendering of a value for a checker message (tensors show shape, dtype, values)."""
+    if isinstance(value, torch.Tensor):
+        head = f"tensor of shape {list(value.shape)}, dtype {str(value.dtype).replace('torch.', '')}"
+        if value.numel() <= max_items:
+            return f"{head}: {format_numbers(value)}"
+        return head
+    if isinstance(value, np.ndarray):
+        return f"array of shape {list(value.shape)}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)) and len(value) > max_items:
+        return f"{type(value).__name__} of {len(value)} items"
+    return repr(value)
+
+
+def format_numbers(value: Any, digits: int = 4) -> str:
+    """Format a tensor, array or number compactly: [0.5412, 0.4588]."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bool:
+            return str(value.tolist())
+        value = value.double().numpy() if value.is_floating_point() else value.numpy()
+    if isinstance(value, np.ndarray):
+        if np.issubdtype(value.dtype, np.floating):
+            return np.array2string(value, precision=digits, separator=", ", suppress_small=True)
+        return np.array2string(value, separator=", ")
+    if isinstance(value, float):
+        return f"{value:.{digits + 2}g}"
+    return repr(value)
+
+
+# --------------------------------------------------------------------------------------------- comparing
+def compare(got: Any, expected: Any, *, rtol: float = 1e-4, atol: float = 1e-6, what: str = "your result") -> str | None:
+    """Compare a learner's value with the expected one.
+
+    Returns None when they agree (numbers and tensors within tolerance), otherwise one sentence that says
+    what was seen and what was expected. Tensors are compared by shape first, then by values; a tuple is
+    compared item by item.
+    """
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)):
+            return f"{what} is a {type(got).__name__}, but a tuple of {len(expected)} items was expected"
+        if len(got) != len(expected):
+            return f"{what} has {len(got)} items, but {len(expected)} were expected"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            problem = compare(g, e, rtol=rtol, atol=atol, what=f"item {i} of {what}")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, torch.Tensor):
+        return _compare_tensors(got, expected, rtol=rtol, atol=atol, what=what)
+    if isinstance(expected, bool):
+        return None if got is expected or got == expected else f"{what} is {got!r}, expected {expected!r}"
+    if isinstance(expected, numbers.Number):
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, np.generic):
+            got = got.item()
+        if not isinstance(got, numbers.Number) or isinstance(got, bool):
+            return f"{what} is {describe_value(got)}, but a number was expected"
+        if isinstance(got, complex) or not math.isfinite(float(got)):
+            return f"{what} is {got!r}, but a finite number was expected (close to {format_numbers(float(expected))})"
+        if math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol):
+            return None
+        return f"{what} is {format_numbers(float(got))}, but it should be {format_numbers(float(expected))}"
+    if got == expected:
+        return None
+    return f"{what} is {describe_value(got)}, but it should be {describe_value(expected)}"
+
+
+def _compare_tensors(got: Any, expected: torch.Tensor, *, rtol: float, atol: float, what: str) -> str | None:
+    if not isinstance(got, torch.Tensor):
+        return f"{what} is {describe_value(got)}, but a torch tensor of shape {list(expected.shape)} was expected"
+    if got.shape != expected.shape:
+        return (f"{what} has shape {list(got.shape)}, but shape {list(expected.shape)} was expected")
+    if expected.is_floating_point() != got.is_floating_point() and expected.dtype != torch.bool:
+        kind = "floating-point" if expected.is_floating_point() else "integer"
+        return f"{what} has dtype {got.dtype}, but a {kind} tensor ({expected.dtype}) was expected"
+    got_c, exp_c = got.detach().cpu(), expected.detach().cpu()
+    if expected.is_floating_point():
+        if torch.isnan(got_c).any() and not torch.isnan(exp_c).any():
+            return f"{what} contains NaN; it should be {format_numbers(_first_rows(exp_c))}"
+        if torch.allclose(got_c.double(), exp_c.double(), rtol=rtol, atol=atol, equal_nan=True):
+            return None
+    elif torch.equal(got_c.to(exp_c.dtype), exp_c):
+        return None
+    if got_c.dim() == 0:
+        return f"{what} is {format_numbers(got_c)}, but it should be {format_numbers(exp_c)}"
+    # Point at the first row that differs: it is what a learner can compare by hand.
+    if expected.is_floating_point():
+        wrong = ~torch.isclose(got_c.double(), exp_c.double(), rtol=rtol, atol=atol, equal_nan=True)
+    else:
+        wrong = got_c.to(exp_c.dtype) != exp_c
+    row = int(torch.nonzero(wrong)[0, 0])
+    where = f"row {row}" if got_c.dim() > 1 else f"position {row}"
+    return f"at {where}, {what} is {format_numbers(got_c[row])}, but it should be {format_numbers(exp_c[row])}"
+
+
+def _first_rows(t: torch.Tensor, n: int = 2) -> torch.Tensor:
+    return t[:n] if t.dim() > 0 else t
+
+
+# --------------------------------------------------------------------------------------------- calling
+def clone_args(value: Any) -> Any:
+    """A deep copy of a checker input, so that neither side can change what the other one sees."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().requires_grad_(value.requires_grad)
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(clone_args(v) for v in value)
+    if isinstance(value, dict):
+        return {k: clone_args(v) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+def _learner_frame(exc: BaseException) -> str:
+    """The last line of the learner's own code in a traceback (a notebook cell or their file), if any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if "course_lib" not in f.filename and "site-packages" not in f.filename]
+    if not own:
+        return ""
+    frame = own[-1]
+    where = "your cell" if frame.filename.startswith("<") or "ipykernel" in frame.filename else frame.filename
+    return f"\n  in {where}, line {frame.lineno}: {frame.line}" if frame.line else ""
+
+
+def call_learner(fn: Callable[..., Any], *args: Any, name: str = "your function", label: str = "", **kwargs: Any) -> Any:
+    """Call the learner's code; turn NotImplementedError and any other exception into a checker outcome."""
+    if not callable(fn):
+        raise AssertionError(f"{name} should be a function, but it is {describe_value(fn)}. "
+                             f"Did you assign the result of a call instead of defining the function?")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise LearnerNotImplemented from None
+    except Exception as exc:  # a learner's bug: explain it, never crash
+        on = f" on the input {label}" if label else ""
+        raise AssertionError(
+            f"{name} raised {type(exc).__name__}: {exc}{on}.{_learner_frame(exc)}\n"
+            f"Hint: run it on the example in the markdown above and check the shapes step by step."
+        ) from None
+
+
+def expect(condition: bool, message: str) -> None:
+    """Fail the check with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def _not_implemented_line(name: str) -> str:
+    return (f"{TODO_MARK} {name}: not implemented yet. Write it in the cell above and run this cell again; "
+            f"meanwhile the notebook goes on with the reference implementation.")
+
+
+def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., bool]]:
+    """Decorate a checker body: NotImplementedError from the learner gives the friendly line and False;
+    finishing without an AssertionError prints the success line and returns True."""
+
+    def wrap(body: Callable[..., None]) -> Callable[..., bool]:
+        @functools.wraps(body)
+        def run(*args: Any, **kwargs: Any) -> bool:
+            try:
+                summary = body(*args, **kwargs)
+            except LearnerNotImplemented:
+                print(_not_implemented_line(name))
+                return False
+            print(f"{PASS_MARK} {name} is correct" + (f": {summary}" if summary else "."))
+            return True
+
+        return run
+
+    return wrap
+
+
+def check_function(
+    fn: Callable[..., Any],
+    *,
+    name: str,
+    reference: Callable[..., Any],
+    cases: Sequence[Case],
+    mistakes: Sequence[Mistake] = (),
+    compare_fn: Callable[[Any, Any], str | None] | None = None,
+    generic_hint: str = "Compare your code with the equation in the markdown above, term by term.",
+) -> bool:
+    """Check a learner's pure function against the reference on every case.
+
+    Returns True (and prints a success line) when fn agrees with ``reference`` on all ``cases``; returns
+    False with a friendly line while fn raises NotImplementedError; otherwise raises AssertionError naming
+    the input, what fn returned, what was expected, and the likely mistake when one of ``mistakes`` gives
+    the same wrong answer.
+    """
+    compare_fn = compare_fn or compare
+
+    @checker(name)
+    def body() -> str:
+        for case in cases:
+            learner_args, learner_kwargs = clone_args(case.args), clone_args(case.kwargs)
+            got = call_learner(fn, *learner_args, name=f"Your {name}", label=case.describe(), **learner_kwargs)
+            _expect_inputs_unchanged(case, learner_args, learner_kwargs, name)
+            expected = reference(*clone_args(case.args), **clone_args(case.kwargs))
+            problem = compare_fn(got, expected)
+            if problem is None:
+                continue
+            message = f"For the input {case.describe()}: {problem}."
+            cause = diagnose(got, case, mistakes, compare_fn)
+            raise AssertionError(f"{message}\nLikely cause: {cause}" if cause else f"{message}\nHint: {generic_hint}")
+        return f"it agrees with the reference on all {len(cases)} cases"
+
+    return body()
+
+
+def diagnose(got: Any, case: Case, mistakes: Sequence[Mistake], compare_fn: Callable[[Any, Any], str | None] = compare) -> str | None:
+    """The hint of the first mistake whose output on ``case`` equals ``got``, or None."""
+    for mistake in mistakes:
+        try:
+            wrong = mistake.fn(*clone_args(case.args), **clone_args(case.kwargs))
+        except Exception:  # a mistake model may not apply to every input
+            continue
+        if compare_fn(got, wrong) is None:
+            return mistake.hint
+    return None
+
+
+def _expect_inputs_unchanged(case: Case, learner_args: tuple, learner_kwargs: Mapping[str, Any], name: str) -> None:
+    originals = list(case.args) + list(case.kwargs.values())
+    after = list(learner_args) + list(learner_kwargs.values())
+    for i, (before, now) in enumerate(zip(originals, after)):
+        if isinstance(before, torch.Tensor) and isinstance(now, torch.Tensor):
+            if before.shape != now.shape or not torch.equal(before.detach(), now.detach()):
+                raise AssertionError(
+                    f"Your {name} changed its input number {i + 1} ({describe_value(before)}) in place. "
+                    f"Hint: compute new tensors (x = x + b) instead of writing into the inputs (x += b, x[...] = ...).")

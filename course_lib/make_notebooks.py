@@ -1,0 +1,208 @@
+"""Generate the learner notebooks (notebooks/) from the source notebooks (solutions/).
+
+solutions/NN_name.ipynb is the one source of each notebook. In its code cells, an exercise's answer
+stands between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (the nbgrader convention); the learner
+version replaces each such block with::
+
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+Both trees are stored with outputs stripped, except the few cells marked ``"keep_output": true`` in
+their metadata: those carry ``# NBVAL_CHECK_OUTPUT`` and their stored output is what the notebook tests
+compare on every run.
+
+Usage (from the repository root)::
+
+    python -m course_lib.make_notebooks                  # strip solutions/, regenerate notebooks/
+    python -m course_lib.make_notebooks --check          # exit 1 if anything is out of step (used by the tests)
+    python -m course_lib.make_notebooks --refresh-kept-outputs 00_headline_numbers
+                                                         # run a solution notebook, store its kept outputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+BEGIN_SOLUTION = "### BEGIN SOLUTION"
+END_SOLUTION = "### END SOLUTION"
+STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
+CHECK_OUTPUT_MARK = "# NBVAL_CHECK_OUTPUT"
+KERNEL_NAME = "deepseek-v3-course"
+KERNELSPEC = {"name": KERNEL_NAME, "display_name": "Python (DeepSeek-V3 course)", "language": "python"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Cell metadata that is kept; everything else (papermill's timings, "scrolled", "collapsed") is noise.
+KEPT_CELL_METADATA = ("tags", "keep_output", "jupyter")
+
+
+class NotebookFormatError(ValueError):
+    """A source notebook breaks a convention of the course (unmatched solution markers, a check without output)."""
+
+
+def strip_solution_blocks(source: str, where: str = "a cell") -> str:
+    """Replace every BEGIN/END SOLUTION block of a code cell's source with the indented stub."""
+    lines = source.split("\n")
+    out: list[str] = []
+    inside = False
+    for number, line in enumerate(lines, start=1):
+        marker = line.strip()
+        if marker == BEGIN_SOLUTION:
+            if inside:
+                raise NotebookFormatError(f"{where}, line {number}: '{BEGIN_SOLUTION}' inside another solution block")
+            inside = True
+            indent = line[: len(line) - len(line.lstrip())]
+            out.extend(indent + stub for stub in STUB)
+        elif marker == END_SOLUTION:
+            if not inside:
+                raise NotebookFormatError(f"{where}, line {number}: '{END_SOLUTION}' without '{BEGIN_SOLUTION}'")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise NotebookFormatError(f"{where}: '{BEGIN_SOLUTION}' is never closed by '{END_SOLUTION}'")
+    return "\n".join(out)
+
+
+def is_kept(cell: nbformat.NotebookNode) -> bool:
+    return cell.cell_type == "code" and cell.metadata.get("keep_output") is True
+
+
+def clean(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
+    """Return a copy of ``nb`` with outputs stripped (except kept cells), cell metadata pruned and the
+    course kernel set. Raises NotebookFormatError when a NBVAL_CHECK_OUTPUT cell is not kept."""
+    nb = copy.deepcopy(nb)
+    for index, cell in enumerate(nb.cells):
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in KEPT_CELL_METADATA})
+        if cell.cell_type != "code":
+            cell.pop("outputs", None)
+            cell.pop("execution_count", None)
+            continue
+        cell.execution_count = None
+        if CHECK_OUTPUT_MARK in cell.source and not is_kept(cell):
+            raise NotebookFormatError(
+                f"{name}, cell {index}: it says {CHECK_OUTPUT_MARK} but its metadata lacks \"keep_output\": true, "
+                f"so its output would be stripped and nothing compared")
+        if is_kept(cell):
+            for output in cell.outputs:
+                if "execution_count" in output:
+                    output.execution_count = None
+        else:
+            cell.outputs = []
+    nb.metadata = nbformat.from_dict({
+        "kernelspec": dict(KERNELSPEC),
+        "language_info": {"name": "python"},
+        **({"course": nb.metadata["course"]} if "course" in nb.metadata else {}),
+    })
+    return nb
+
+
+def learner_version(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
+    """The learner notebook generated from a solution notebook."""
+    nb = clean(solution, name)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            cell.source = strip_solution_blocks(cell.source, where=f"{name}, cell {index}")
+    return nb
+
+
+def dumps(nb: nbformat.NotebookNode) -> str:
+    """The stored form of a notebook: nbformat's JSON with one-space indents and a final newline."""
+    return nbformat.writes(nb, version=4) + "\n"
+
+
+def solution_paths(root: Path = REPO_ROOT) -> list[Path]:
+    return sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb"))
+
+
+def out_of_step(root: Path = REPO_ROOT) -> list[str]:
+    """Problems that ``--check`` reports: unstripped solutions, learner notebooks missing, stale or extra."""
+    problems = []
+    expected_learner = set()
+    for path in solution_paths(root):
+        text = path.read_text(encoding="utf-8")
+        nb = nbformat.reads(text, as_version=4)
+        if dumps(clean(nb, path.name)) != text:
+            problems.append(f"solutions/{path.name} holds outputs or metadata that should be stripped")
+        learner = root / "notebooks" / path.name
+        expected_learner.add(learner.name)
+        if not learner.exists():
+            problems.append(f"notebooks/{path.name} is missing")
+        elif learner.read_text(encoding="utf-8") != dumps(learner_version(nb, path.name)):
+            problems.append(f"notebooks/{path.name} is not what solutions/{path.name} generates")
+    for extra in sorted((root / "notebooks").glob("*.ipynb")):
+        if extra.name not in expected_learner:
+            problems.append(f"notebooks/{extra.name} has no source in solutions/")
+    return problems
+
+
+def generate(root: Path = REPO_ROOT) -> list[Path]:
+    """Strip every solution notebook in place and write its learner version; return the files written."""
+    written = []
+    (root / "notebooks").mkdir(exist_ok=True)
+    for path in solution_paths(root):
+        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        for target, text in ((path, dumps(clean(nb, path.name))),
+                             (root / "notebooks" / path.name, dumps(learner_version(nb, path.name)))):
+            if not target.exists() or target.read_text(encoding="utf-8") != text:
+                target.write_text(text, encoding="utf-8")
+                written.append(target)
+    return written
+
+
+def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
+    """Execute a solution notebook from a fresh kernel and store the outputs of its kept cells."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+    executed = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+    NotebookClient(executed, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    for cell, run in zip(nb.cells, executed.cells):
+        if is_kept(cell):
+            cell.outputs = run.outputs
+    path.write_text(dumps(clean(nb, path.name)), encoding="utf-8")
+
+
+def _find_solution(name: str, root: Path = REPO_ROOT) -> Path:
+    stem = re.sub(r"\.ipynb$", "", Path(name).name)
+    path = root / "solutions" / f"{stem}.ipynb"
+    if not path.exists():
+        known = ", ".join(p.stem for p in solution_paths(root))
+        raise SystemExit(f"no solutions/{stem}.ipynb; known notebooks: {known}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="report what is out of step; change nothing")
+    parser.add_argument("--refresh-kept-outputs", nargs="+", metavar="NOTEBOOK",
+                        help="execute these solution notebooks and store the outputs of their kept cells")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            problems = out_of_step()
+            for problem in problems:
+                print(problem)
+            if problems:
+                print("Run `python -m course_lib.make_notebooks` (or `make notebooks`) to fix.")
+            return 1 if problems else 0
+        for name in args.refresh_kept_outputs or []:
+            path = _find_solution(name)
+            print(f"executing {path.relative_to(REPO_ROOT)} ...")
+            refresh_kept_outputs(path)
+        for path in generate():
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
+    except NotebookFormatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
