@@ -76,22 +76,26 @@ def clean(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.Noteboo
     """Return a copy of ``nb`` with outputs stripped (except kept cells), cell metadata pruned and the
     course kernel set. Raises NotebookFormatError when a NBVAL_CHECK_OUTPUT cell is not kept."""
     nb = copy.deepcopy(nb)
+    code_cells = 0
     for index, cell in enumerate(nb.cells):
         cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in KEPT_CELL_METADATA})
         if cell.cell_type != "code":
             cell.pop("outputs", None)
             cell.pop("execution_count", None)
             continue
-        cell.execution_count = None
+        code_cells += 1
         if CHECK_OUTPUT_MARK in cell.source and not is_kept(cell):
             raise NotebookFormatError(
                 f"{name}, cell {index}: it says {CHECK_OUTPUT_MARK} but its metadata lacks \"keep_output\": true, "
                 f"so its output would be stripped and nothing compared")
-        if is_kept(cell):
+        if is_kept(cell) and cell.outputs:
+            # nbval only compares a cell that was run: give it the count a run from the top would give.
+            cell.execution_count = code_cells
             for output in cell.outputs:
                 if "execution_count" in output:
-                    output.execution_count = None
+                    output.execution_count = code_cells
         else:
+            cell.execution_count = None
             cell.outputs = []
     nb.metadata = nbformat.from_dict({
         "kernelspec": dict(KERNELSPEC),
@@ -156,11 +160,22 @@ def generate(root: Path = REPO_ROOT) -> list[Path]:
 
 def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
     """Execute a solution notebook from a fresh kernel and store the outputs of its kept cells."""
+    import ipykernel.kernelspec
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
+    class CurrentEnvSpecs(KernelSpecManager):
+        """Run the notebook with this very interpreter (as nbval's --nbval-current-env does)."""
+
+        def get_kernel_spec(self, kernel_name: str):  # noqa: ARG002 - every name maps to the current env
+            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
+                                          **ipykernel.kernelspec.get_kernel_dict())
+
     nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
-    executed = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
-    NotebookClient(executed, timeout=timeout, kernel_name="python3",
+    executed = copy.deepcopy(nb)
+    kernel = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentEnvSpecs())
+    NotebookClient(executed, km=kernel, timeout=timeout,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell, run in zip(nb.cells, executed.cells):
         if is_kept(cell):

@@ -5,3 +5,4 @@ still the stub, and raises AssertionError naming the mistake otherwise (see ``_c
 """
 
 from course_lib.checks._core import Case, Mistake, call_learner, check_function, checker, expect
+from course_lib.checks.headline import check_gpu_utilisation, check_moe_ffn_params

@@ -210,7 +210,7 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str = "your function"
         on = f" on the input {label}" if label else ""
         raise AssertionError(
             f"{name} raised {type(exc).__name__}: {exc}{on}.{_learner_frame(exc)}\n"
-            f"Hint: run it on the example in the markdown above and check the shapes step by step."
+            f"Hint: run it by hand on the example in the markdown above and look at what each line produces."
         ) from None
 
 
