@@ -8,6 +8,7 @@ tiny model share:
 - ``compute`` and ``param_count``: training compute, GPU utilisation, parameter counts (notebook 00).
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise.
 - ``make_notebooks``: generates the learner notebooks in notebooks/ from solutions/.
+- ``doctor``: ``python -m course_lib.doctor`` checks that this machine can run the course.
 """
 
 from course_lib.runtime import get_device, seed_everything
