@@ -1,0 +1,129 @@
+"""The DeepSeekMoE layer ([V3] 2.1.2): shared experts, sigmoid-routed experts and the loss-free balancing bias.
+
+    out_t = sum_s FFN_s(u_t) + sum_{i chosen} g_{i,t} FFN_i(u_t)
+
+(the residual u_t + ... belongs to the Transformer block around the layer). Routing is ``routing.topk_route``;
+the bias update is ``balance.update_bias``; every expert is a SwiGLU FFN (``layers.swiglu``).
+
+Training loop with auxiliary-loss-free balancing ([V3] 2.1.2, [LF]):
+
+    out = moe(x)                       # training forwards count each expert's load into moe.load
+    loss = task_loss(out)              # + optionally alpha * balance.sequence_balance_loss(moe.last_scores, k, ...)
+    loss.backward(); optimizer.step()
+    moe.update_bias(gamma=0.001)       # once per optimizer step, after all micro-batches; resets moe.load
+
+The routing statistics of the last forward (``last_scores``, ``last_weights``, ``last_indices``, ``last_load``)
+are kept for plots and for the balance losses: in a training forward ``last_scores`` keeps its gradient, so
+``balance.sequence_balance_loss(moe.last_scores, moe.top_k, alpha)`` (input [batch, T, dim]) or
+``balance.balance_loss(moe.last_scores.reshape(-1, moe.n_routed_experts), moe.top_k, alpha)`` can be added to
+the loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib import balance
+from course_lib.layers import SwiGLU, swiglu
+from course_lib.routing import check_route_config, topk_route
+
+
+class DeepSeekMoE(nn.Module):
+    """Shared experts plus ``top_k`` of ``n_routed_experts`` SwiGLU experts per token.
+
+    x: [..., dim] -> [..., dim]. Parameters: ``centroids`` [n_routed, dim] (one e_i per routed expert), the
+    routed experts' stacked weights ``w_gate``, ``w_up`` [n_routed, expert_dim, dim] and ``w_down``
+    [n_routed, dim, expert_dim], and ``shared`` (one SwiGLU of hidden n_shared * expert_dim, which equals the sum
+    of n_shared experts; None when n_shared_experts = 0). Buffers: ``bias`` [n_routed] float32, persistent (saved
+    in the state_dict), never trained by gradient; ``load`` [n_routed] float32, the assignments counted by the
+    training forwards since the last ``update_bias`` (not saved).
+    """
+
+    def __init__(self, dim: int, expert_dim: int, n_routed_experts: int, n_shared_experts: int, top_k: int,
+                 n_groups: int = 1, topk_groups: int = 1, route_scale: float = 1.0) -> None:
+        super().__init__()
+        check_route_config(n_routed_experts, top_k, n_groups, topk_groups)
+        if dim < 1 or expert_dim < 1 or n_shared_experts < 0:
+            raise ValueError(f"DeepSeekMoE needs dim >= 1, expert_dim >= 1 and n_shared_experts >= 0, got dim={dim}, "
+                             f"expert_dim={expert_dim}, n_shared_experts={n_shared_experts}")
+        self.dim, self.expert_dim = dim, expert_dim
+        self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
+        self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
+
+        def uniform(*shape: int) -> nn.Parameter:  # nn.Linear's default initialisation, fan_in = shape[-1]
+            bound = 1 / math.sqrt(shape[-1])
+            return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+        self.centroids = uniform(n_routed_experts, dim)
+        self.w_gate = uniform(n_routed_experts, expert_dim, dim)
+        self.w_up = uniform(n_routed_experts, expert_dim, dim)
+        self.w_down = uniform(n_routed_experts, dim, expert_dim)
+        self.shared = SwiGLU(dim, n_shared_experts * expert_dim) if n_shared_experts else None
+        self.register_buffer("bias", torch.zeros(n_routed_experts, dtype=torch.float32))
+        self.register_buffer("load", torch.zeros(n_routed_experts, dtype=torch.float32), persistent=False)
+        self.last_scores: torch.Tensor | None = None  # [..., n_routed] sigmoid affinities (with grad in training)
+        self.last_weights: torch.Tensor | None = None  # [..., top_k] gate weights (detached)
+        self.last_indices: torch.Tensor | None = None  # [..., top_k] chosen experts, int64
+        self.last_load: torch.Tensor | None = None  # [n_routed] float32 assignments of the last forward
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, expert_dim={self.expert_dim}, n_routed_experts={self.n_routed_experts}, "
+                f"n_shared_experts={self.n_shared_experts}, top_k={self.top_k}, n_groups={self.n_groups}, "
+                f"topk_groups={self.topk_groups}, route_scale={self.route_scale}")
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores and routing of flat tokens. x: [tokens, dim] -> (scores [tokens, n_routed] float32,
+        weights [tokens, top_k] float32, indices [tokens, top_k] int64)."""
+        scores = torch.sigmoid(F.linear(x.float(), self.centroids.float()))
+        weights, indices = topk_route(scores, self.top_k, self.bias, self.n_groups, self.topk_groups,
+                                      self.route_scale)
+        return scores, weights, indices
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"DeepSeekMoE expects a floating-point tensor [..., {self.dim}], got {x!r:.80}")
+        if x.dim() < 1 or x.shape[-1] != self.dim or x.numel() == 0:
+            raise ValueError(f"DeepSeekMoE expects a non-empty tensor [..., {self.dim}], got shape {list(x.shape)}")
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.dim)  # [tokens, dim]
+        scores, weights, indices = self.route(flat)
+        load = balance.expert_load(indices, self.n_routed_experts)
+        if self.training and torch.is_grad_enabled():
+            self.load += load
+        self.last_scores = scores.view(*lead, -1)
+        self.last_weights, self.last_indices = weights.detach().view(*lead, -1), indices.view(*lead, -1)
+        self.last_load = load
+        out = self.routed_experts(flat, weights.to(x.dtype), indices, load)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        return out.view(x.shape)
+
+    def routed_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                       load: torch.Tensor) -> torch.Tensor:
+        """sum over chosen i of g_{i,t} FFN_i(x_t), without a per-token loop.
+
+        x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed] assignments per expert ->
+        [tokens, dim]. The (token, expert) assignments are sorted by expert, so each expert runs once on one
+        contiguous block of its tokens; the weighted outputs are added back to their tokens with index_add.
+        """
+        flat_experts = indices.reshape(-1)  # [tokens * top_k]
+        order = flat_experts.argsort(stable=True)  # assignments grouped by expert
+        token_of = order // self.top_k  # [tokens * top_k] which token each sorted assignment belongs to
+        blocks = x.index_select(0, token_of).split(load.long().tolist())  # one block of rows per expert
+        outputs = [swiglu(block, self.w_gate[e], self.w_up[e], self.w_down[e])
+                   for e, block in enumerate(blocks) if block.shape[0]]
+        weighted = torch.cat(outputs) * weights.reshape(-1, 1)[order]  # [tokens * top_k, dim]
+        return torch.zeros_like(x).index_add(0, token_of, weighted)
+
+    @torch.no_grad()
+    def update_bias(self, gamma: float = 0.001) -> torch.Tensor:
+        """Apply b <- b + gamma * sign(mean(load) - load) with the load counted since the last call, then reset the
+        count. Call once per optimizer step. Returns the load that was used ([n_routed] float32, a copy)."""
+        used = self.load.clone()
+        self.bias.copy_(balance.update_bias(self.bias, used, gamma))
+        self.load.zero_()
+        return used
