@@ -1,0 +1,106 @@
+"""Cross-check routing.topk_route and moe.DeepSeekMoE against Hugging Face transformers' DeepSeek-V3 router and
+MoE layer on identical weights (offline: a random tiny DeepseekV3Config, no download)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+modeling = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+
+from course_lib.moe import DeepSeekMoE  # noqa: E402
+from course_lib.routing import topk_route  # noqa: E402
+
+DIM, EXPERT_DIM, N_ROUTED, TOP_K, N_SHARED = 16, 8, 8, 2, 1
+
+
+def hf_config(n_group=4, topk_group=2, route_scale=2.5):
+    config = transformers.DeepseekV3Config(
+        hidden_size=DIM, moe_intermediate_size=EXPERT_DIM, n_routed_experts=N_ROUTED, num_experts_per_tok=TOP_K,
+        n_shared_experts=N_SHARED, n_group=n_group, topk_group=topk_group, routed_scaling_factor=route_scale,
+        norm_topk_prob=True)
+    config._experts_implementation = "eager"  # the plain loop over experts; the layer is built standalone
+    return config
+
+
+def hf_moe_like(moe: DeepSeekMoE):
+    """transformers' DeepseekV3MoE holding the weights of ``moe`` (gate and up projections are stacked)."""
+    hf = modeling.DeepseekV3MoE(hf_config(moe.n_groups, moe.topk_groups, moe.route_scale))
+    with torch.no_grad():
+        hf.gate.weight.copy_(moe.centroids)
+        hf.gate.e_score_correction_bias.copy_(moe.bias)
+        hf.experts.gate_up_proj.copy_(torch.cat([moe.w_gate, moe.w_up], dim=1))
+        hf.experts.down_proj.copy_(moe.w_down)
+        hf.shared_experts.gate_proj.weight.copy_(moe.shared.w_gate.weight)
+        hf.shared_experts.up_proj.weight.copy_(moe.shared.w_up.weight)
+        hf.shared_experts.down_proj.weight.copy_(moe.shared.w_down.weight)
+    return hf
+
+
+def by_expert(weights, indices):
+    """Sort each token's (weight, index) pairs by expert id: HF returns its top-k unsorted."""
+    order = indices.argsort(dim=-1)
+    return weights.gather(-1, order), indices.gather(-1, order)
+
+
+def hf_route(hidden, centroids, bias, n_group, topk_group, route_scale):
+    router = modeling.DeepseekV3TopkRouter(hf_config(n_group, topk_group, route_scale))
+    with torch.no_grad():
+        router.weight.copy_(centroids)
+        router.e_score_correction_bias.copy_(bias)
+    _, weights, indices = router(hidden)
+    return weights, indices
+
+
+@pytest.mark.parametrize("n_group, topk_group, route_scale", [(1, 1, 1.0), (4, 2, 2.5), (2, 1, 2.5), (4, 1, 1.0)])
+def test_router_agrees_with_transformers(n_group, topk_group, route_scale):
+    g = torch.Generator().manual_seed(n_group * 10 + topk_group)
+    hidden, centroids = torch.randn(32, DIM, generator=g), torch.randn(N_ROUTED, DIM, generator=g) * 0.5
+    bias = torch.rand(N_ROUTED, generator=g) * 0.3  # >= 0: biased scores stay positive, so 0 vs -inf masking agree
+    scores = torch.sigmoid(hidden @ centroids.T)
+    ours = by_expert(*topk_route(scores, TOP_K, bias, n_group, topk_group, route_scale))
+    theirs = by_expert(*hf_route(hidden, centroids, bias, n_group, topk_group, route_scale))
+    assert torch.equal(ours[1], theirs[1])
+    torch.testing.assert_close(ours[0], theirs[0])
+
+
+def test_negative_biased_scores_need_minus_infinity():
+    """Where masking dropped groups with 0 and with -inf differ: every biased score negative.
+
+    The paper's rule and [CODE] (DeepSeek-V3 inference/model.py) mask with -inf, and so does course_lib. Older
+    transformers releases (and the first modeling_deepseek.py on the Hub) masked with 0.0: a dropped expert then
+    scores 0 and beats every negative kept one. transformers 5.x masks with -inf too; whichever release is
+    installed, this test states which behaviour it has.
+    """
+    hidden = torch.zeros(1, DIM)  # every score is sigmoid(0) = 0.5
+    centroids = torch.zeros(N_ROUTED, DIM)
+    bias = torch.tensor([-0.6, -0.7, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])  # group 0 (experts 0, 1) is the best
+    ours = topk_route(torch.sigmoid(hidden @ centroids.T), TOP_K, bias, n_groups=4, topk_groups=1)[1]
+    assert sorted(ours[0].tolist()) == [0, 1]  # the only kept group, although its biased scores are negative
+    theirs = sorted(hf_route(hidden, centroids, bias, 4, 1, 1.0)[1][0].tolist())
+    masked_with_zero = theirs != [0, 1]
+    if masked_with_zero:  # a 0.0-masking release: two experts of the dropped groups (biased score 0 > -0.1)
+        assert all(i >= 2 for i in theirs)
+    else:
+        assert theirs == [0, 1]
+
+
+@pytest.mark.parametrize("n_groups, topk_groups", [(1, 1), (4, 2)])
+def test_moe_layer_agrees_with_transformers(n_groups, topk_groups):
+    torch.manual_seed(0)
+    moe = DeepSeekMoE(DIM, EXPERT_DIM, N_ROUTED, N_SHARED, TOP_K, n_groups, topk_groups, route_scale=2.5)
+    with torch.no_grad():
+        moe.bias.copy_(torch.rand(N_ROUTED) * 0.2)
+    hf = hf_moe_like(moe)
+    x = torch.randn(2, 7, DIM)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ours, out_theirs = moe(x_ours), hf(x_theirs)
+    torch.testing.assert_close(out_ours, out_theirs, rtol=1e-5, atol=1e-6)
+    # Same gradients too: for the input, the centroids (through the gate weights) and the experts.
+    grad = torch.randn_like(out_ours)
+    out_ours.backward(grad)
+    out_theirs.backward(grad)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moe.centroids.grad, hf.gate.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(moe.w_down.grad, hf.experts.down_proj.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cat([moe.w_gate.grad, moe.w_up.grad], dim=1), hf.experts.gate_up_proj.grad,
+                               rtol=1e-5, atol=1e-6)
