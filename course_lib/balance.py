@@ -67,7 +67,7 @@ def _balance_terms(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     """
     n_experts, tokens = scores.shape[-1], scores.shape[-2]
     chosen = scores.detach().topk(k, dim=-1).indices  # unbiased top-k, [..., T, k]
-    hits = torch.zeros_like(scores, dtype=torch.float32).scatter(-1, chosen, 1.0)  # [..., T, n_experts]
+    hits = torch.zeros_like(scores).scatter(-1, chosen, 1.0)  # [..., T, n_experts]
     f = hits.sum(dim=-2) * (n_experts / (k * tokens))
     p = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=-2)
     return f, p
