@@ -6,3 +6,5 @@ still the stub, and raises AssertionError naming the mistake otherwise (see ``_c
 
 from course_lib.checks._core import Case, Mistake, call_learner, check_function, checker, expect
 from course_lib.checks.headline import check_gpu_utilisation, check_moe_ffn_params
+from course_lib.checks.routing import (check_balance_loss, check_expert_load, check_max_violation,
+                                      check_sequence_balance_loss, check_topk_route, check_update_bias)

@@ -1,0 +1,404 @@
+"""Checkers for notebooks 01-03: the top-k route, load counting, MaxVio, the bias update and the balance losses.
+
+The catalogue of mistakes comes from the course's own teaching and from bugs fixed in public implementations
+(weights taken from the biased scores, dropped groups masked with 0, the bias treated as learnable, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from course_lib import balance, routing
+from course_lib.checks._core import Case, Mistake, check_function, compare, format_numbers
+
+
+def _scores(tokens: int, n_experts: int, seed: int) -> torch.Tensor:
+    return torch.sigmoid(torch.randn(tokens, n_experts, generator=torch.Generator().manual_seed(seed)))
+
+
+def _label(**values: Any) -> str:
+    def show(v: Any) -> str:
+        return str(v.detach().double().round(decimals=4).tolist()) if isinstance(v, torch.Tensor) else repr(v)
+    return ", ".join(f"{k}={show(v)}" for k, v in values.items())
+
+
+# --------------------------------------------------------------------------------------------- topk_route
+_FIXED_SCORES = torch.tensor([[0.90, 0.80, 0.70, 0.20, 0.10, 0.60],
+                              [0.30, 0.85, 0.40, 0.75, 0.50, 0.20],
+                              [0.55, 0.10, 0.95, 0.35, 0.65, 0.45],
+                              [0.20, 0.40, 0.60, 0.80, 0.70, 0.15]])
+_FIXED_BIAS = torch.tensor([-0.30, 0.00, 0.10, 0.25, 0.50, 0.00])
+
+
+def _route_cases(with_bias: bool) -> list[Case]:
+    bias8 = torch.linspace(-0.2, 0.2, 8)
+    bias16 = 0.3 * torch.randn(16, generator=torch.Generator().manual_seed(3))
+    if with_bias:
+        return [
+            Case((_FIXED_SCORES, 2, _FIXED_BIAS), label=_label(scores=_FIXED_SCORES, k=2, bias=_FIXED_BIAS)),
+            Case((_scores(5, 8, 1), 3, bias8), label=_label(scores=_scores(5, 8, 1), k=3, bias=bias8)),
+            Case((_scores(16, 16, 2), 4, bias16),
+                 label="scores = 16 tokens x 16 experts (seeded), k=4, a random bias"),
+        ]
+    return [
+        Case((_FIXED_SCORES, 2), label=_label(scores=_FIXED_SCORES, k=2)),
+        Case((_scores(5, 8, 1), 3), label=_label(scores=_scores(5, 8, 1), k=3)),
+        Case((_scores(16, 16, 2), 4), label="scores = 16 tokens x 16 experts (seeded), k=4"),
+    ]
+
+
+def _routed(select: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+            gates: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]):
+    """A wrong route: ``select(scores, bias, k) -> indices`` and ``gates(scores, bias, indices) -> weights``."""
+    def wrong(scores: torch.Tensor, k: int, bias: torch.Tensor | None = None):
+        bias = torch.zeros(scores.shape[1]) if bias is None else bias
+        indices = select(scores, bias, k)
+        return gates(scores, bias, indices), indices
+    return wrong
+
+
+def _top(s: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
+    return (s + b).topk(k, dim=-1).indices
+
+
+def _normalised(s: torch.Tensor, b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    chosen = s.gather(1, i)
+    return chosen / chosen.sum(-1, keepdim=True)
+
+
+_ROUTE_MISTAKES = [
+    Mistake("the weights include the bias: they match (s + b) of the chosen experts, normalised. The bias only "
+            "decides WHICH experts are chosen; the weights come from the unbiased scores s (gather from scores, "
+            "not from scores + bias). Hugging Face transformers shipped this very bug (PR #41647).",
+            _routed(_top, lambda s, b, i: _normalised(s + b, b, i))),
+    Mistake("the weights are the raw scores of the chosen experts: they do not sum to 1 per token. Divide the "
+            "chosen scores by their sum over the k chosen experts.",
+            _routed(_top, lambda s, b, i: s.gather(1, i))),
+    Mistake("the weights are normalised over ALL experts (divided by the sum of every score of the token). "
+            "Normalise over the k chosen experts only, so that each token's weights sum to 1.",
+            _routed(_top, lambda s, b, i: s.gather(1, i) / s.sum(-1, keepdim=True))),
+    Mistake("the weights are a softmax over all experts, taken at the chosen ones (DeepSeek-V2's gate). V3's "
+            "scores are sigmoids: divide the chosen scores by their sum over the k chosen experts.",
+            _routed(_top, lambda s, b, i: torch.softmax(s, -1).gather(1, i))),
+    Mistake("the weights are a softmax over the chosen scores. V3 normalises the sigmoid scores by their sum "
+            "(s_i / sum_j s_j), not by exponentials: drop the softmax.",
+            _routed(_top, lambda s, b, i: torch.softmax(s.gather(1, i), -1))),
+    Mistake("the selection ignores the bias: you chose the top-k of the scores alone. Choose by scores + bias "
+            "(that is how the bias steers tokens away from overloaded experts), weigh by the scores alone.",
+            _routed(lambda s, b, k: s.topk(k, dim=-1).indices, _normalised)),
+    Mistake("the bias is subtracted: you chose the top-k of scores - bias. The selection uses scores + bias; the "
+            "update rule makes the bias of an overloaded expert negative, which is what pushes tokens away.",
+            _routed(lambda s, b, k: (s - b).topk(k, dim=-1).indices, _normalised)),
+    Mistake("you chose the k LOWEST scores (topk with largest=False, or an ascending sort). Take the k highest.",
+            _routed(lambda s, b, k: (s + b).topk(k, dim=-1, largest=False).indices, _normalised)),
+]
+
+
+def _route_compare(got: Any, expected: Any) -> str | None:
+    """Compare (weights, indices) per token without regard to the order of the k experts (sorted by expert id)."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(t, torch.Tensor) for t in got):
+        return (f"your function returned {type(got).__name__}, but a tuple (weights, indices) of two tensors was "
+                f"expected")
+    weights, indices = got
+    exp_weights, exp_indices = expected
+    if weights.shape != exp_weights.shape or indices.shape != exp_indices.shape:
+        return (f"your weights have shape {list(weights.shape)} and indices {list(indices.shape)}, but both should "
+                f"be [tokens, k] = {list(exp_indices.shape)}")
+    if not weights.is_floating_point() and indices.is_floating_point():
+        return "your function returned (indices, weights): return (weights, indices), weights first"
+    if indices.dtype != torch.int64:
+        return (f"your indices have dtype {indices.dtype}, but int64 was expected (what torch.topk returns; "
+                f"expert ids are integers used to index tensors)")
+    order, exp_order = indices.argsort(-1), exp_indices.argsort(-1)
+    indices, exp_indices = indices.gather(-1, order), exp_indices.gather(-1, exp_order)
+    if not torch.equal(indices, exp_indices):
+        t = int(torch.nonzero((indices != exp_indices).any(-1))[0])
+        return f"for token {t} your chosen experts are {indices[t].tolist()}, but they should be {exp_indices[t].tolist()}"
+    weights = weights.detach().gather(-1, order).double()
+    exp_weights = exp_weights.detach().gather(-1, exp_order).double()
+    wrong_rows = ~torch.isclose(weights, exp_weights, rtol=1e-4, atol=1e-6).all(-1)
+    if not wrong_rows.any():
+        return None
+    t = int(torch.nonzero(wrong_rows)[0])
+    return (f"for token {t} (experts {indices[t].tolist()}) your weights are {format_numbers(weights[t])}, "
+            f"but they should be {format_numbers(exp_weights[t])}")
+
+
+def check_topk_route(fn: Callable[..., Any], *, bias: bool = True) -> bool:
+    """Check ``fn(scores, k, bias) -> (weights, indices)`` (``fn(scores, k)`` with ``bias=False``).
+
+    scores: [tokens, n_experts] sigmoid affinities; the experts may come in any order within a token.
+    """
+    def reference(scores: torch.Tensor, k: int, b: torch.Tensor | None = None):
+        return routing.topk_route(scores, k, b)
+
+    return check_function(
+        fn, name="topk_route", reference=reference, cases=_route_cases(bias), mistakes=_ROUTE_MISTAKES,
+        compare_fn=_route_compare,
+        generic_hint="choose the k largest of scores + bias, gather the UNBIASED scores of those experts and "
+                     "divide them by their sum over the k chosen ones.",
+    )
+
+
+# --------------------------------------------------------------------------------------------- expert_load
+_IDX_A = torch.tensor([[0, 1], [1, 2], [1, 0], [3, 1], [2, 0]])
+_IDX_B = torch.tensor([[4, 0, 2], [2, 1, 0], [0, 4, 1], [1, 2, 4]])  # experts 3 and 5 of 6 never chosen
+_IDX_C = torch.stack([torch.randperm(10, generator=torch.Generator().manual_seed(s))[:4] for s in range(32)])
+
+_LOAD_CASES = [
+    Case((_IDX_A, 4), label=f"indices={_IDX_A.tolist()}, n_experts=4"),
+    Case((_IDX_B, 6), label=f"indices={_IDX_B.tolist()}, n_experts=6"),
+    Case((_IDX_C, 10), label="indices = 32 tokens x top-4 of 10 experts (seeded), n_experts=10"),
+]
+
+_LOAD_MISTAKES = [
+    Mistake("the loads are integers. Return float32 counts (.float()): the loads are averaged and compared "
+            "with a float mean later, and V3 accumulates them in float32.",
+            lambda idx, n: torch.bincount(idx.flatten(), minlength=n)),
+    Mistake("only each token's first expert is counted: the load counts every ASSIGNMENT, and a token routed "
+            "to k experts adds 1 to each of them (the loads sum to tokens x k).",
+            lambda idx, n: torch.bincount(idx[:, 0], minlength=n).float()),
+    Mistake("the loads are divided by k: the load counts assignments, not tokens, so each of a token's k "
+            "experts gets a full 1 (the loads sum to tokens x k).",
+            lambda idx, n: torch.bincount(idx.flatten(), minlength=n).float() / idx.shape[1]),
+    Mistake("the loads are fractions that sum to 1. Return the counts themselves (the loads sum to tokens x k).",
+            lambda idx, n: torch.bincount(idx.flatten(), minlength=n).float() / idx.numel()),
+    Mistake("experts that no token chose are missing at the end: bincount stops at the largest id it sees. "
+            "Pass minlength=n_experts so that every expert has its entry, 0 for unused ones.",
+            lambda idx, n: torch.bincount(idx.flatten()).float()),
+    Mistake("the one-hot matrix was summed over the tokens only, giving one row per position 0..k-1. Sum over "
+            "both the token and the k dimension to get one count per expert.",
+            lambda idx, n: torch.nn.functional.one_hot(idx, n).sum(0).float()),
+]
+
+
+def check_expert_load(fn: Callable[..., Any]) -> bool:
+    """Check ``fn(indices [tokens, k], n_experts) -> float32 [n_experts]`` assignments per expert."""
+    return check_function(
+        fn, name="expert_load", reference=balance.expert_load, cases=_LOAD_CASES, mistakes=_LOAD_MISTAKES,
+        generic_hint="count how often each expert id appears anywhere in indices: "
+                     "torch.bincount(indices.flatten(), minlength=n_experts).float().",
+    )
+
+
+# --------------------------------------------------------------------------------------------- max_violation
+_MAXVIO_CASES = [
+    Case((torch.tensor([4.0, 4.0, 4.0, 4.0]),), label="load=[4, 4, 4, 4]"),
+    Case((torch.tensor([10.0, 2.0, 2.0, 2.0]),), label="load=[10, 2, 2, 2]"),
+    Case((torch.tensor([3.0, 0.0, 1.0, 8.0, 3.0]),), label="load=[3, 0, 1, 8, 3]"),
+    Case((torch.tensor([5.0, 7.0, 6.0, 9.0, 3.0, 6.0]),), label="load=[5, 7, 6, 9, 3, 6]"),
+]
+
+
+def _maxvio_wrong(formula: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], float]:
+    return lambda load: float(formula(load.double()))
+
+
+_MAXVIO_MISTAKES = [
+    Mistake("you computed max / mean: that is 1 for a perfectly balanced load. MaxVio is the EXCESS of the most "
+            "loaded expert over the mean, relative to the mean: (max - mean) / mean, 0 when balanced.",
+            _maxvio_wrong(lambda c: c.max() / c.mean())),
+    Mistake("you computed (max - min) / mean, the spread of the loads. MaxVio compares the most loaded expert "
+            "with the mean (the load under perfect balance): (max - mean) / mean.",
+            _maxvio_wrong(lambda c: (c.max() - c.min()) / c.mean())),
+    Mistake("you computed std / mean (the coefficient of variation). MaxVio looks at the worst expert only, "
+            "because the slowest expert sets the step time: (max - mean) / mean.",
+            _maxvio_wrong(lambda c: c.std() / c.mean())),
+    Mistake("you computed std / mean with the population std (unbiased=False). MaxVio is (max - mean) / mean.",
+            _maxvio_wrong(lambda c: c.std(unbiased=False) / c.mean())),
+    Mistake("you divided by the max instead of the mean. MaxVio is relative to the balanced load: "
+            "(max - mean) / mean.", _maxvio_wrong(lambda c: (c.max() - c.mean()) / c.max())),
+    Mistake("you did not divide by the mean: max - mean is in tokens. MaxVio is relative: (max - mean) / mean.",
+            _maxvio_wrong(lambda c: c.max() - c.mean())),
+    Mistake("you measured the least loaded expert: (mean - min) / mean. MaxVio measures the MOST loaded one: "
+            "(max - mean) / mean.", _maxvio_wrong(lambda c: (c.mean() - c.min()) / c.mean())),
+]
+
+
+def check_max_violation(fn: Callable[..., Any]) -> bool:
+    """Check ``fn(load [n_experts]) -> float`` MaxVio = (max - mean) / mean."""
+    return check_function(
+        fn, name="max_violation", reference=balance.max_violation, cases=_MAXVIO_CASES, mistakes=_MAXVIO_MISTAKES,
+        generic_hint="MaxVio = (load.max() - load.mean()) / load.mean() ([LF] eq. 4).",
+    )
+
+
+# --------------------------------------------------------------------------------------------- update_bias
+def _bias_case(bias: list[float], load: list[float], gamma: float, grad: bool = False) -> Case:
+    b = torch.tensor(bias).requires_grad_(grad)
+    label = _label(bias=b.detach(), load=torch.tensor(load), gamma=gamma)
+    return Case((b, torch.tensor(load), gamma), label=label + (" (bias.requires_grad=True)" if grad else ""))
+
+
+_BIAS_CASES = [
+    _bias_case([0.0, 0.0, 0.0, 0.0], [10.0, 2.0, 2.0, 2.0], 0.001),
+    _bias_case([0.1, -0.2, 0.0, 0.05, 0.3], [3.0, 0.0, 1.0, 8.0, 3.0], 0.01),
+    _bias_case([0.02, -0.01, 0.0], [4.0, 4.0, 4.0], 0.1),
+    _bias_case([0.1, -0.2, 0.0, 0.05, 0.3], [30.0, 1.0, 12.0, 7.0, 0.0], 0.5),
+    _bias_case([0.0, 0.0, 0.0, 0.0], [9.0, 1.0, 3.0, 3.0], 0.001, grad=True),
+]
+
+
+def _sign_update(direction: int = 1, keep_old: bool = True):
+    def wrong(b: torch.Tensor, c: torch.Tensor, gamma: float) -> torch.Tensor:
+        with torch.no_grad():
+            return (b if keep_old else 0) + direction * gamma * torch.sign(c.mean() - c)
+    return wrong
+
+
+def _no_grad(rule: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]):
+    def wrong(b: torch.Tensor, c: torch.Tensor, gamma: float) -> torch.Tensor:
+        with torch.no_grad():
+            return rule(b, c, gamma)
+    return wrong
+
+
+_BIAS_MISTAKES = [
+    Mistake("the sign is reversed: overloaded experts got a HIGHER bias, which sends them even more tokens. "
+            "b <- b + gamma * sign(mean - load): an expert above the mean goes down.", _sign_update(-1)),
+    Mistake("the step is proportional to the gap (gamma * (mean - load)). The rule uses only its SIGN: every "
+            "expert moves by exactly gamma ([LF] found sign updates better than proportional ones).",
+            _no_grad(lambda b, c, g: b + g * (c.mean() - c))),
+    Mistake("the step is proportional to the relative gap (gamma * (mean - load) / mean). The rule uses only "
+            "the SIGN of the gap: every expert moves by exactly gamma.",
+            _no_grad(lambda b, c, g: b + g * (c.mean() - c) / c.mean())),
+    Mistake("the old bias is lost: you returned only gamma * sign(mean - load). The update ADDS the step to "
+            "the current bias, which accumulates over training.", _sign_update(1, keep_old=False)),
+    Mistake("the update is multiplicative (b * (1 + gamma * sign(...))): a bias that starts at 0 never moves. "
+            "The rule is additive: b + gamma * sign(mean - load).",
+            _no_grad(lambda b, c, g: b * (1 + g * torch.sign(c.mean() - c)))),
+    Mistake("each load is compared with the total instead of the mean, so every bias goes up. Compare with the "
+            "mean load, the load of a perfectly balanced expert.",
+            _no_grad(lambda b, c, g: b + g * torch.sign(c.sum() - c))),
+]
+
+
+def _bias_compare(got: Any, expected: Any) -> str | None:
+    if isinstance(got, torch.Tensor) and got.requires_grad:
+        return ("your new bias has requires_grad=True: it is part of the autograd graph. The bias is state, "
+                "never trained by gradient: compute the update under torch.no_grad() (or .detach() it)")
+    return compare(got, expected, what="your new bias")
+
+
+def check_update_bias(fn: Callable[..., Any]) -> bool:
+    """Check ``fn(bias, load, gamma) -> new bias`` = bias + gamma * sign(mean(load) - load), without gradient."""
+    return check_function(
+        fn, name="update_bias", reference=balance.update_bias, cases=_BIAS_CASES, mistakes=_BIAS_MISTAKES,
+        compare_fn=_bias_compare,
+        generic_hint="new_bias = bias + gamma * torch.sign(load.mean() - load), computed under torch.no_grad().",
+    )
+
+
+# --------------------------------------------------------------------------------------------- balance losses
+def _f_p(scores: torch.Tensor, k: int, *, f_scale: str = "N/KT", top: int | None = None, p: str = "normalised"):
+    """f and P of a wrong balance loss: a different scale for f, a different k for the count, another P."""
+    tokens, n = scores.shape[-2], scores.shape[-1]
+    chosen = scores.topk(top or k, dim=-1).indices
+    counts = torch.zeros_like(scores).scatter(-1, chosen, 1.0).sum(-2)
+    scale = {"N/KT": n / (k * tokens), "none": 1.0, "1/T": 1 / tokens, "1/KT": 1 / (k * tokens), "N/T": n / tokens}
+    if p == "raw":
+        probs = scores.mean(-2)
+    elif p == "softmax":
+        probs = torch.softmax(scores, -1).mean(-2)
+    else:
+        probs = (scores / scores.sum(-1, keepdim=True)).mean(-2)
+    return counts * scale[f_scale], probs
+
+
+def _batch_loss(**variant: Any):
+    def wrong(scores: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
+        f, p = _f_p(scores, k, **variant)
+        return alpha * (f * p).sum()
+    return wrong
+
+
+def _loss_mistakes(wrap: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]) -> list[Mistake]:
+    """The mistakes in f and P, shared by the batch-wise and the sequence-wise loss (``wrap`` applies one)."""
+    return [
+        Mistake("f is the raw count of tokens per expert: the factor N / (K T) is missing. With it, f_i = 1 for "
+                "every expert under perfect balance, so the loss does not grow with the number of tokens.",
+                wrap(_batch_loss(f_scale="none"))),
+        Mistake("f is the count divided by T only: the factor is N / (K T), N experts and K choices per token, so "
+                "that f_i = 1 under perfect balance.", wrap(_batch_loss(f_scale="1/T"))),
+        Mistake("the loss is N times too small: either f is the count divided by K T (the N of N / (K T) is "
+                "missing; f_i = 1, not 1/N, under perfect balance), or the loss takes the MEAN of f_i P_i over the "
+                "experts instead of the SUM (alpha * sum_i f_i P_i).", wrap(_batch_loss(f_scale="1/KT"))),
+        Mistake("f is the count times N / T: the K of N / (K T) is missing. Each token makes K choices, so the "
+                "counts sum to K T.", wrap(_batch_loss(f_scale="N/T"))),
+        Mistake("P uses the raw sigmoid scores. P_i averages the NORMALISED scores s'_{i,t} = s_{i,t} / sum_j "
+                "s_{j,t}, so that each token's scores sum to 1 first.", wrap(_batch_loss(p="raw"))),
+        Mistake("P uses a softmax of the scores. V3 normalises the sigmoid scores by their sum: s'_{i,t} = "
+                "s_{i,t} / sum_j s_{j,t}.", wrap(_batch_loss(p="softmax"))),
+        Mistake("the counts in f use only each token's top-1 expert. f counts the tokens whose top-K contains "
+                "expert i, with K = k.", wrap(_batch_loss(top=1))),
+        Mistake("alpha is missing: the loss is alpha * sum_i f_i P_i.",
+                wrap(lambda s, k, a: _batch_loss()(s, k, 1.0))),
+    ]
+
+
+_LOSS_CASES = [
+    Case((torch.tensor([[0.9, 0.1, 0.6, 0.3], [0.8, 0.2, 0.3, 0.5], [0.7, 0.6, 0.1, 0.2]]), 2, 0.1),
+         label="scores=[[0.9, 0.1, 0.6, 0.3], [0.8, 0.2, 0.3, 0.5], [0.7, 0.6, 0.1, 0.2]], k=2, alpha=0.1"),
+    Case((_scores(12, 6, 5), 2, 0.01), label="scores = 12 tokens x 6 experts (seeded), k=2, alpha=0.01"),
+    Case((_scores(20, 8, 6) ** 3, 3, 1.0), label="scores = 20 tokens x 8 experts (seeded, skewed), k=3, alpha=1.0"),
+]
+
+
+def _loss_compare(got: Any, expected: Any) -> str | None:
+    if not isinstance(got, torch.Tensor):
+        return (f"your loss is {got!r}, a {type(got).__name__}, but a scalar torch tensor was expected: keep the "
+                f"computation in torch (no float() or .item()) so the loss stays differentiable and can be added to "
+                f"the training loss")
+    return compare(got, expected, what="your loss")
+
+
+def check_balance_loss(fn: Callable[..., Any]) -> bool:
+    """Check ``fn(scores [tokens, n_experts], k, alpha) -> scalar`` the batch-wise balance loss alpha * sum f_i P_i."""
+    return check_function(
+        fn, name="balance_loss", reference=balance.balance_loss, cases=_LOSS_CASES,
+        mistakes=_loss_mistakes(lambda wrong: wrong), compare_fn=_loss_compare,
+        generic_hint="f_i = N / (K T) * (tokens whose top-k contains i), P_i = mean over tokens of "
+                     "s_{i,t} / sum_j s_{j,t}; the loss is alpha * sum_i f_i P_i.",
+    )
+
+
+def _per_sequence(wrong: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    return lambda scores, k, alpha: torch.stack([wrong(seq, k, alpha) for seq in scores]).mean()
+
+
+_SEQ_SCORES = torch.stack([_scores(6, 4, 7), _scores(6, 4, 8) ** 4, 1 - _scores(6, 4, 9)])
+_SEQ_CASES = [
+    Case((torch.tensor([[[0.9, 0.1, 0.2], [0.8, 0.3, 0.1]], [[0.1, 0.2, 0.9], [0.3, 0.1, 0.7]]]), 1, 1.0),
+         label="scores=[[[0.9, 0.1, 0.2], [0.8, 0.3, 0.1]], [[0.1, 0.2, 0.9], [0.3, 0.1, 0.7]]], k=1, alpha=1.0 "
+               "(each sequence prefers its own expert)"),
+    Case((_SEQ_SCORES, 2, 0.1), label="scores = 3 sequences x 6 tokens x 4 experts (seeded), k=2, alpha=0.1"),
+    Case((_scores(40, 8, 10).view(4, 10, 8), 3, 0.0001),
+         label="scores = 4 sequences x 10 tokens x 8 experts (seeded), k=3, alpha=0.0001"),
+]
+
+_SEQ_MISTAKES = [
+    Mistake("the loss is computed over the whole batch at once (all batch x T tokens together). The "
+            "sequence-wise loss computes f and P for EACH sequence from its own T tokens, then averages the "
+            "per-sequence losses: it penalises imbalance inside one sequence even when the batch is balanced.",
+            lambda s, k, a: balance.balance_loss(s.reshape(-1, s.shape[-1]), k, a)),
+    Mistake("the per-sequence losses are summed over the batch: average them (divide by the batch size).",
+            lambda s, k, a: balance.sequence_balance_loss(s, k, a) * s.shape[0]),
+    Mistake("f counts per sequence but divides by the batch's token count (batch x T) instead of the "
+            "sequence length T: T in N / (K T) is the number of tokens of ONE sequence.",
+            lambda s, k, a: balance.sequence_balance_loss(s, k, a) / s.shape[0]),
+    *_loss_mistakes(_per_sequence),
+]
+
+
+def check_sequence_balance_loss(fn: Callable[..., Any]) -> bool:
+    """Check ``fn(scores [batch, T, n_experts], k, alpha) -> scalar`` V3's sequence-wise balance loss."""
+    return check_function(
+        fn, name="sequence_balance_loss", reference=balance.sequence_balance_loss, cases=_SEQ_CASES,
+        mistakes=_SEQ_MISTAKES, compare_fn=_loss_compare,
+        generic_hint="for each sequence b: f_i = N / (K T) * (its tokens whose top-k contains i), P_i = mean over "
+                     "its T tokens of s_{i,t} / sum_j s_{j,t}, loss_b = alpha * sum_i f_i P_i; return the mean "
+                     "of loss_b over the batch.",
+    )
