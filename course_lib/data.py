@@ -1,0 +1,187 @@
+"""The tiny model's data: real English text that every Python install ships, a character tokenizer, batching,
+and a synthetic multi-domain task where expert specialisation is easy to see.
+
+- Text: ``pydoc_data.topics``, the help texts of Python's own documentation (``help("if")``), part of the
+  standard library (PSF licence): about 465 KB of English prose with code, on every machine, never downloaded.
+  The split is fixed: the topics sorted by name, the last 10% are the validation set.
+- Tokenizer: one token per character over a fixed alphabet (newline and the 95 printable ASCII characters), so
+  the vocabulary, and with it every parameter count, is the same on every Python version. The few non-ASCII
+  characters of the text (typographic quotes and dashes) are mapped to ASCII first.
+- Batches: random windows of ``seq_len + 1`` tokens (inputs t_1..t_T and the next token t_{T+1}), drawn with a
+  seeded ``torch.Generator`` whose state is the data position a checkpoint saves.
+- Synthetic task: lines from a few generators (addition, reversal, sorting, repetition), each character labelled
+  with the domain of its line.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+ASCII_ALPHABET = "\n" + "".join(chr(code) for code in range(32, 127))  # 96 characters
+_ASCII_SET = frozenset(ASCII_ALPHABET)
+_TO_ASCII = {"\t": "    ", "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "°": " degrees",
+             "ß": "ss", "\u00a0": " "}
+
+
+def to_ascii(text: str) -> str:
+    """Map the typographic characters of the documentation to ASCII; any other non-ASCII character becomes '?'."""
+    return "".join(c if c in _ASCII_SET else _TO_ASCII.get(c, "?") for c in text)
+
+
+class CharTokenizer:
+    """One token per character of a fixed alphabet: token id = position of the character in ``chars``."""
+
+    def __init__(self, chars: str = ASCII_ALPHABET) -> None:
+        if not isinstance(chars, str) or not chars:
+            raise ValueError(f"chars must be a non-empty string, got {chars!r:.60}")
+        if len(set(chars)) != len(chars):
+            raise ValueError("chars must not repeat a character: each one is exactly one token")
+        self.chars = chars
+        self._ids = {c: i for i, c in enumerate(chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet."""
+        try:
+            return torch.tensor([self._ids[c] for c in text], dtype=torch.long)
+        except KeyError as missing:
+            raise ValueError(f"character {missing.args[0]!r} is not in the tokenizer's alphabet; "
+                             f"map the text with data.to_ascii first") from None
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """ids [n] (tensor or list) -> text."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < len(self.chars)]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {len(self.chars) - 1}]")
+        return "".join(self.chars[i] for i in ids)
+
+
+@dataclass
+class Corpus:
+    """Token ids of a training and a validation split, and optional per-token domain labels.
+
+    train, val: int64 [n_train], [n_val]; train_domains, val_domains: int64 of the same shapes or None;
+    domain_names: the name of each domain label.
+    """
+
+    tokenizer: CharTokenizer
+    train: torch.Tensor
+    val: torch.Tensor
+    train_domains: torch.Tensor | None = None
+    val_domains: torch.Tensor | None = None
+    domain_names: tuple[str, ...] = ()
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        return self.train if name == "train" else self.val
+
+    def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+        """Random windows: int64 [batch_size, seq_len + 1] (inputs t_1..t_T and the next token t_{T+1})."""
+        return self.get_batch_with_domains(split, batch_size, seq_len, generator)[0]
+
+    def get_batch_with_domains(self, split: str, batch_size: int, seq_len: int,
+                               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like ``get_batch``, plus the windows' domain labels [batch_size, seq_len + 1] (None without labels)."""
+        ids = self.split(split)
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if len(ids) < seq_len + 2:
+            raise ValueError(f"the {split} split has {len(ids)} tokens: too few for windows of {seq_len + 1}")
+        starts = torch.randint(len(ids) - seq_len, (batch_size,), generator=generator)  # [batch]
+        index = starts[:, None] + torch.arange(seq_len + 1)  # [batch, seq_len + 1]
+        domains = self.train_domains if split == "train" else self.val_domains
+        return ids[index], (domains[index] if domains is not None else None)
+
+    def eval_batches(self, batch_size: int, seq_len: int, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
+        """Consecutive non-overlapping windows of the validation split, always the same ones:
+        int64 [<= batch_size, seq_len + 1] each, covering at most ``max_tokens`` predicted tokens."""
+        n_windows = (len(self.val) - 1) // seq_len
+        if max_tokens is not None:
+            n_windows = min(n_windows, max(1, max_tokens // seq_len))
+        if n_windows < 1:
+            raise ValueError(f"the validation split has {len(self.val)} tokens: too few for one window of {seq_len + 1}")
+        index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)  # [windows, seq_len + 1]
+        for first in range(0, n_windows, batch_size):
+            yield self.val[index[first:first + batch_size]]
+
+
+def python_docs(val_fraction: float = 0.1, tokenizer: CharTokenizer | None = None) -> Corpus:
+    """The help texts of Python's documentation (``pydoc_data.topics``), split by topic: the last
+    ``val_fraction`` of the topics sorted by name are the validation set."""
+    from pydoc_data.topics import topics
+
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    tokenizer = tokenizer or CharTokenizer()
+    names = sorted(topics)
+    n_val = max(1, round(len(names) * val_fraction))
+    text = {split: to_ascii("\n\n".join(topics[n].strip() for n in part))
+            for split, part in (("train", names[:-n_val]), ("val", names[-n_val:]))}
+    return Corpus(tokenizer, tokenizer.encode(text["train"]), tokenizer.encode(text["val"]))
+
+
+# ------------------------------------------------------------------------------------------ synthetic task
+def _addition(rng: random.Random) -> str:
+    a, b = rng.randint(0, 999), rng.randint(0, 999)
+    return f"add {a}+{b}={a + b}"
+
+
+def _word(rng: random.Random, lo: int = 3, hi: int = 7) -> str:
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(lo, hi)))
+
+
+def _reversal(rng: random.Random) -> str:
+    word = _word(rng)
+    return f"rev {word}={word[::-1]}"
+
+
+def _sorting(rng: random.Random) -> str:
+    word = _word(rng)
+    return f"srt {word}={''.join(sorted(word))}"
+
+
+def _repetition(rng: random.Random) -> str:
+    unit = "".join(rng.choice("XYZ#*@") for _ in range(rng.randint(2, 4)))
+    return f"rep {unit}={unit * 3}"
+
+
+SYNTHETIC_DOMAINS: dict[str, Callable[[random.Random], str]] = {
+    "addition": _addition, "reversal": _reversal, "sorting": _sorting, "repetition": _repetition,
+}
+
+
+def synthetic_lines(n_lines: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """``n_lines`` lines of the synthetic task, each from a domain drawn uniformly; returns (lines, domain ids)
+    with ids indexing ``list(SYNTHETIC_DOMAINS)``. Examples: 'add 12+30=42', 'rev abc=cba', 'srt cab=abc',
+    'rep XY#=XY#XY#XY#'."""
+    if n_lines < 1:
+        raise ValueError(f"n_lines must be >= 1, got {n_lines}")
+    rng = random.Random(seed)
+    generators = list(SYNTHETIC_DOMAINS.values())
+    domains = [rng.randrange(len(generators)) for _ in range(n_lines)]
+    return [generators[d](rng) for d in domains], domains
+
+
+def synthetic_task(n_lines: int = 20_000, seed: int = 0, val_fraction: float = 0.1,
+                   tokenizer: CharTokenizer | None = None) -> Corpus:
+    """The synthetic multi-domain corpus: one line per example, every character (and the line's newline)
+    labelled with its line's domain. The last ``val_fraction`` of the lines are the validation set."""
+    tokenizer = tokenizer or CharTokenizer()
+    lines, domains = synthetic_lines(n_lines, seed)
+    n_val = max(1, round(n_lines * val_fraction))
+    parts = []
+    for chunk_lines, chunk_domains in ((lines[:-n_val], domains[:-n_val]), (lines[-n_val:], domains[-n_val:])):
+        ids = tokenizer.encode("".join(line + "\n" for line in chunk_lines))
+        labels = torch.tensor([d for line, d in zip(chunk_lines, chunk_domains) for _ in range(len(line) + 1)])
+        parts.append((ids, labels))
+    (train, train_domains), (val, val_domains) = parts
+    return Corpus(tokenizer, train, val, train_domains, val_domains, tuple(SYNTHETIC_DOMAINS))

@@ -1,0 +1,101 @@
+"""The tiny model's data: the tokenizer round-trips, the split is fixed, batches are seeded windows, the synthetic
+task labels every character with its domain."""
+
+import pytest
+import torch
+
+from course_lib import data
+
+
+def test_tokenizer_round_trip_and_fixed_alphabet():
+    tok = data.CharTokenizer()
+    assert tok.vocab_size == 96 and tok.chars[0] == "\n" and tok.chars[1] == " "
+    text = 'def f(x):\n    return x ** 2  # "squared" ~ 100%'
+    ids = tok.encode(text)
+    assert ids.dtype == torch.long and ids.shape == (len(text),)
+    assert tok.decode(ids) == text and tok.decode(ids.tolist()) == text
+
+
+def test_tokenizer_errors_name_the_problem():
+    tok = data.CharTokenizer()
+    with pytest.raises(ValueError, match="'é' is not in the tokenizer's alphabet"):
+        tok.encode("café")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([0, 96])
+    with pytest.raises(ValueError, match="repeat"):
+        data.CharTokenizer("abca")
+
+
+def test_to_ascii_maps_typography():
+    assert data.to_ascii("“quoted” – it’s…\tx") == "\"quoted\" - it's...    x"
+    assert data.to_ascii("日") == "?"
+
+
+def test_python_docs_split_is_fixed_and_disjoint():
+    a, b = data.python_docs(), data.python_docs()
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    assert len(a.train) > 300_000 and 20_000 < len(a.val) < len(a.train) / 5
+    text = a.tokenizer.decode(a.val[:2000])
+    assert "statement" in text or "sequence" in text  # English prose about Python
+
+
+def test_batches_are_seeded_windows_of_consecutive_tokens():
+    corpus = data.python_docs()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    batch = corpus.get_batch("train", 4, 32, g1)
+    assert batch.shape == (4, 33) and batch.dtype == torch.long
+    assert torch.equal(batch, corpus.get_batch("train", 4, 32, g2))
+    assert not torch.equal(batch, corpus.get_batch("train", 4, 32, g1))  # the generator moved on
+    text = corpus.tokenizer.decode(corpus.train)
+    for row in batch:  # every row is a consecutive slice of the training text
+        assert corpus.tokenizer.decode(row) in text
+
+
+def test_eval_batches_cover_the_validation_split_in_order():
+    corpus = data.python_docs()
+    windows = torch.cat(list(corpus.eval_batches(8, 64)))
+    assert windows.shape[1] == 65
+    assert torch.equal(windows[0], corpus.val[:65]) and torch.equal(windows[1, 0], corpus.val[64])
+    assert windows.shape[0] == (len(corpus.val) - 1) // 64
+    assert torch.cat(list(corpus.eval_batches(8, 64, max_tokens=640))).shape == (10, 65)
+
+
+def test_bad_batch_requests():
+    corpus = data.python_docs()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        corpus.get_batch("test", 2, 8, g)
+    with pytest.raises(ValueError, match="too few"):
+        corpus.get_batch("val", 2, len(corpus.val), g)
+    with pytest.raises(ValueError, match=">= 1"):
+        corpus.get_batch("train", 0, 8, g)
+
+
+def test_synthetic_lines_are_correct_examples():
+    lines, domains = data.synthetic_lines(400, seed=1)
+    names = list(data.SYNTHETIC_DOMAINS)
+    assert set(domains) == set(range(len(names)))
+    for line, d in zip(lines, domains):
+        tag, body = line.split(" ", 1)
+        question, answer = body.split("=")
+        if names[d] == "addition":
+            assert tag == "add" and eval(question) == int(answer)  # noqa: S307 - digits and '+' only
+        elif names[d] == "reversal":
+            assert tag == "rev" and answer == question[::-1]
+        elif names[d] == "sorting":
+            assert tag == "srt" and answer == "".join(sorted(question))
+        else:
+            assert tag == "rep" and answer == question * 3
+
+
+def test_synthetic_task_labels_every_character_with_its_line_domain():
+    corpus = data.synthetic_task(300, seed=2)
+    lines, domains = data.synthetic_lines(300, seed=2)
+    assert corpus.train.shape == corpus.train_domains.shape and corpus.val.shape == corpus.val_domains.shape
+    assert corpus.domain_names == tuple(data.SYNTHETIC_DOMAINS)
+    text = corpus.tokenizer.decode(corpus.train)
+    assert text.split("\n")[:5] == lines[:5]
+    first = len(lines[0]) + 1
+    assert set(corpus.train_domains[:first].tolist()) == {domains[0]}
+    tokens, labels = corpus.get_batch_with_domains("val", 3, 20, torch.Generator().manual_seed(0))
+    assert tokens.shape == labels.shape == (3, 21)
