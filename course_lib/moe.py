@@ -107,17 +107,20 @@ class DeepSeekMoE(nn.Module):
         """sum over chosen i of g_{i,t} FFN_i(x_t), without a per-token loop.
 
         x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed] assignments per expert ->
-        [tokens, dim]. The (token, expert) assignments are sorted by expert, so each expert runs once on one
-        contiguous block of its tokens; the weighted outputs are added back to their tokens with index_add.
+        [tokens, dim]. The (token, expert) assignments are sorted by expert, so each expert gathers its own
+        rows, runs once on them, and adds its weighted outputs back to those tokens (index_add_). Every step
+        works on one expert's block, small enough to stay in cache.
         """
-        flat_experts = indices.reshape(-1)  # [tokens * top_k]
-        order = flat_experts.argsort(stable=True)  # assignments grouped by expert
-        token_of = order // self.top_k  # [tokens * top_k] which token each sorted assignment belongs to
-        blocks = x.index_select(0, token_of).split(load.long().tolist())  # one block of rows per expert
-        outputs = [swiglu(block, self.w_gate[e], self.w_up[e], self.w_down[e])
-                   for e, block in enumerate(blocks) if block.shape[0]]
-        weighted = torch.cat(outputs) * weights.reshape(-1, 1)[order]  # [tokens * top_k, dim]
-        return torch.zeros_like(x).index_add(0, token_of, weighted)
+        order = indices.reshape(-1).argsort(stable=True)  # [tokens * top_k] assignments grouped by expert
+        sizes = load.long().tolist()
+        tokens_of = (order // self.top_k).split(sizes)  # per expert: the tokens routed to it
+        gates_of = weights.reshape(-1)[order].split(sizes)  # per expert: their gate weights
+        out = torch.zeros_like(x)
+        experts = zip(self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0))  # unbind: one backward
+        for tokens, gates, (w_gate, w_up, w_down) in zip(tokens_of, gates_of, experts):
+            if tokens.numel():
+                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down) * gates[:, None])
+        return out
 
     @torch.no_grad()
     def update_bias(self, gamma: float = 0.001) -> torch.Tensor:
