@@ -9,7 +9,9 @@ For token t and routed expert i:
 and the released code multiplies g by ``route_scale`` (2.5 in V3, not in the paper). With group-limited
 routing ([V3] 2.1.2, [CODE] inference/model.py ``Gate``) the experts are split into ``n_groups`` groups (V3:
 nodes); a group's score is the sum of its two highest biased scores, only the best ``topk_groups`` groups
-stay, and the experts of the other groups are masked with -inf before the top-k.
+stay, and the experts of the other groups are masked with -inf before the top-k. (The released code scores a
+group by its single best expert when the layer has no bias, as DeepSeek-V2 did; here a group is always scored
+by its two best, with or without a bias, as V3 and transformers' DeepseekV3TopkRouter do.)
 """
 
 from __future__ import annotations
