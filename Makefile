@@ -12,7 +12,7 @@ BIN         := $(VENV)/bin
 FAST_NOTEBOOKS ?= 00_headline_numbers
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 
-.PHONY: setup setup-test lab test test-quick notebooks clean
+.PHONY: setup setup-test browser lab test test-quick notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ setup-test: $(VENV)/.test-installed
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-test: setup-test
+# The browser test drives Debian's chromium (never a browser that Playwright downloads). Install it when we can
+# (root with apt-get, as in CI); elsewhere the test is skipped with a message that says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: the browser test will be skipped (Debian/Ubuntu: sudo apt-get install chromium)"; fi; }
+
+test: setup-test browser
 	$(BIN)/python -m pytest tests notebooks solutions $(NBVAL_FLAGS)
 
 test-quick: setup-test
