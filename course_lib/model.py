@@ -1,0 +1,210 @@
+"""A tiny DeepSeek-V3-style language model, assembled from the course's parts.
+
+    tokens [B, T] -> Embedding -> n_layers x TransformerBlock -> RMSNorm -> output head -> logits [B, T, vocab]
+
+Each TransformerBlock (``transformer``) is causal self-attention with RoPE and a feed-forward part: the first
+``n_dense_layers`` use a dense SwiGLU (``layers.SwiGLU``), the others a DeepSeekMoE layer (``moe.DeepSeekMoE``:
+shared experts, sigmoid-routed experts, the loss-free balancing bias), as in [V3] 2.1.2 where the first 3 of 61
+layers are dense. ``mtp_depth = D`` adds D Multi-Token Prediction modules (``mtp.MTPModule``, [V3] 2.2) that share
+the embedding and the output head. Attention is standard multi-head attention, not V3's Multi-head Latent
+Attention: MLA saves memory at inference, which a tiny model does not need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib import mtp
+from course_lib.layers import RMSNorm, SwiGLU
+from course_lib.moe import DeepSeekMoE
+from course_lib.param_count import moe_ffn_params
+from course_lib.transformer import TransformerBlock
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The sizes of the tiny model. The defaults train to readable text in about two minutes on 2 CPU cores."""
+
+    vocab_size: int = 96
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_dense_layers: int = 1  # the first layers use a dense FFN ([V3]: 3 of 61)
+    dense_hidden: int = 0  # hidden size of the dense FFN; 0 = (top_k + n_shared) * expert_dim, an MoE layer's activated FFN
+    n_routed_experts: int = 8
+    n_shared_experts: int = 1
+    top_k: int = 2  # K_r: routed experts per token
+    expert_dim: int = 64  # hidden size of each expert
+    n_groups: int = 1  # group-limited routing ([V3]: 8 groups, 4 kept); 1 = off
+    topk_groups: int = 1
+    route_scale: float = 1.0  # [CODE] multiplies the gates by 2.5; the paper does not
+    max_seq_len: int = 256
+    mtp_depth: int = 0  # D, the number of MTP modules ([V3]: 1)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{f.name} must be an int, got {value!r}")
+        positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k", "expert_dim",
+                    "n_groups", "topk_groups", "max_seq_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_dense_layers > self.n_layers:
+            raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+        if self.top_k > self.n_routed_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds n_routed_experts={self.n_routed_experts}")
+
+    @property
+    def ffn_hidden(self) -> int:
+        """Hidden size of the dense layers' SwiGLU."""
+        return self.dense_hidden or (self.top_k + self.n_shared_experts) * self.expert_dim
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.n_dense_layers
+
+    def dense_baseline(self) -> ModelConfig:
+        """The dense model with the same activated parameters: every layer a SwiGLU whose hidden size is that of
+        the shared plus top_k routed experts. It lacks only the router's centroids (n_routed x dim per layer)."""
+        return dataclasses.replace(self, n_dense_layers=self.n_layers, dense_hidden=self.ffn_hidden)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from ``dataclasses.asdict`` output; unknown keys raise ValueError."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+
+class TinyDeepSeek(nn.Module):
+    """The model. forward(tokens [B, T] int64) -> logits [B, T, vocab_size]; ``losses`` adds the MTP depths."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.dim)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c.dim, c.n_heads, ffn=self._ffn(layer), max_seq_len=c.max_seq_len)
+            for layer in range(c.n_layers))
+        self.norm = RMSNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.mtp_modules = nn.ModuleList(  # TRM_k: a block with a dense FFN (V3's MTP block is an MoE block)
+            mtp.MTPModule(k, self.embed, self.head, TransformerBlock(c.dim, c.n_heads, ffn=SwiGLU(c.dim, c.ffn_hidden),
+                                                                     max_seq_len=c.max_seq_len))
+            for k in range(1, c.mtp_depth + 1))
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def _ffn(self, layer: int) -> nn.Module:
+        c = self.config
+        if layer < c.n_dense_layers:
+            return SwiGLU(c.dim, c.ffn_hidden)
+        return DeepSeekMoE(c.dim, c.expert_dim, c.n_routed_experts, c.n_shared_experts, c.top_k,
+                           c.n_groups, c.topk_groups, c.route_scale)
+
+    def moe_layers(self) -> list[DeepSeekMoE]:
+        """The DeepSeekMoE layers of the main model, first to last."""
+        return [block.ffn for block in self.blocks if isinstance(block.ffn, DeepSeekMoE)]
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] int64 -> the last block's output h^0 [B, T, dim] (before the final RMSNorm)."""
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
+            raise TypeError(f"tokens must be an int64 tensor [batch, T], got {tokens!r:.80}")
+        if tokens.shape[0] == 0 or not 1 <= tokens.shape[1] <= self.config.max_seq_len:
+            raise ValueError(f"tokens must be [batch >= 1, 1 <= T <= {self.config.max_seq_len}], "
+                             f"got shape {list(tokens.shape)}")
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.hidden_states(tokens)))
+
+    def losses(self, tokens: torch.Tensor, mtp_lambda: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+        """(main loss, weighted MTP loss) of a batch of windows tokens [B, T + 1] (t_1 .. t_{T+1}).
+
+        main: the next-token cross-entropy of the main head, mean over the B x T positions.
+        MTP: (mtp_lambda / D) * sum_k L_k ([V3] eq. 25), 0 when D = 0. Depth k reads the previous depth's hidden
+        states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
+        """
+        inputs = tokens[:, :-1]  # [B, T]
+        h = self.hidden_states(inputs)
+        main = mtp.mtp_depth_loss(self.head(self.norm(h)), tokens, 0)
+        if not self.mtp_modules:
+            return main, main.new_zeros(())
+        depth_logits = []
+        for module in self.mtp_modules:
+            h, logits = module(h, inputs)  # h: [B, T - k, dim]; logits [B, T - k, vocab] predict t_{k+2}..t_{T+1}
+            depth_logits.append(logits)
+        return main, mtp.mtp_loss(depth_logits, tokens, mtp_lambda)
+
+    # ------------------------------------------------------------------------------------------ counting
+    def param_breakdown(self) -> dict[str, tuple[int, int]]:
+        """Parameters by component: name -> (total, activated for one token), like param_count.param_breakdown.
+        The MTP modules are listed apart and are not part of the model's count ([V3] 4.2: 671B main model plus
+        14B of MTP module)."""
+        c = self.config
+
+        def numel(modules: list[nn.Module]) -> int:
+            return sum(p.numel() for m in modules for p in m.parameters())
+
+        moes = self.moe_layers()
+        moe_total, moe_active = moe_ffn_params(c.dim, c.expert_dim, c.n_routed_experts, c.n_shared_experts, c.top_k)
+        dense = [b.ffn for b in self.blocks if not isinstance(b.ffn, DeepSeekMoE)]
+        rest = numel(list(self.blocks)) - numel(dense) - numel(moes)  # attention and the blocks' norms
+        parts = {
+            "embedding": (numel([self.embed]),) * 2,
+            "attention and norms": (rest + numel([self.norm]),) * 2,
+            "dense FFN layers": (numel(dense),) * 2,
+            "MoE layers": (moe_total * len(moes), moe_active * len(moes)),
+            "output head": (numel([self.head]),) * 2,
+            "MTP modules": (numel(list(self.mtp_modules)),) * 2,
+        }
+        return parts
+
+    def count_params(self) -> tuple[int, int]:
+        """(total, activated per token) of the main model, MTP modules excluded, as [V3] counts 671B / 37B."""
+        parts = {k: v for k, v in self.param_breakdown().items() if k != "MTP modules"}
+        return sum(t for t, _ in parts.values()), sum(a for _, a in parts.values())
+
+    # ------------------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample a continuation with the main head (the MTP modules are not used).
+
+        prompt: int64 [T0] -> int64 [T0 + max_new_tokens]. Each step samples from softmax(logits / temperature)
+        restricted to the top_k most likely tokens (all when None), with ``generator`` (a CPU torch.Generator)
+        for repeatable samples; the context is cut to the last max_seq_len tokens.
+        """
+        if prompt.dim() != 1 or prompt.numel() == 0 or prompt.dtype != torch.long:
+            raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        tokens = prompt.to(device)
+        for _ in range(max_new_tokens):
+            logits = self(tokens[-self.config.max_seq_len:][None])[0, -1].float().cpu() / temperature  # [vocab]
+            if top_k is not None:
+                kth = logits.topk(min(top_k, logits.numel())).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            tokens = torch.cat([tokens, choice.to(device)])
+        self.train(was_training)
+        return tokens.cpu()

@@ -1,0 +1,507 @@
+"""Training the tiny DeepSeek-style model: the training step, the loop, validation, checkpoints and the CLI.
+
+The training step ([V3] 2.1.2 and 2.2, [LF]) with ``balance="loss_free"``:
+
+    for tokens in micro_batches:                     # every training forward counts its experts' load
+        loss = main + (lambda / D) * sum_k L_k       # (+ balance losses for "aux" or sequence-wise)
+        (loss / len(micro_batches)).backward()
+    optimizer.step()                                 # the bias is NOT a parameter: the optimizer never sees it
+    for moe in model.moe_layers():
+        moe.update_bias(gamma)                       # once per optimizer step, from the load of the whole step
+
+Balancing modes: ``none``; ``aux``, the classical auxiliary loss alpha * sum_i f_i P_i of each MoE layer over the
+tokens of a micro-batch (``balance.balance_loss``); ``loss_free``, the bias update above. ``seq_alpha > 0`` adds
+V3's complementary sequence-wise loss (``balance.sequence_balance_loss``) in any mode.
+
+Command line (the same loop, for scripts and a GPU)::
+
+    python -m course_lib.train --balance loss_free --mtp-depth 1 --steps 600 --device auto --seed 0 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from course_lib import balance
+from course_lib.data import CharTokenizer, Corpus, python_docs, synthetic_task
+from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.runtime import get_device, seed_everything
+
+BALANCE_MODES = ("none", "aux", "loss_free")
+CHECKPOINT_FORMAT = "course_lib.tiny_deepseek"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: the defaults train the default ModelConfig to readable text in about two minutes on 2 CPU cores."""
+
+    steps: int = 600
+    batch_size: int = 16
+    seq_len: int = 64  # T: tokens per sequence
+    micro_batches: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    lr: float = 3e-3
+    min_lr: float = 3e-4  # cosine decay from lr to min_lr after the warm-up
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    balance: str = "loss_free"  # "none", "aux" or "loss_free"
+    alpha: float = 0.01  # weight of the auxiliary balance loss (balance="aux")
+    gamma: float = 0.01  # bias update speed (balance="loss_free"); V3 used 0.001 over a far longer run
+    seq_alpha: float = 0.0  # weight of V3's sequence-wise balance loss (V3: 0.0001); 0 = off
+    mtp_lambda: float = 0.3  # lambda of the MTP loss (V3: 0.3, later 0.1)
+    eval_interval: int = 100  # validate every this many steps (and at the end)
+    eval_tokens: int = 40_000  # validation tokens per evaluation (the whole split of Python's docs: about 38K)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        for name in ("steps", "batch_size", "seq_len", "micro_batches", "eval_interval", "eval_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "alpha", "gamma", "seq_alpha", "mtp_lambda",
+                     "warmup_steps"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients stopped being finite numbers."""
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable checkpoint of this model: truncated, foreign, or from another configuration."""
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class StepResult(NamedTuple):
+    """What one optimizer step measured. Losses are means over the micro-batches; loads: float32
+    [n_moe_layers, n_routed_experts], the assignments each MoE layer counted during the step."""
+
+    loss: float
+    main_loss: float
+    mtp_loss: float
+    balance_loss: float
+    grad_norm: float
+    loads: torch.Tensor
+
+
+def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor], *,
+               balance_mode: str = "loss_free", gamma: float = 0.01, alpha: float = 0.0, seq_alpha: float = 0.0,
+               mtp_lambda: float = 0.3, grad_clip: float = 0.0) -> StepResult:
+    """One optimizer step over ``micro_batches`` (each int64 [batch, T + 1]), then the balancing update.
+
+    Raises TrainingDiverged (before the optimizer touches the weights) when the loss or the gradient norm is
+    not finite.
+    """
+    if balance_mode not in BALANCE_MODES:
+        raise ValueError(f"balance_mode must be one of {BALANCE_MODES}, got {balance_mode!r}")
+    if not micro_batches:
+        raise ValueError("micro_batches is empty: one optimizer step needs at least one batch of tokens")
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    moes = model.moe_layers()
+    totals = torch.zeros(4)  # loss, main, mtp, balance
+    for tokens in micro_batches:
+        main, mtp = model.losses(tokens, mtp_lambda)
+        balance_term = main.new_zeros(())
+        for moe in moes:
+            if balance_mode == "aux" and alpha > 0:
+                balance_term = balance_term + balance.balance_loss(
+                    moe.last_scores.reshape(-1, moe.n_routed_experts), moe.top_k, alpha)
+            if seq_alpha > 0:
+                balance_term = balance_term + balance.sequence_balance_loss(moe.last_scores, moe.top_k, seq_alpha)
+        loss = main + mtp + balance_term
+        (loss / len(micro_batches)).backward()
+        totals += torch.stack([loss, main, mtp, balance_term]).detach().float().cpu() / len(micro_batches)
+    if not torch.isfinite(totals).all():
+        raise TrainingDiverged(f"the loss is not a finite number (loss {totals[0]:.4g}, main {totals[1]:.4g}, "
+                               f"MTP {totals[2]:.4g}, balance {totals[3]:.4g})")
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm):
+        raise TrainingDiverged(f"the gradient norm is {grad_norm} although the loss {totals[0]:.4g} is finite")
+    optimizer.step()
+    loads = torch.stack([moe.load.clone() for moe in moes]).cpu() if moes else torch.zeros(0, 0)
+    for moe in moes:
+        if balance_mode == "loss_free":
+            moe.update_bias(gamma)  # uses and resets moe.load: the whole step's load
+        else:
+            moe.load.zero_()
+    return StepResult(*(float(x) for x in totals), grad_norm, loads)
+
+
+@dataclass
+class History:
+    """Metrics per optimizer step, and per validation. loads[step][layer][expert]: assignments of the step."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    main_loss: list[float] = field(default_factory=list)
+    mtp_loss: list[float] = field(default_factory=list)
+    balance_loss: list[float] = field(default_factory=list)
+    maxvio_batch: list[float] = field(default_factory=list)  # mean over the MoE layers
+    lr: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    loads: list[list[list[float]]] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_mtp_loss: list[float] = field(default_factory=list)
+    maxvio_global: list[float] = field(default_factory=list)
+
+    def load_tensor(self) -> torch.Tensor:
+        """The loads as float32 [steps, n_moe_layers, n_routed_experts]."""
+        return torch.tensor(self.loads, dtype=torch.float32)
+
+
+def mean_maxvio(loads: torch.Tensor) -> float:
+    """MaxVio averaged over MoE layers ([LF] reports the layer average). loads: [n_layers, n_experts]."""
+    if loads.numel() == 0:
+        return 0.0
+    return sum(balance.max_violation(layer) for layer in loads) / len(loads)
+
+
+class Trainer:
+    """The training loop around ``train_step``: data, optimizer, learning-rate schedule, metrics, validation,
+    checkpoints. ``train()`` can be called repeatedly (it continues), and ``Trainer.resume`` continues a saved run
+    exactly where it stopped."""
+
+    def __init__(self, model: TinyDeepSeek, corpus: Corpus, cfg: TrainConfig = TrainConfig(),
+                 device: str | torch.device = "auto") -> None:
+        if corpus.tokenizer.vocab_size != model.config.vocab_size:
+            raise ValueError(f"the corpus has {corpus.tokenizer.vocab_size} tokens, the model's vocab_size is "
+                             f"{model.config.vocab_size}")
+        if cfg.seq_len > model.config.max_seq_len:
+            raise ValueError(f"seq_len={cfg.seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}")
+        self.cfg, self.corpus = cfg, corpus
+        self.device = get_device(device)
+        self.model = model.to(self.device)
+        matrices = [p for p in model.parameters() if p.dim() >= 2]
+        others = [p for p in model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.95))
+        self.data_rng = torch.Generator().manual_seed(cfg.seed)  # its state is the position in the data
+        self.step = 0
+        self.history = History()
+
+    # ------------------------------------------------------------------------------------------ training
+    def train(self, steps: int | None = None, progress: bool = True) -> History:
+        """Train ``steps`` more optimizer steps (default: up to ``cfg.steps``), validating every
+        ``eval_interval`` steps and at the end of the run."""
+        from tqdm.auto import tqdm
+
+        last = self.cfg.steps if steps is None else min(self.cfg.steps, self.step + steps)
+        cfg = self.cfg
+        bar = tqdm(total=last - self.step, desc="training", disable=not progress, leave=True)
+        while self.step < last:
+            batches = [self.corpus.get_batch("train", cfg.batch_size, cfg.seq_len, self.data_rng).to(self.device)
+                       for _ in range(cfg.micro_batches)]
+            lr = lr_at(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            start = time.perf_counter()
+            try:
+                result = train_step(self.model, self.optimizer, batches, balance_mode=cfg.balance, gamma=cfg.gamma,
+                                    alpha=cfg.alpha, seq_alpha=cfg.seq_alpha, mtp_lambda=cfg.mtp_lambda,
+                                    grad_clip=cfg.grad_clip)
+            except TrainingDiverged as error:
+                bar.close()
+                raise TrainingDiverged(
+                    f"Training stopped at step {self.step + 1} (learning rate {lr:.3g}): {error}. The weights are "
+                    f"those after step {self.step}. Try a lower learning rate (e.g. lr={lr / 3:.2g}), gradient "
+                    f"clipping (grad_clip=1.0), more warm-up steps, or smaller balancing weights (alpha, gamma)."
+                ) from None
+            seconds = time.perf_counter() - start
+            self.step += 1
+            self._record(result, lr, cfg.batch_size * cfg.seq_len * cfg.micro_batches / seconds)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.3f}", maxvio=f"{self.history.maxvio_batch[-1]:.2f}")
+            if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+                self.validate()
+        bar.close()
+        return self.history
+
+    def _record(self, result: StepResult, lr: float, tokens_per_s: float) -> None:
+        h = self.history
+        h.step.append(self.step)
+        h.loss.append(result.loss)
+        h.main_loss.append(result.main_loss)
+        h.mtp_loss.append(result.mtp_loss)
+        h.balance_loss.append(result.balance_loss)
+        h.maxvio_batch.append(mean_maxvio(result.loads))
+        h.lr.append(lr)
+        h.tokens_per_s.append(tokens_per_s)
+        h.loads.append(result.loads.tolist())
+
+    @torch.no_grad()
+    def evaluate(self, max_tokens: int | None = None) -> dict[str, Any]:
+        """Main-head loss, MTP loss and MaxVio_global on the first ``max_tokens`` (default ``cfg.eval_tokens``)
+        tokens of the validation split, the same windows every time.
+        Eval forwards never change the experts' load counts or biases.
+
+        Returns val_loss, val_mtp_loss (0 without MTP), maxvio_global (mean over MoE layers) and
+        loads (float32 [n_moe_layers, n_routed_experts], assignments over the whole validation set).
+        """
+        model, cfg = self.model, self.cfg
+        was_training = model.training
+        model.eval()
+        moes = model.moe_layers()
+        loads = torch.zeros(len(moes), moes[0].n_routed_experts if moes else 0)
+        main_sum = mtp_sum = 0.0
+        windows = 0
+        for tokens in self.corpus.eval_batches(cfg.batch_size, cfg.seq_len, max_tokens or cfg.eval_tokens):
+            main, mtp = model.losses(tokens.to(self.device), cfg.mtp_lambda)
+            main_sum += float(main) * len(tokens)
+            mtp_sum += float(mtp) * len(tokens)
+            windows += len(tokens)
+            for i, moe in enumerate(moes):
+                loads[i] += moe.last_load.cpu()
+        model.train(was_training)
+        return {"val_loss": main_sum / windows, "val_mtp_loss": mtp_sum / windows,
+                "maxvio_global": mean_maxvio(loads), "loads": loads}
+
+    def validate(self) -> dict[str, Any]:
+        """``evaluate`` and record the result in the history."""
+        result = self.evaluate()
+        h = self.history
+        h.eval_step.append(self.step)
+        h.val_loss.append(result["val_loss"])
+        h.val_mtp_loss.append(result["val_mtp_loss"])
+        h.maxvio_global.append(result["maxvio_global"])
+        return result
+
+    def summary(self, last_steps: int = 50) -> dict[str, Any]:
+        """The final metrics of a run (the CLI's JSON): the last validation, MaxVio_batch and tokens/s averaged
+        over the last ``last_steps`` steps (tokens/s leaves out the first 5 steps, which warm up)."""
+        h = self.history
+        if not h.step:
+            raise ValueError("nothing to summarise: train at least one step first")
+        if not h.eval_step or h.eval_step[-1] != self.step:
+            self.validate()
+        speeds = h.tokens_per_s[5:] or h.tokens_per_s
+        total, activated = self.model.count_params()
+        return {
+            "step": self.step, "val_loss": h.val_loss[-1], "val_mtp_loss": h.val_mtp_loss[-1],
+            "maxvio_global": h.maxvio_global[-1],
+            "maxvio_batch": sum(h.maxvio_batch[-last_steps:]) / len(h.maxvio_batch[-last_steps:]),
+            "train_loss": sum(h.main_loss[-last_steps:]) / len(h.main_loss[-last_steps:]),
+            "tokens_per_s": sum(speeds[-last_steps:]) / len(speeds[-last_steps:]),
+            "params_total": total, "params_activated": activated, "device": str(self.device),
+            "model_config": dataclasses.asdict(self.model.config), "train_config": dataclasses.asdict(self.cfg),
+        }
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path) -> None:
+        """Save everything a resume needs: weights and biases, optimizer state, step, RNG states (the data
+        position), history, configs and the tokenizer. Written to a temporary file first, then renamed over
+        ``path``, so an interrupted save never leaves a half-written checkpoint."""
+        path = Path(path)
+        state = {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "model_config": json.dumps(dataclasses.asdict(self.model.config)),
+            "train_config": json.dumps(dataclasses.asdict(self.cfg)),
+            "meta": json.dumps({"step": self.step, "chars": self.corpus.tokenizer.chars,
+                                "n_train": len(self.corpus.train), "n_val": len(self.corpus.val),
+                                "history": dataclasses.asdict(self.history)}),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "data_rng": self.data_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as f:
+                torch.save(state, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def resume(cls, path: str | Path, corpus: Corpus, device: str | torch.device = "auto",
+               model_config: ModelConfig | None = None, steps: int | None = None) -> Trainer:
+        """Continue a run saved with ``save``: the next step is exactly the one the run would have taken.
+
+        ``model_config``: when given, it must equal the checkpoint's (CheckpointError naming the differences
+        otherwise). ``steps``: a new total number of steps (to extend a finished run); the learning-rate schedule
+        follows the new total from here on.
+        """
+        state = read_checkpoint(path)
+        config = ModelConfig.from_dict(json.loads(state["model_config"]))
+        if model_config is not None:
+            check_same_config(model_config, config, path)
+        meta = json.loads(state["meta"])
+        if meta["chars"] != corpus.tokenizer.chars or (meta["n_train"], meta["n_val"]) != (len(corpus.train),
+                                                                                           len(corpus.val)):
+            raise CheckpointError(f"{path} was trained on other data ({meta['n_train']} training tokens, "
+                                  f"{len(meta['chars'])} characters) than the corpus given ({len(corpus.train)}, "
+                                  f"{corpus.tokenizer.vocab_size}): resume it with the same corpus")
+        cfg = TrainConfig(**json.loads(state["train_config"]))
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, steps=steps)
+        trainer = cls(TinyDeepSeek(config), corpus, cfg, device)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        trainer.step = meta["step"]
+        trainer.history = History(**meta["history"])
+        return trainer
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint written by ``Trainer.save`` (tensors and plain values only:
+    ``torch.load(weights_only=True)`` refuses anything else). Raises CheckpointError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError ... depending on the damage
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: it is truncated, corrupt, not written by torch.save, or holds "
+            f"objects other than tensors and plain values ({type(error).__name__}: {str(error)[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this course's tiny model "
+                              f"(expected a dict with format={CHECKPOINT_FORMAT!r}; was it written by Trainer.save?)")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this code reads version "
+                              f"{CHECKPOINT_VERSION}")
+    missing = {"model_config", "train_config", "meta", "model", "optimizer", "data_rng", "torch_rng"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} lacks the entries {sorted(missing)}: it is incomplete")
+    config = ModelConfig.from_dict(json.loads(state["model_config"]))
+    expected = TinyDeepSeek(config).state_dict()
+    found = state["model"]
+    wrong = sorted(set(expected) ^ set(found)) + sorted(
+        k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    if wrong:
+        raise CheckpointError(f"{path}: the weights do not fit its own model config (first mismatches: {wrong[:5]})")
+    return state
+
+
+def check_same_config(expected: ModelConfig, found: ModelConfig, path: str | Path = "the checkpoint") -> None:
+    """Raise CheckpointError listing every field where ``found`` (a checkpoint's config) differs from ``expected``."""
+    a, b = dataclasses.asdict(expected), dataclasses.asdict(found)
+    differences = [f"{k}: checkpoint {b[k]!r}, expected {a[k]!r}" for k in a if a[k] != b[k]]
+    if differences:
+        raise CheckpointError(f"{path} was saved from another model configuration: " + "; ".join(differences))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TinyDeepSeek, CharTokenizer]:
+    """The trained model (in eval mode) and its tokenizer from a checkpoint, for generation."""
+    state = read_checkpoint(path)
+    model = TinyDeepSeek(ModelConfig.from_dict(json.loads(state["model_config"])))
+    model.load_state_dict(state["model"])
+    return model.to(get_device(device)).eval(), CharTokenizer(json.loads(state["meta"])["chars"])
+
+
+# ------------------------------------------------------------------------------------------ command line
+def build_parser() -> argparse.ArgumentParser:
+    model_defaults, train_defaults = ModelConfig(), TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--balance", choices=BALANCE_MODES, default=train_defaults.balance)
+    p.add_argument("--mtp-depth", type=int, default=model_defaults.mtp_depth, help="D, the number of MTP modules")
+    p.add_argument("--steps", type=int, default=train_defaults.steps)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=train_defaults.seed)
+    p.add_argument("--json", type=Path, help="write the final metrics (and the history) to this JSON file")
+    p.add_argument("--data", choices=("docs", "synthetic"), default="docs",
+                   help="docs: Python's documentation text; synthetic: the multi-domain task")
+    p.add_argument("--dense", action="store_true",
+                   help="train the dense baseline: every layer a SwiGLU with the MoE layer's activated parameters")
+    for name in ("dim", "n_layers", "n_heads", "n_dense_layers", "n_routed_experts", "n_shared_experts", "top_k",
+                 "expert_dim", "n_groups", "topk_groups", "max_seq_len", "dense_hidden"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(model_defaults, name))
+    p.add_argument("--route-scale", type=float, default=model_defaults.route_scale)
+    for name in ("batch_size", "seq_len", "micro_batches", "warmup_steps", "eval_interval", "eval_tokens"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(train_defaults, name))
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "alpha", "gamma", "seq_alpha", "mtp_lambda"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(train_defaults, name))
+    p.add_argument("--save", type=Path, help="save a checkpoint here at the end (and every --save-every steps)")
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--resume", type=Path, help="continue the run saved in this checkpoint (to --steps in total)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--sample", type=int, default=0, help="print this many generated characters at the end")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def configs_from_args(args: argparse.Namespace, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"balance"}
+    model_cfg = ModelConfig(vocab_size=vocab_size, **{k: getattr(args, k) for k in model_names})
+    if args.dense:
+        model_cfg = model_cfg.dense_baseline()
+    return model_cfg, TrainConfig(balance=args.balance, **{k: getattr(args, k) for k in train_names})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    corpus = python_docs() if args.data == "docs" else synthetic_task(seed=args.seed)
+    model_cfg, train_cfg = configs_from_args(args, corpus.tokenizer.vocab_size)
+    try:
+        if args.resume:
+            trainer = Trainer.resume(args.resume, corpus, args.device, model_config=model_cfg, steps=args.steps)
+        else:
+            seed_everything(args.seed)
+            trainer = Trainer(TinyDeepSeek(model_cfg), corpus, train_cfg, args.device)
+    except (CheckpointError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    total, activated = trainer.model.count_params()
+    print(f"{args.balance} balancing, MTP depth {model_cfg.mtp_depth}, {total:,} parameters ({activated:,} "
+          f"activated per token), device {trainer.device}, from step {trainer.step} to {train_cfg.steps}")
+    try:
+        while trainer.step < trainer.cfg.steps:
+            chunk = args.save_every if args.save and args.save_every else trainer.cfg.steps
+            trainer.train(chunk, progress=not args.no_progress)
+            if args.save:
+                trainer.save(args.save)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    summary = trainer.summary()
+    print(f"step {summary['step']}: val loss {summary['val_loss']:.4f}, MaxVio_global {summary['maxvio_global']:.3f}, "
+          f"MaxVio_batch {summary['maxvio_batch']:.3f}, {summary['tokens_per_s']:,.0f} tokens/s")
+    if args.sample:
+        prompt = corpus.tokenizer.encode("The ")
+        generator = torch.Generator().manual_seed(args.seed)
+        print(corpus.tokenizer.decode(trainer.model.generate(prompt, args.sample, temperature=0.8, top_k=10,
+                                                             generator=generator)))
+    if args.json:
+        summary["history"] = dataclasses.asdict(trainer.history)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

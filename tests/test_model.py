@@ -1,0 +1,141 @@
+"""The tiny DeepSeek-style model: shapes, causality, parameter counts, MTP, generation, eval forwards."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import mtp
+from course_lib.layers import SwiGLU
+from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.moe import DeepSeekMoE
+from course_lib.param_count import moe_ffn_params
+
+TINY = ModelConfig(vocab_size=20, dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=6,
+                   n_shared_experts=1, top_k=2, expert_dim=16, max_seq_len=32)
+
+
+def tokens(batch=2, length=12, seed=0, vocab=20):
+    return torch.randint(vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_layers_are_dense_first_then_moe():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    assert isinstance(model.blocks[0].ffn, SwiGLU)
+    assert all(isinstance(b.ffn, DeepSeekMoE) for b in model.blocks[1:])
+    assert model.moe_layers() == [b.ffn for b in model.blocks[1:]]
+    assert model(tokens()).shape == (2, 12, 20)
+
+
+def test_logits_are_causal():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY).eval()
+    x = tokens(length=10)
+    changed = x.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 20
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_main_loss_is_next_token_cross_entropy():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    window = tokens(length=11)
+    main, mtp_part = model.losses(window)
+    expected = F.cross_entropy(model(window[:, :-1]).reshape(-1, 20), window[:, 1:].reshape(-1))
+    torch.testing.assert_close(main, expected)
+    assert float(mtp_part) == 0.0
+
+
+def test_mtp_depths_share_embedding_and_head_and_follow_the_report():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=2))
+    assert len(model.mtp_modules) == 2
+    window = tokens(length=11)
+    _, weighted = model.losses(window, mtp_lambda=0.3)
+    # recompute by hand: depth k reads h^{k-1}[:, :T-k] and Emb(t_{k+1..T}), predicts t_{k+2..T+1}
+    inputs = window[:, :-1]
+    h, logits = model.hidden_states(inputs), []
+    for k, module in enumerate(model.mtp_modules, start=1):
+        assert module.embed is model.embed and module.head is model.head
+        h, depth_logits = module(h, inputs)
+        assert depth_logits.shape == (2, 10 - k, 20)
+        logits.append(depth_logits)
+    torch.testing.assert_close(weighted, mtp.mtp_loss(logits, window, 0.3))
+    assert weighted > 0
+    assert not any("embed" in n or "head." in n for n, _ in model.mtp_modules.named_parameters())
+
+
+def test_param_counts_follow_the_modules_and_param_count():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=1))
+    parts = model.param_breakdown()
+    main = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("mtp_modules"))
+    total, activated = model.count_params()
+    assert total == main
+    assert parts["MTP modules"][0] == sum(p.numel() for p in model.mtp_modules.parameters())
+    moe_total, moe_active = moe_ffn_params(32, 16, 6, 1, 2)
+    assert parts["MoE layers"] == (2 * moe_total, 2 * moe_active)
+    assert parts["MoE layers"][0] == sum(p.numel() for m in model.moe_layers() for p in m.parameters())
+    assert total - activated == 2 * (6 - 2) * 3 * 32 * 16  # the routed experts a token does not use
+
+
+def test_dense_baseline_has_the_same_activated_parameters_up_to_the_routers():
+    moe_model, dense_model = TinyDeepSeek(TINY), TinyDeepSeek(TINY.dense_baseline())
+    assert not dense_model.moe_layers()
+    assert dense_model.blocks[2].ffn.w_up.weight.shape == (3 * 16, 32)  # (top_k + shared) * expert_dim
+    routers = 2 * 6 * 32
+    assert moe_model.count_params()[1] == dense_model.count_params()[1] + routers
+
+
+def test_eval_forwards_do_not_count_load():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    window = tokens(length=11)
+    model.eval()
+    model.losses(window)
+    with torch.no_grad():
+        model.train()
+        model.losses(window)
+    assert all(float(m.load.sum()) == 0 for m in model.moe_layers())
+    model.train()
+    model.losses(window)
+    assert all(float(m.load.sum()) == 2 * 10 * 2 for m in model.moe_layers())  # tokens x top_k
+
+
+def test_generate_is_seeded_and_respects_top_k():
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    prompt = torch.tensor([1, 2, 3])
+    a = model.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    b = model.generate(prompt, 40, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (43,) and torch.equal(a, b) and torch.equal(a[:3], prompt)  # longer than max_seq_len: cut
+    greedy1 = model.generate(prompt, 5, top_k=1, generator=torch.Generator().manual_seed(1))
+    greedy2 = model.generate(prompt, 5, top_k=1, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(greedy1, greedy2)
+    assert model.training  # generation restores the mode it found
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dim=30, n_heads=4), "divisible"), (dict(top_k=7), "top_k"), (dict(n_dense_layers=4), "n_dense_layers"),
+    (dict(dim=0), "dim"), (dict(mtp_depth=-1), "mtp_depth"),
+])
+def test_bad_configs(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **change)
+
+
+def test_bad_inputs():
+    model = TinyDeepSeek(TINY)
+    with pytest.raises(TypeError, match="int64"):
+        model(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="T <= 32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"dim": 8, "experts": 4})
+    with pytest.raises(TypeError, match="dim must be an int"):
+        ModelConfig(dim=8.0)

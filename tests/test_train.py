@@ -1,0 +1,216 @@
+"""The training loop: loss goes down, balancing works where it should and nowhere else, resume is exact,
+checkpoints fail loudly and safely, NaN stops training, the CLI writes its JSON."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from course_lib import data, train
+from course_lib.model import ModelConfig, TinyDeepSeek
+
+TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
+                   top_k=2, expert_dim=16, max_seq_len=32)
+FAST = train.TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=10,
+                         eval_tokens=512)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return data.python_docs()
+
+
+def make_trainer(corpus, model_cfg=TINY, seed=0, **changes):
+    torch.manual_seed(seed)
+    return train.Trainer(TinyDeepSeek(model_cfg), corpus, dataclasses.replace(FAST, seed=seed, **changes), "cpu")
+
+
+def test_a_few_steps_reduce_the_loss(corpus):
+    trainer = make_trainer(corpus)
+    before = trainer.evaluate(512)["val_loss"]
+    history = trainer.train(progress=False)
+    assert len(history.loss) == 20 and history.eval_step == [10, 20]
+    assert history.val_loss[-1] < before - 0.5  # from about log(96) = 4.56 toward the unigram entropy
+    assert sum(history.loss[-5:]) < sum(history.loss[:5])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = train.TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert train.lr_at(0, cfg) == pytest.approx(1e-4) and train.lr_at(9, cfg) == pytest.approx(1e-3)
+    assert train.lr_at(55, cfg) == pytest.approx(5.5e-4) and train.lr_at(100, cfg) == pytest.approx(1e-4)
+
+
+def test_the_bias_moves_toward_balance_from_a_skewed_start(corpus):
+    trainer = make_trainer(corpus, balance="loss_free", gamma=0.05, lr=0.0, min_lr=0.0, steps=30)  # only the bias learns
+    moe = trainer.model.moe_layers()[0]
+    moe.bias[0] = 1.0  # every token picks expert 0 (scores lie in (0, 1))
+    trainer.train(10, progress=False)
+    assert float(moe.bias[0]) == pytest.approx(1.0 - 10 * 0.05)  # overloaded every step: down by gamma each time
+    trainer.train(20, progress=False)
+    maxvio = trainer.history.maxvio_batch
+    assert maxvio[0] == pytest.approx(8 / 2 - 1)  # expert 0 holds every token's first choice: load 4x the mean
+    assert sum(maxvio[-10:]) / 10 < 1.5
+
+
+def test_loss_free_balances_better_than_no_balancing(corpus):
+    runs = {}
+    for mode in ("none", "loss_free"):
+        trainer = make_trainer(corpus, balance=mode, gamma=0.02, steps=40, eval_interval=40)
+        trainer.train(progress=False)
+        runs[mode] = trainer.summary(last_steps=15)
+    assert runs["loss_free"]["maxvio_batch"] < runs["none"]["maxvio_batch"]
+    assert runs["loss_free"]["maxvio_global"] < runs["none"]["maxvio_global"]
+
+
+def test_biases_change_only_in_loss_free_mode(corpus):
+    for mode in ("none", "aux"):
+        trainer = make_trainer(corpus, balance=mode, alpha=0.1, steps=3)
+        trainer.train(progress=False)
+        assert all(float(m.bias.abs().sum()) == 0 for m in trainer.model.moe_layers())
+    assert trainer.history.balance_loss[0] > 0  # aux: alpha * sum f P, about alpha at balance
+
+
+def test_aux_loss_sends_gradient_to_the_router(corpus):
+    grads = {}
+    for alpha in (0.0, 1.0):
+        trainer = make_trainer(corpus, balance="aux", alpha=alpha)
+        batch = corpus.get_batch("train", 4, 32, torch.Generator().manual_seed(0))
+        train.train_step(trainer.model, trainer.optimizer, [batch], balance_mode="aux", alpha=alpha)
+        grads[alpha] = trainer.model.moe_layers()[0].centroids.grad.clone()
+    assert not torch.allclose(grads[0.0], grads[1.0])
+
+
+def test_one_step_counts_the_load_of_every_micro_batch_and_resets_it(corpus):
+    trainer = make_trainer(corpus)
+    g = torch.Generator().manual_seed(0)
+    batches = [corpus.get_batch("train", 4, 32, g) for _ in range(3)]
+    result = train.train_step(trainer.model, trainer.optimizer, batches, balance_mode="loss_free", gamma=0.01)
+    assert result.loads.shape == (1, 8) and float(result.loads.sum()) == 3 * 4 * 32 * 2
+    moe = trainer.model.moe_layers()[0]
+    assert float(moe.load.sum()) == 0
+    expected_bias = 0.01 * torch.sign(result.loads[0].mean() - result.loads[0])
+    torch.testing.assert_close(moe.bias, expected_bias)
+
+
+def test_evaluation_changes_neither_loads_nor_biases_nor_the_data_position(corpus):
+    trainer = make_trainer(corpus, steps=2)
+    trainer.train(progress=False)
+    moes = trainer.model.moe_layers()
+    biases = [m.bias.clone() for m in moes]
+    rng = trainer.data_rng.get_state()
+    result = trainer.evaluate(1024)
+    assert trainer.model.training
+    assert all(float(m.load.sum()) == 0 for m in moes)
+    assert all(torch.equal(b, m.bias) for b, m in zip(biases, moes))
+    assert torch.equal(rng, trainer.data_rng.get_state())
+    assert result["loads"].shape == (1, 8) and float(result["loads"].sum()) == 1024 * 2
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
+    cfg = dataclasses.replace(TINY, mtp_depth=1)
+    changes = dict(steps=8, micro_batches=2, eval_interval=4, balance="loss_free", seq_alpha=1e-3)
+    straight = make_trainer(corpus, cfg, **changes)
+    straight.train(progress=False)
+
+    first = make_trainer(corpus, cfg, **changes)
+    first.train(5, progress=False)
+    first.save(tmp_path / "run.pt")
+    resumed = train.Trainer.resume(tmp_path / "run.pt", corpus, "cpu", model_config=cfg)
+    assert resumed.step == 5
+    resumed.train(progress=False)
+
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.history.loss == straight.history.loss
+    assert resumed.history.mtp_loss == straight.history.mtp_loss and straight.history.mtp_loss[0] > 0
+    assert resumed.history.loads == straight.history.loads
+    assert resumed.history.val_loss == straight.history.val_loss
+
+
+def test_checkpoint_errors_are_clear_and_overwrite_nothing(corpus, tmp_path, monkeypatch):
+    trainer = make_trainer(corpus, steps=1)
+    trainer.train(progress=False)
+    good = tmp_path / "good.pt"
+    trainer.save(good)
+    content = good.read_bytes()
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(content[: len(content) // 2])
+    with pytest.raises(train.CheckpointError, match="truncated"):
+        train.Trainer.resume(truncated, corpus, "cpu")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(train.CheckpointError, match="not a readable checkpoint"):
+        train.read_checkpoint(text)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(train.CheckpointError, match="not a checkpoint of this course"):
+        train.read_checkpoint(foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": train.CHECKPOINT_FORMAT, "payload": dataclasses.replace(FAST)}, pickled)
+    with pytest.raises(train.CheckpointError, match="objects other than tensors"):
+        train.read_checkpoint(pickled)
+    with pytest.raises(train.CheckpointError, match="dim: checkpoint 32, expected 64"):
+        train.Trainer.resume(good, corpus, "cpu", model_config=dataclasses.replace(TINY, dim=64))
+    with pytest.raises(train.CheckpointError, match="no checkpoint"):
+        train.read_checkpoint(tmp_path / "missing.pt")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save(good)
+    assert good.read_bytes() == content  # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["good.pt", "truncated.pt", "notes.txt", "foreign.pt", "pickled.pt"])  # no temporary file left
+
+
+def test_load_model_gives_the_trained_model_and_tokenizer(corpus, tmp_path):
+    trainer = make_trainer(corpus, steps=1)
+    trainer.train(progress=False)
+    trainer.save(tmp_path / "m.pt")
+    model, tokenizer = train.load_model(tmp_path / "m.pt")
+    assert tokenizer.chars == corpus.tokenizer.chars and not model.training
+    for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nan_loss_stops_with_the_step_and_what_to_try(corpus):
+    trainer = make_trainer(corpus, steps=5)
+    trainer.train(2, progress=False)
+    with torch.no_grad():
+        trainer.model.head.weight[0, 0] = float("nan")
+    with pytest.raises(train.TrainingDiverged, match=r"step 3 .*lower learning rate"):
+        trainer.train(progress=False)
+    assert trainer.step == 2 and len(trainer.history.loss) == 2
+
+
+def test_bad_training_settings():
+    with pytest.raises(ValueError, match="balance must be one of"):
+        train.TrainConfig(balance="auxfree")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train.TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        train.Trainer(TinyDeepSeek(TINY), data.python_docs(), train.TrainConfig(seq_len=64), "cpu")
+
+
+def test_cli_writes_the_final_metrics(tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    code = train.main(["--balance", "aux", "--mtp-depth", "1", "--steps", "3", "--device", "cpu", "--seed", "1",
+                       "--json", str(out), "--dim", "32", "--n-layers", "2", "--n-heads", "2", "--expert-dim", "16",
+                       "--batch-size", "4", "--seq-len", "32", "--max-seq-len", "32", "--eval-tokens", "256",
+                       "--no-progress", "--save", str(tmp_path / "cli.pt")])
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    for key in ("val_loss", "maxvio_global", "maxvio_batch", "tokens_per_s", "val_mtp_loss", "params_activated"):
+        assert isinstance(metrics[key], float | int), key
+    assert metrics["step"] == 3 and metrics["train_config"]["balance"] == "aux"
+    assert metrics["model_config"]["mtp_depth"] == 1 and len(metrics["history"]["loss"]) == 3
+    assert "val loss" in capsys.readouterr().out
+    # resuming with a different model configuration is refused with the difference named
+    code = train.main(["--resume", str(tmp_path / "cli.pt"), "--steps", "4", "--device", "cpu", "--dim", "64",
+                       "--no-progress"])
+    assert code == 2 and "dim: checkpoint 32, expected 64" in capsys.readouterr().err
