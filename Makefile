@@ -9,7 +9,7 @@ TORCH_SPEC  ?= torch==2.13.0
 KERNEL_NAME := deepseek-v3-course
 BIN         := $(VENV)/bin
 # Notebooks quick enough for `make test-quick` (names without .ipynb).
-FAST_NOTEBOOKS ?= 00_headline_numbers
+FAST_NOTEBOOKS ?= 00_headline_numbers 01_mixture_of_experts 02_load_balance 03_aux_loss_free
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 
 .PHONY: setup setup-test browser lab test test-quick notebooks clean
