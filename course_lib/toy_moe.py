@@ -138,7 +138,7 @@ def train_toy_moe(
 ) -> TrainHistory:
     """Train the toy MoE for ``steps`` Adam steps from the skewed start, with one way of balancing its load.
 
-    mode: "none"; "aux" adds ``alpha * balance.balance_loss(scores, top_k, 1)`` to the task loss; "loss_free" calls
+    mode: "none"; "aux" adds ``balance.balance_loss(scores, top_k, alpha)`` to the task loss; "loss_free" calls
     ``moe.update_bias(gamma)`` after every optimizer step ([V3] 2.1.2). The seed fixes the task, the initial
     weights and the batches, so runs that differ only in mode, alpha or gamma see the same data.
     Returns a ``TrainHistory``.
