@@ -101,7 +101,7 @@ def mtp_forward(h_prev: torch.Tensor, emb: torch.Tensor, k: int, norm_h: nn.Modu
     h_prev: [batch, L, dim], the previous depth's hidden states h^{k-1} at positions 1..L, L >= T - k (depth 1
         reads the main model's h^0, L = T; depth k reads depth k-1's output, L = T - k + 1);
     emb: [batch, T, dim], the shared embedding of the inputs t_1..t_T; k: the depth, 1 <= k < T;
-    norm_h, norm_e: RMSNorm(dim); proj: M_k, dim-2 * dim -> dim, its first ``dim`` input columns acting on the
+    norm_h, norm_e: RMSNorm(dim); proj: M_k, 2 * dim -> dim, its first ``dim`` input columns acting on the
     hidden state; block: TRM_k, [batch, T - k, dim] -> same.
     -> h^k: [batch, T - k, dim]; position i (0-indexed) combines h^{k-1}_i with Emb(t_{i+k}), i.e. emb[:, i + k].
     """
