@@ -184,23 +184,27 @@ class TinyDeepSeek(nn.Module):
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, context: int | None = None) -> torch.Tensor:
         """Sample a continuation with the main head (the MTP modules are not used).
 
         prompt: int64 [T0] -> int64 [T0 + max_new_tokens]. Each step samples from softmax(logits / temperature)
         restricted to the top_k most likely tokens (all when None), with ``generator`` (a CPU torch.Generator)
-        for repeatable samples; the context is cut to the last max_seq_len tokens.
+        for repeatable samples. The model reads at most the last ``context`` tokens (default max_seq_len; pass the
+        training sequence length, since positions beyond it were never trained).
         """
         if prompt.dim() != 1 or prompt.numel() == 0 or prompt.dtype != torch.long:
             raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        context = context or self.config.max_seq_len
+        if not 1 <= context <= self.config.max_seq_len:
+            raise ValueError(f"context must lie in [1, max_seq_len={self.config.max_seq_len}], got {context}")
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         tokens = prompt.to(device)
         for _ in range(max_new_tokens):
-            logits = self(tokens[-self.config.max_seq_len:][None])[0, -1].float().cpu() / temperature  # [vocab]
+            logits = self(tokens[-context:][None])[0, -1].float().cpu() / temperature  # [vocab]
             if top_k is not None:
                 kth = logits.topk(min(top_k, logits.numel())).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = corpus.tokenizer.encode("The ")
         generator = torch.Generator().manual_seed(args.seed)
         print(corpus.tokenizer.decode(trainer.model.generate(prompt, args.sample, temperature=0.8, top_k=10,
-                                                             generator=generator)))
+                                                             generator=generator, context=trainer.cfg.seq_len)))
     if args.json:
         summary["history"] = dataclasses.asdict(trainer.history)
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -118,6 +118,10 @@ def test_generate_is_seeded_and_respects_top_k():
     greedy2 = model.generate(prompt, 5, top_k=1, generator=torch.Generator().manual_seed(2))
     assert torch.equal(greedy1, greedy2)
     assert model.training  # generation restores the mode it found
+    short = model.generate(prompt, 5, generator=torch.Generator().manual_seed(5), context=4)
+    assert short.shape == (8,)
+    with pytest.raises(ValueError, match="context"):
+        model.generate(prompt, 5, context=33)
 
 
 @pytest.mark.parametrize("change, message", [
