@@ -29,7 +29,7 @@ from course_lib.transformer import TransformerBlock
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The sizes of the tiny model. The defaults train to readable text in about two minutes on 2 CPU cores."""
+    """The sizes of the tiny model. The defaults train to readable text in about a minute on 2 CPU cores (600 steps)."""
 
     vocab_size: int = 96
     dim: int = 128

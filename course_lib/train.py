@@ -46,7 +46,7 @@ CHECKPOINT_VERSION = 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train: the defaults train the default ModelConfig to readable text in about two minutes on 2 CPU cores."""
+    """How to train: the defaults train the default ModelConfig to readable text in about a minute on 2 CPU cores."""
 
     steps: int = 600
     batch_size: int = 16
