@@ -107,7 +107,6 @@ def test_evaluation_changes_neither_loads_nor_biases_nor_the_data_position(corpu
     assert result["loads"].shape == (1, 8) and float(result["loads"].sum()) == 1024 * 2
 
 
-@pytest.mark.slow
 def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
     cfg = dataclasses.replace(TINY, mtp_depth=1)
     changes = dict(steps=8, micro_batches=2, eval_interval=4, balance="loss_free", seq_alpha=1e-3)
