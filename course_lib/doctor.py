@@ -7,9 +7,11 @@ notebook 00 runs it too.
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 MIN_PYTHON = (3, 10)
 
@@ -42,6 +44,15 @@ def check_python() -> Finding:
                    f"the course needs Python {'.'.join(map(str, MIN_PYTHON))} or newer: install it, then `make clean && make lab`")
 
 
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def gpu_hardware() -> bool:
+    """Whether this machine has an NVIDIA GPU and driver, whatever torch makes of it."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return shutil.which("nvidia-smi") is not None or (gpus.is_dir() and any(gpus.iterdir()))
+
+
 def check_torch() -> Finding:
     try:
         import torch
@@ -50,12 +61,37 @@ def check_torch() -> Finding:
     if torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}"
     elif torch.version.cuda:
-        build = f"CUDA {torch.version.cuda} build, but no GPU visible (it runs on the CPU)"
+        release = torch.__version__.split("+")[0]
+        if gpu_hardware():
+            return Finding("torch", False, f"{torch.__version__} is built for CUDA {torch.version.cuda}, but it "
+                                           f"cannot use this machine's GPU",
+                           "update the NVIDIA driver (`nvidia-smi` shows the CUDA version it supports), or install "
+                           "the torch build for that CUDA version (pytorch.org, 'Get started')")
+        return Finding("torch", False, f"{torch.__version__} is a CUDA {torch.version.cuda} build (about 3 GB with its "
+                                       f"NVIDIA libraries) on a machine with no GPU",
+                       f"take the CPU build (about 200 MB): `make clean && make lab`, or in this environment "
+                       f"`{sys.executable} -m pip install --force-reinstall --no-deps --index-url {CPU_TORCH_INDEX} "
+                       f"torch=={release}` (then `pip uninstall` the nvidia-* packages it leaves behind)")
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         build = "MPS (Apple GPU)"
     else:
         build = "CPU build"
     return Finding("torch", True, f"{torch.__version__} ({build})")
+
+
+def check_threads() -> Finding:
+    import torch
+
+    from course_lib.runtime import THREADS, THREADS_VARIABLE
+
+    now = torch.get_num_threads()
+    detail = f"torch uses {now} intra-op thread(s): {THREADS.reason}"
+    if now != THREADS.threads:
+        detail += f"; the course chose {THREADS.threads}, and something has changed it since"
+    if THREADS.warning:
+        return Finding("threads", False, f"{detail}. {THREADS.warning}",
+                       f"set {THREADS_VARIABLE} (or OMP_NUM_THREADS) to a positive integer, or unset it")
+    return Finding("threads", True, f"{detail} (override: {THREADS_VARIABLE}=N)")
 
 
 def check_device() -> Finding:
@@ -115,8 +151,8 @@ def check_notebooks() -> Finding:
     return Finding("notebooks", True, f"notebooks/ is in step with solutions/ ({len(solution_paths(REPO_ROOT))} notebooks)")
 
 
-CHECKS: tuple[Callable[[], Finding], ...] = (check_python, check_torch, check_device, check_kernel, check_widgets,
-                                              check_notebooks)
+CHECKS: tuple[Callable[[], Finding], ...] = (check_python, check_torch, check_threads, check_device, check_kernel,
+                                              check_widgets, check_notebooks)
 
 
 def run_checks() -> list[Finding]:
