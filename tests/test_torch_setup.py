@@ -120,3 +120,38 @@ def test_an_index_that_refuses_fails_at_once(tmp_path):
                                  str(tmp_path / "report.json"), timeout=120)
     assert result.returncode == 1 and "cannot be reached" in result.stderr, result.stderr[-2000:]
     assert seconds < 30, f"took {seconds:.0f} s"
+
+
+@pytest.mark.parametrize("index, version, platform, wrong", [
+    ("https://download.pytorch.org/whl/cpu", "2.13.0+cpu", "linux", False),
+    ("https://download.pytorch.org/whl/cpu", "2.13.0", "linux", True),  # PyPI's CUDA build, from another source
+    ("https://download.pytorch.org/whl/cpu/", "2.13.0", "darwin", False),  # macOS builds carry no label
+    ("", "2.13.0", "linux", False),  # TORCH_INDEX= : the CUDA build was asked for
+    ("https://download.pytorch.org/whl/cu128", "2.13.0+cu128", "linux", False),
+])
+def test_a_torch_that_is_not_the_cpu_build_is_caught(monkeypatch, index, version, platform, wrong):
+    monkeypatch.setattr(install_torch.sys, "platform", platform)
+    problem = install_torch.not_the_cpu_build(index, version)
+    assert (problem is not None) == wrong
+    if wrong:
+        assert "pip config list" in problem and version in problem
+
+
+@pytest.mark.slow
+def test_pypi_as_an_extra_index_never_gives_the_cuda_build_silently(tmp_path):
+    """A common pip configuration (PyPI or a PyPI mirror as extra-index-url): either the CPU index wins (its +cpu
+    version sorts above PyPI's), or, where it cannot be reached, the script stops instead of taking PyPI's build."""
+    reason = install_torch.unreachable("https://pypi.org/simple/")
+    if reason:
+        pytest.skip(f"pypi.org cannot be reached from this machine ({reason})")
+    report = tmp_path / "report.json"
+    start = time.monotonic()
+    env = clean_environment(tmp_path) | {"PIP_EXTRA_INDEX_URL": "https://pypi.org/simple"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--report", str(report)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    if result.returncode == 0:
+        version = install_torch.resolved_version(str(report))
+        assert sys.platform != "linux" or version.endswith("+cpu"), version
+    else:
+        assert "not the CPU build" in result.stderr or "cannot be reached" in result.stderr, result.stderr[-2000:]
+    assert time.monotonic() - start < 300

@@ -11,7 +11,9 @@ still found.
 
 Never a hang: pip gets a short network timeout and one retry, so an index that cannot be reached costs seconds,
 not minutes. Then, if no other source had the build, this script says why and what to do; off Linux (where
-PyPI's torch has no CUDA in it) it falls back to pip's usual index.
+PyPI's torch has no CUDA in it) it falls back to pip's usual index. Never the CUDA build by surprise: on Linux,
+when another source in pip's configuration supplied a torch that is not the +cpu build, it stops and says so
+(before the NVIDIA libraries that such a torch requires are downloaded).
 
 ``--index ''`` uses pip's usual index (on Linux x86-64 that is the CUDA build: for a GPU machine).
 ``--report FILE`` resolves without installing (``pip install --dry-run --ignore-installed --report FILE``):
@@ -21,6 +23,8 @@ the test of the set-up reads which build would be installed.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import platform
 import subprocess
 import sys
@@ -56,6 +60,24 @@ def unreachable(index: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         return str(getattr(error, "reason", error))
 
 
+def resolved_version(report: str | None) -> str:
+    """The torch version pip installed (or, with a report, would install)."""
+    if report:
+        return next(i["metadata"]["version"] for i in json.loads(open(report).read())["install"]
+                    if i["metadata"]["name"].lower() == "torch")
+    return importlib.metadata.version("torch")
+
+
+def not_the_cpu_build(index: str, version: str) -> str | None:
+    """Why ``version`` is not what a CPU index should give on Linux (there its builds are labelled +cpu)."""
+    if sys.platform != "linux" or not index.rstrip("/").endswith("/cpu") or version.endswith("+cpu"):
+        return None
+    return (f"pip took torch {version}, not the CPU build of {index}: another source in your pip configuration "
+            f"(an extra-index-url or find-links: `pip config list`) supplied it. On Linux that is the CUDA build, "
+            f"and its NVIDIA libraries (about 3 GB) would follow. Remove that source, or install the torch you want "
+            f"into .venv first (the set-up keeps it), then run make again.")
+
+
 def advice(spec: str, index: str, reason: str | None) -> str:
     """What went wrong and the ways forward, for the learner who ran `make lab`."""
     where = f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
@@ -81,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="resolve only, and write pip's JSON installation report to this file")
     args = parser.parse_args(argv)
     if subprocess.run(pip_command(args.spec, args.index, args.report)).returncode == 0:
+        problem = not_the_cpu_build(args.index, resolved_version(args.report))
+        if problem:
+            print("\n" + problem, file=sys.stderr)
+            return 1
         return 0
     if not args.index:
         print(f"\npip could not install {args.spec} from its usual index: see its message above.", file=sys.stderr)
