@@ -64,10 +64,11 @@ test-quick: setup-test
 # it has a `dtype` parameter, its device-independent kept outputs compared; and the unit tests that take a
 # `device`, on CUDA tensors (tests/conftest.py, tests/test_device.py, tests/test_notebooks_on_device.py).
 # Needs a CUDA build of torch in $(VENV): in a fresh clone, `make test-gpu TORCH_INDEX=` installs PyPI's.
-test-gpu: gpu-check setup-test
+test-gpu: gpu-check
+	$(MAKE) setup-test
 	$(BIN)/python -m pytest tests --device cuda --dtype bfloat16 -p no:cacheprovider
 
-# Fails at once, before any set-up, where there is no GPU to test on.
+# Fails at once, before any set-up (even under make -j), where there is no GPU to test on.
 gpu-check:
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "make test-gpu needs an NVIDIA GPU, and nvidia-smi finds none here." \
 	  "It runs on the GPU runner (.github/workflows/gpu.yml); on this machine, run make test."; exit 2; }
