@@ -80,14 +80,18 @@ def expert_ranks(indices: torch.Tensor, n_experts: int, world_size: int) -> torc
     return indices // (n_experts // world_size)
 
 
+def _node_hits(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int) -> torch.Tensor:
+    """bool [tokens, n_nodes]: whether each token has at least one expert on each node."""
+    nodes = expert_ranks(indices, n_experts, world_size) // ranks_per_node  # [tokens, top_k]
+    hits = torch.zeros(indices.shape[0], world_size // ranks_per_node, dtype=torch.bool, device=indices.device)
+    return hits.scatter_(1, nodes, True)
+
+
 def destination_nodes(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int) -> torch.Tensor:
     """How many distinct nodes each token's experts live on. indices: int64 [tokens, top_k] -> int64 [tokens],
     each in [1, min(top_k, n_nodes)]; with group-limited routing (groups = nodes) at most ``topk_groups``."""
     check_placement(n_experts, world_size, ranks_per_node)
-    nodes = expert_ranks(indices, n_experts, world_size) // ranks_per_node  # [tokens, top_k]
-    n_nodes = world_size // ranks_per_node
-    hit = torch.zeros(indices.shape[0], n_nodes, dtype=torch.bool).scatter_(1, nodes, True)
-    return hit.sum(dim=1)
+    return _node_hits(indices, n_experts, world_size, ranks_per_node).sum(dim=1)
 
 
 # --------------------------------------------------------------------------------------------- accounting
@@ -162,14 +166,11 @@ def traffic(indices: torch.Tensor, source_rank: torch.Tensor, n_experts: int, wo
                          f"{list(source_rank.shape)}")
     if source_rank.numel() and not (0 <= int(source_rank.min()) and int(source_rank.max()) < world_size):
         raise ValueError(f"source_rank must lie in [0, {world_size}), got {source_rank.min()}..{source_rank.max()}")
-    n_nodes = world_size // ranks_per_node
     splits, node_rows = [], []
     for rank in range(world_size):
-        mine = indices[source_rank == rank]
+        mine = indices[source_rank == rank]  # [this rank's tokens, top_k]
         splits.append(tuple(send_splits(mine, n_experts, world_size)))
-        nodes = expert_ranks(mine, n_experts, world_size) // ranks_per_node
-        hit = torch.zeros(mine.shape[0], n_nodes, dtype=torch.bool).scatter_(1, nodes, True)
-        node_rows.append(tuple(hit.sum(dim=0).tolist()))
+        node_rows.append(tuple(_node_hits(mine, n_experts, world_size, ranks_per_node).sum(dim=0).tolist()))
     return Traffic(tuple(splits), tuple(node_rows), ranks_per_node, row_bytes)
 
 
@@ -208,8 +209,9 @@ class ExpertParallelMoE(nn.Module):
 
     Built from a single-process ``DeepSeekMoE`` (same weights, copied): ``ExpertParallelMoE(moe, rank,
     world_size, ranks_per_node)``. forward(x [..., dim]) -> [..., dim] on this rank's tokens; every rank of the
-    default process group must call it (each with its own number of tokens, at least one), in the same order. Parameters: ``centroids`` [n_routed, dim] and ``shared`` (replicated: their gradients must be
-    summed over ranks, ``replicated_parameters``), and this rank's experts ``w_gate``, ``w_up`` [E_r, expert_dim,
+    default process group must call it (each with its own number of tokens, at least one), in the same order.
+    Parameters: ``centroids`` [n_routed, dim] and ``shared`` (replicated: their gradients must be summed over
+    ranks, ``replicated_parameters``), and this rank's experts ``w_gate``, ``w_up`` [E_r, expert_dim,
     dim], ``w_down`` [E_r, dim, expert_dim] (``expert_parameters``: their gradients are complete after backward,
     the combine's backward brings them from every rank). Buffers: ``bias`` [n_routed] (the same on every rank)
     and ``load`` [n_routed] float32, this rank's assignments since the last ``update_bias``.
@@ -357,6 +359,15 @@ def all_reduce_gradients(params: list[nn.Parameter]) -> None:
         p.grad = chunk.view_as(p).clone()
 
 
+def _squared_norm(params: list[nn.Parameter], device: torch.device) -> torch.Tensor:
+    """Sum of the squared gradients of ``params`` (float64 scalar on ``device``); missing gradients count as 0."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for p in params:
+        if p.grad is not None:
+            total += (p.grad.double() ** 2).sum()
+    return total
+
+
 class StepResult(NamedTuple):
     """One data- and expert-parallel optimizer step: ``loss`` (main + MTP) and ``main_loss`` are means over the
     global batch, the same on every rank; ``grad_norm`` is the global norm before clipping; ``loads``: float32
@@ -391,14 +402,13 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, tokens: to
     losses /= world_size
     shared = replicated_parameters(model)
     all_reduce_gradients(shared)
-    own = [p for layer in expert_parallel_layers(model) for p in layer.expert_parameters() if p.grad is not None]
-    squares = torch.stack([sum((p.grad.double() ** 2).sum() for p in own) if own else torch.zeros((), dtype=torch.float64),
-                           sum((p.grad.double() ** 2).sum() for p in shared)])
-    own_sq = squares[:1].clone()
-    dist.all_reduce(own_sq, op=dist.ReduceOp.SUM)
-    grad_norm = float((own_sq[0] + squares[1]).sqrt())
+    own = [p for layer in expert_parallel_layers(model) for p in layer.expert_parameters()]
+    own_squares = _squared_norm(own, tokens.device).reshape(1)
+    dist.all_reduce(own_squares, op=dist.ReduceOp.SUM)  # every rank's experts
+    grad_norm = float((own_squares[0] + _squared_norm(shared, tokens.device)).sqrt())
     if not (torch.isfinite(losses).all() and math.isfinite(grad_norm)):
-        raise TrainingDiverged(f"the loss ({float(losses[0]):.4g}) or the gradient norm ({grad_norm:.4g}) is not finite")
+        raise TrainingDiverged(f"the loss ({float(losses[0]):.4g}) or the gradient norm ({grad_norm:.4g}) is not "
+                               f"finite")
     if grad_clip > 0:
         scale = min(1.0, grad_clip / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
         for p in model.parameters():

@@ -183,3 +183,18 @@ def test_data_and_expert_parallel_step_equals_the_single_process_step():
             got = results[0]["state"][name]
             torch.testing.assert_close(results[1]["state"][name], got, rtol=0, atol=0)  # replicas stay identical
         torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=f"{name} after two steps")
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_under_torchrun():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "course_lib.expert_parallel", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
+               "--ranks-per-node", "1", "--topk-groups", "1", "--timeout", "30"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=55, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
