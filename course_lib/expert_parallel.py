@@ -203,6 +203,25 @@ def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int]) 
     return _AllToAll.apply(x, list(recv_splits), list(send_splits))
 
 
+def gather_traffic(model: nn.Module, row_bytes: int) -> list[Traffic]:
+    """The ``Traffic`` of the last forward of each ExpertParallelMoE layer of ``model``, gathered from every rank
+    (a collective: every rank calls it). row_bytes: bytes of one row (dim x bytes per value)."""
+    layers = expert_parallel_layers(model)
+    if not layers or any(layer.last_indices is None for layer in layers):
+        raise ValueError("gather_traffic needs a model with ExpertParallelMoE layers that have run a forward")
+    w, per_node = layers[0].world_size, layers[0].ranks_per_node
+    rows = []
+    for layer in layers:
+        hits = _node_hits(layer.last_indices.reshape(-1, layer.top_k), layer.n_routed_experts, w, per_node)
+        rows.append(torch.cat([torch.tensor(layer.last_send_splits, device=hits.device), hits.sum(dim=0)]))
+    mine = torch.stack(rows)  # [layers, world_size + n_nodes]: send splits, then (token, node) pairs
+    everyone = [torch.zeros_like(mine) for _ in range(w)]
+    dist.all_gather(everyone, mine)
+    return [Traffic(splits=tuple(tuple(e[i, :w].tolist()) for e in everyone),
+                    node_rows=tuple(tuple(e[i, w:].tolist()) for e in everyone), ranks_per_node=per_node,
+                    row_bytes=row_bytes) for i in range(len(layers))]
+
+
 # --------------------------------------------------------------------------------------------- the layer
 class ExpertParallelMoE(nn.Module):
     """One rank's part of a DeepSeekMoE layer: replicated router and shared expert, n_routed / world_size experts.
@@ -507,23 +526,28 @@ def main(argv: list[str] | None = None) -> int:
         model = expert_parallel_model(TinyDeepSeek(config), rank, world_size, args.ranks_per_node).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
         data_rng = torch.Generator().manual_seed(args.seed)  # the same global batches on every rank
-        row_bytes = config.dim * 4
+        row_bytes = config.dim * 4  # float32 rows
+        # bytes of each step's forward, all layers: between ranks, across nodes per pair, across nodes once per node
+        totals = torch.zeros(3, dtype=torch.float64)
         for step in range(1, args.steps + 1):
             batch = corpus.get_batch("train", args.batch_size, args.seq_len, data_rng)
             start = time.perf_counter()
             result = train_step(model, optimizer, batch.chunk(world_size)[rank].to(device), gamma=args.gamma)
             seconds = time.perf_counter() - start
-            splits = torch.tensor([layer.last_send_splits for layer in expert_parallel_layers(model)], device=device)
-            everyone = [torch.zeros_like(splits) for _ in range(world_size)]
-            dist.all_gather(everyone, splits)  # [rank][layer][dest]
-            sent = sum(int(s[:, j].sum()) for i, s in enumerate(everyone) for j in range(world_size) if j != i)
+            flows = gather_traffic(model, row_bytes)
+            sent = torch.tensor([[f.total_bytes(), sum(f.cross_node_bytes_per_node()),
+                                  sum(f.dedup_cross_node_bytes_per_node())] for f in flows], dtype=torch.float64)
+            totals += sent.sum(dim=0)
             if rank == 0:
+                ranks_bytes, node_bytes, once_bytes = (int(b) for b in sent.sum(dim=0))
                 print(f"step {step:4d}  loss {result.loss:.4f}  grad norm {result.grad_norm:.3f}  "
-                      f"all-to-all bytes (dispatch + combine, all layers) {2 * sent * row_bytes:,d}  "
-                      f"{seconds * 1000:.0f} ms", flush=True)
+                      f"{seconds * 1000:.0f} ms  all-to-all bytes (forward, all layers): between ranks "
+                      f"{ranks_bytes:,d}, across nodes {node_bytes:,d} (once per node: {once_bytes:,d})", flush=True)
         if rank == 0:
-            print(f"{world_size} ranks ({args.backend}), {n_nodes} node(s), experts per rank "
-                  f"{args.n_routed_experts // world_size}; done")
+            mean = (totals / args.steps).tolist()
+            print(f"{world_size} ranks ({args.backend}), {n_nodes} node(s), {config.n_routed_experts // world_size} "
+                  f"experts per rank, topk_groups {args.topk_groups or 'off'}; mean bytes per step: between ranks "
+                  f"{mean[0]:,.0f}, across nodes {mean[1]:,.0f}, once per node {mean[2]:,.0f}")
     finally:
         dist.destroy_process_group()
     return 0
