@@ -118,14 +118,13 @@ def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend
     return the ranks' results, rank 0 first.
 
     fn must be importable by name (a module-level function) and its result picklable by ``torch.save``. Each
-    process uses one thread (OMP_NUM_THREADS=1). ``timeout_s`` is the process group's timeout (a collective
+    process uses one thread (torch.set_num_threads(1)). ``timeout_s`` is the process group's timeout (a collective
     waiting longer for a peer raises); ``deadline_s`` bounds the whole launch. Raises DistributedRunError when a
     rank raised or was still running at the deadline (then it is killed): never hangs.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     check_backend(backend)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="course_ranks_") as out_dir:
         port = free_port()
