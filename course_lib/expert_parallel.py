@@ -46,6 +46,7 @@ from course_lib import balance, distributed
 from course_lib.layers import swiglu
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.moe import DeepSeekMoE
+from course_lib.train import TrainingDiverged
 
 
 # --------------------------------------------------------------------------------------------- placement
@@ -203,25 +204,6 @@ def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int]) 
     return _AllToAll.apply(x, list(recv_splits), list(send_splits))
 
 
-def gather_traffic(model: nn.Module, row_bytes: int) -> list[Traffic]:
-    """The ``Traffic`` of the last forward of each ExpertParallelMoE layer of ``model``, gathered from every rank
-    (a collective: every rank calls it). row_bytes: bytes of one row (dim x bytes per value)."""
-    layers = expert_parallel_layers(model)
-    if not layers or any(layer.last_indices is None for layer in layers):
-        raise ValueError("gather_traffic needs a model with ExpertParallelMoE layers that have run a forward")
-    w, per_node = layers[0].world_size, layers[0].ranks_per_node
-    rows = []
-    for layer in layers:
-        hits = _node_hits(layer.last_indices.reshape(-1, layer.top_k), layer.n_routed_experts, w, per_node)
-        rows.append(torch.cat([torch.tensor(layer.last_send_splits, device=hits.device), hits.sum(dim=0)]))
-    mine = torch.stack(rows)  # [layers, world_size + n_nodes]: send splits, then (token, node) pairs
-    everyone = [torch.zeros_like(mine) for _ in range(w)]
-    dist.all_gather(everyone, mine)
-    return [Traffic(splits=tuple(tuple(e[i, :w].tolist()) for e in everyone),
-                    node_rows=tuple(tuple(e[i, w:].tolist()) for e in everyone), ranks_per_node=per_node,
-                    row_bytes=row_bytes) for i in range(len(layers))]
-
-
 # --------------------------------------------------------------------------------------------- the layer
 class ExpertParallelMoE(nn.Module):
     """One rank's part of a DeepSeekMoE layer: replicated router and shared expert, n_routed / world_size experts.
@@ -363,6 +345,25 @@ def expert_parallel_layers(model: nn.Module) -> list[ExpertParallelMoE]:
     return [m for m in model.modules() if isinstance(m, ExpertParallelMoE)]
 
 
+def gather_traffic(model: nn.Module, row_bytes: int) -> list[Traffic]:
+    """The ``Traffic`` of the last forward of each ExpertParallelMoE layer of ``model``, gathered from every rank
+    (a collective: every rank calls it). row_bytes: bytes of one row (dim x bytes per value)."""
+    layers = expert_parallel_layers(model)
+    if not layers or any(layer.last_indices is None for layer in layers):
+        raise ValueError("gather_traffic needs a model with ExpertParallelMoE layers that have run a forward")
+    w, per_node = layers[0].world_size, layers[0].ranks_per_node
+    rows = []
+    for layer in layers:
+        hits = _node_hits(layer.last_indices.reshape(-1, layer.top_k), layer.n_routed_experts, w, per_node)
+        rows.append(torch.cat([torch.tensor(layer.last_send_splits, device=hits.device), hits.sum(dim=0)]))
+    mine = torch.stack(rows)  # [layers, world_size + n_nodes]: send splits, then (token, node) pairs
+    everyone = [torch.zeros_like(mine) for _ in range(w)]
+    dist.all_gather(everyone, mine)
+    return [Traffic(splits=tuple(tuple(e[i, :w].tolist()) for e in everyone),
+                    node_rows=tuple(tuple(e[i, w:].tolist()) for e in everyone), ranks_per_node=per_node,
+                    row_bytes=row_bytes) for i in range(len(layers))]
+
+
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter of ``model`` except the experts' own weights of its ExpertParallelMoE layers."""
     own = {id(p) for layer in expert_parallel_layers(model) for p in layer.expert_parameters()}
@@ -409,8 +410,6 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, tokens: to
     the global load (``ExpertParallelMoE.update_bias``). Raises train.TrainingDiverged before the optimizer step
     when the loss or the gradient norm is not finite.
     """
-    from course_lib.train import TrainingDiverged
-
     world_size = dist.get_world_size()
     model.train()
     optimizer.zero_grad(set_to_none=True)
