@@ -1,0 +1,200 @@
+"""Expert parallelism on torch.distributed (gloo, spawned CPU processes) against the single-process DeepSeekMoE.
+
+The distributed tests spawn 2 or 4 processes (one thread each); each stays under a minute on a loaded 2-core
+machine, most of it the processes' start-up.
+"""
+
+import copy
+import time
+
+import pytest
+import torch
+
+from course_lib import distributed, expert_parallel as ep
+from course_lib.data import synthetic_task
+from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.moe import DeepSeekMoE
+from course_lib.train import train_step
+
+
+def _moe(n_experts: int = 8, top_k: int = 3, n_groups: int = 1, topk_groups: int = 1, n_shared: int = 1,
+         seed: int = 0) -> DeepSeekMoE:
+    torch.manual_seed(seed)
+    moe = DeepSeekMoE(dim=16, expert_dim=8, n_routed_experts=n_experts, n_shared_experts=n_shared, top_k=top_k,
+                      n_groups=n_groups, topk_groups=topk_groups)
+    with torch.no_grad():
+        moe.bias.copy_(0.1 * torch.randn(n_experts))
+    return moe
+
+
+# --------------------------------------------------------------------------------------------- splits and bytes
+def _splits_loop(indices: torch.Tensor, n_experts: int, world_size: int) -> list[int]:
+    out = [0] * world_size
+    for token in indices.tolist():
+        for expert in token:
+            out[expert // (n_experts // world_size)] += 1
+    return out
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4, 8])
+def test_send_splits_equal_a_loop_and_sum_to_pairs(world_size):
+    g = torch.Generator().manual_seed(world_size)
+    indices = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(50)])
+    splits = ep.send_splits(indices, 16, world_size)
+    assert splits == _splits_loop(indices, 16, world_size)
+    assert sum(splits) == indices.numel()
+
+
+def test_send_splits_reject_uneven_placement():
+    with pytest.raises(ValueError, match="divisible by world_size"):
+        ep.send_splits(torch.zeros(3, 2, dtype=torch.long), 6, 4)
+
+
+def test_traffic_equals_a_loop_over_pairs():
+    g = torch.Generator().manual_seed(0)
+    indices = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(40)])  # 16 experts, 8 ranks, 4 nodes
+    source = torch.arange(40) % 8
+    t = ep.traffic(indices, source, 16, 8, ranks_per_node=2, row_bytes=10)
+    dispatch, combine, cross, dedup = [0] * 8, [0] * 8, [0] * 4, [0] * 4
+    for token, (experts, src) in enumerate(zip(indices.tolist(), source.tolist())):
+        for expert in experts:
+            dst = expert // 2
+            if dst != src:
+                dispatch[src] += 10
+                combine[dst] += 10
+            if dst // 2 != src // 2:
+                cross[src // 2] += 10
+                cross[dst // 2] += 10
+        for node in {e // 4 for e in experts} - {src // 2}:
+            dedup[src // 2] += 10
+            dedup[node] += 10
+    assert t.dispatch_bytes_per_rank() == dispatch
+    assert t.combine_bytes_per_rank() == combine
+    assert t.cross_node_bytes_per_node() == cross
+    assert t.dedup_cross_node_bytes_per_node() == dedup
+    assert t.total_bytes() == sum(dispatch) + sum(combine)
+    nodes = ep.destination_nodes(indices, 16, 8, 2)
+    assert nodes.tolist() == [len({e // 4 for e in experts}) for experts in indices.tolist()]
+
+
+def test_group_limited_routing_bounds_the_destination_nodes():
+    moe = _moe(n_experts=16, top_k=4, n_groups=4, topk_groups=2)
+    _, _, indices = moe.route(torch.randn(200, 16))
+    assert int(ep.destination_nodes(indices, 16, 8, 2).max()) <= 2
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_layer_rejects_groups_that_are_not_nodes():
+    with pytest.raises(ValueError, match="groups = nodes"):
+        ep.ExpertParallelMoE(_moe(n_groups=4, topk_groups=2), rank=0, world_size=4, ranks_per_node=2)
+    with pytest.raises(ValueError, match="divisible by world_size"):
+        ep.ExpertParallelMoE(_moe(), rank=0, world_size=3)
+    with pytest.raises(ValueError, match="rank must lie"):
+        ep.ExpertParallelMoE(_moe(), rank=4, world_size=4)
+
+
+def test_layer_without_a_process_group_says_so():
+    layer = ep.ExpertParallelMoE(_moe(), rank=0, world_size=2)
+    with pytest.raises(RuntimeError, match="process group"):
+        layer(torch.randn(3, 16))
+
+
+def test_layer_holds_its_slice_of_the_experts():
+    moe = _moe()
+    layer = ep.ExpertParallelMoE(moe, rank=1, world_size=4)
+    assert torch.equal(layer.w_up, moe.w_up[2:4]) and torch.equal(layer.centroids, moe.centroids)
+    assert layer.w_up.data_ptr() != moe.w_up.data_ptr()  # copies: training one does not touch the other
+
+
+# --------------------------------------------------------------------------------------------- distributed
+def _reference(moe: DeepSeekMoE, x: torch.Tensor, grad_out: torch.Tensor, steps: int, gamma: float):
+    moe = copy.deepcopy(moe).train()
+    out = moe(x)
+    (out * grad_out).sum().backward()
+    moe.load.zero_()
+    biases = [moe.bias.clone()]
+    for _ in range(steps):
+        moe(x)
+        moe.update_bias(gamma)
+        biases.append(moe.bias.clone())
+    return moe, out.detach(), torch.stack(biases)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size, ranks_per_node, groups", [(2, 1, (1, 1)), (4, 2, (2, 1))])
+def test_layer_equals_single_process_layer(world_size, ranks_per_node, groups):
+    moe = _moe(n_groups=groups[0], topk_groups=groups[1], n_shared=1 if world_size == 4 else 0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(world_size * 6, 16, generator=g)
+    x[: 6] += 2 * moe.centroids[0].detach()  # rank 0's tokens prefer expert 0: the ranks' loads differ
+    grad_out = torch.randn(x.shape, generator=g)
+    steps, gamma = 6, 0.01
+    results = distributed.run_ranks(ep.layer_worker, world_size, (moe, x, grad_out, ranks_per_node, steps, gamma),
+                                    timeout_s=30, deadline_s=55)
+    ref, out, biases = _reference(moe, x, grad_out, steps, gamma)
+    torch.testing.assert_close(torch.cat([r["out"] for r in results]), out, rtol=0, atol=1e-5)
+    params = dict(ref.named_parameters())
+    for name, grad in results[0]["grads"].items():
+        if name in ("w_gate", "w_up", "w_down"):  # each rank holds its own slice of the experts
+            grad = torch.cat([r["grads"][name] for r in results])
+        torch.testing.assert_close(grad, params[name].grad, rtol=0, atol=1e-5, msg=f"gradient of {name}")
+    for r in results:  # the global load: every rank's bias equals the single-process bias, step after step
+        torch.testing.assert_close(r["biases"], biases, rtol=0, atol=1e-6)
+    # per-rank counts: the ranks' biases drift apart (and away from the single-process bias)
+    finals = torch.stack([r["biases_per_rank"][-1] for r in results])
+    assert (finals - finals[0]).abs().max() > gamma / 2
+    assert sum(r["send_splits"][j] for r in results for j in range(world_size)) == x.shape[0] * moe.top_k
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_others_with_an_error():
+    start = time.monotonic()
+    with pytest.raises(distributed.DistributedRunError) as caught:
+        distributed.run_ranks(ep.layer_worker, 2, (_moe(), torch.randn(8, 16), torch.randn(8, 16), 1, 0, 0.01, 1),
+                              timeout_s=5, deadline_s=55)
+    assert time.monotonic() - start < 55
+    error = caught.value
+    assert error.hung == []  # rank 0 stopped by itself: the collective raised, nothing had to be killed
+    assert set(error.errors) == {0, 1}
+    assert "fails on purpose" in error.errors[1]
+
+
+@pytest.mark.slow
+def test_data_and_expert_parallel_step_equals_the_single_process_step():
+    corpus = synthetic_task(n_lines=300, seed=0)
+    config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, expert_dim=16,
+                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=1)
+    torch.manual_seed(0)
+    model = TinyDeepSeek(config)
+    g = torch.Generator().manual_seed(0)
+    batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
+    lr, gamma, clip = 0.1, 0.01, 0.5
+    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip), timeout_s=30,
+                                    deadline_s=55)
+    ref = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(ref.parameters(), lr=lr)
+    losses = [train_step(ref, optimizer, [b], balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss
+              for b in batches]
+    assert results[0]["losses"] == pytest.approx(losses, abs=1e-5)
+    for name, value in ref.state_dict().items():
+        if any(name.endswith(w) for w in (".w_gate", ".w_up", ".w_down")) and ".ffn." in name:
+            got = torch.cat([r["state"][name] for r in results])
+        else:
+            got = results[0]["state"][name]
+            torch.testing.assert_close(results[1]["state"][name], got, rtol=0, atol=0)  # replicas stay identical
+        torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=f"{name} after two steps")
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_under_torchrun():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "course_lib.expert_parallel", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
+               "--ranks-per-node", "1", "--topk-groups", "1", "--timeout", "30"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=55, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
