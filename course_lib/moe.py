@@ -63,6 +63,7 @@ class DeepSeekMoE(nn.Module):
         self.w_up = uniform(n_routed_experts, expert_dim, dim)
         self.w_down = uniform(n_routed_experts, dim, expert_dim)
         self.shared = SwiGLU(dim, n_shared_experts * expert_dim) if n_shared_experts else None
+        self.expert_linear = F.linear  # the routed experts' GEMM (fp8.to_fp8 swaps in fp8_linear)
         self.register_buffer("bias", torch.zeros(n_routed_experts, dtype=torch.float32))
         self.register_buffer("load", torch.zeros(n_routed_experts, dtype=torch.float32), persistent=False)
         self.last_scores: torch.Tensor | None = None  # [..., n_routed] sigmoid affinities (with grad in training)
@@ -119,7 +120,8 @@ class DeepSeekMoE(nn.Module):
         experts = zip(self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0))  # unbind: one backward
         for tokens, gates, (w_gate, w_up, w_down) in zip(tokens_of, gates_of, experts):
             if tokens.numel():
-                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down) * gates[:, None])
+                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down,
+                                                 self.expert_linear) * gates[:, None])
         return out
 
     @torch.no_grad()
