@@ -134,7 +134,7 @@ def scaled_matmul(a: Quantized, b: Quantized, backend: str = "auto") -> torch.Te
     scales and added to a float32 sum, as V3's kernels promote partial sums every N_C = 128 elements ([V3] 3.3.2).
     backend "scaled_mm": each slice with ``torch._scaled_mm`` (row-wise scales); "dequant": dequantise both to
     float32 and matmul, the same numbers up to float32 rounding (tested). "auto": "scaled_mm" on an accelerator
-    whose ``torch._scaled_mm`` accepts row-wise scales and a float32 output, else "dequant". On the CPU
+    whose ``torch._scaled_mm`` accepts row-wise scales, a float32 output and these shapes, else "dequant". On the CPU
     ``torch._scaled_mm`` works (torch 2.13) but converts the operands to float itself and is slower than
     "dequant", so "auto" does not use it there.
     """
@@ -146,11 +146,21 @@ def scaled_matmul(a: Quantized, b: Quantized, backend: str = "auto") -> torch.Te
             raise ValueError(f"{name}'s tiles {q.tile} do not split its inner dimension into 128-wide slices")
     if backend == "auto":
         device = a.data.device.type
-        backend = "scaled_mm" if device != "cpu" and _rowwise_scaled_mm_works(device) else "dequant"
+        if device != "cpu" and _rowwise_scaled_mm_works(device):
+            try:
+                return _scaled_mm_by_slices(a, b)
+            except RuntimeError:  # a shape this device's kernel does not take (e.g. not a multiple of 16)
+                pass
+        backend = "dequant"
     if backend == "dequant":
         return a.dequantize() @ b.dequantize().t()
     if backend != "scaled_mm":
         raise ValueError(f"backend must be 'auto', 'scaled_mm' or 'dequant', got {backend!r}")
+    return _scaled_mm_by_slices(a, b)
+
+
+def _scaled_mm_by_slices(a: Quantized, b: Quantized) -> torch.Tensor:
+    """a @ b^T with one torch._scaled_mm per 128-wide slice of K, the scales applied per row and column."""
     (M, K), N = a.data.shape, b.data.shape[0]
     out = torch.zeros(M, N, dtype=torch.float32, device=a.data.device)
     for start in range(0, K, TILE):  # one slice of the inner dimension = one column of the tile scales

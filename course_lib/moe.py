@@ -53,6 +53,7 @@ class DeepSeekMoE(nn.Module):
         self.dim, self.expert_dim = dim, expert_dim
         self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
         self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
+        self.expert_linear = F.linear  # the routed experts' GEMM (fp8.to_fp8 swaps in fp8_linear)
 
         def uniform(*shape: int) -> nn.Parameter:  # nn.Linear's default initialisation, fan_in = shape[-1]
             bound = 1 / math.sqrt(shape[-1])
@@ -63,7 +64,6 @@ class DeepSeekMoE(nn.Module):
         self.w_up = uniform(n_routed_experts, expert_dim, dim)
         self.w_down = uniform(n_routed_experts, dim, expert_dim)
         self.shared = SwiGLU(dim, n_shared_experts * expert_dim) if n_shared_experts else None
-        self.expert_linear = F.linear  # the routed experts' GEMM (fp8.to_fp8 swaps in fp8_linear)
         self.register_buffer("bias", torch.zeros(n_routed_experts, dtype=torch.float32))
         self.register_buffer("load", torch.zeros(n_routed_experts, dtype=torch.float32), persistent=False)
         self.last_scores: torch.Tensor | None = None  # [..., n_routed] sigmoid affinities (with grad in training)
