@@ -14,8 +14,9 @@ Figure 7 shows, with E4M3 everywhere:
     Dgrad  dx = dy W     dy: 1 x 128 tiles along N (out channels)  W: the same 128 x 128 blocks, transposed
     Wgrad  dW = dy^T x   dy^T and x^T: 1 x 128 tiles along M (tokens), i.e. 128 x 1 tiles of dy and x
 
-Every GEMM accumulates in float32, one 128-wide slice of the inner dimension at a time, applying the two scales
-when the slice's partial sum is added to the float32 result (V3's promotion every N_C = 128 elements, 3.3.2).
+Every GEMM accumulates in float32: with ``torch._scaled_mm``, one 128-wide slice of the inner dimension at a time,
+the two scales applied when the slice's partial sum is added to the float32 result (V3's promotion every
+N_C = 128 elements, 3.3.2); dequantise-and-matmul gives the same numbers up to float32 rounding.
 Outputs, the master weights and the weight gradients are float32. ``to_fp8(model)`` switches a model's attention
 projections, dense FFNs and experts to it; the embedding, output head, MoE gating and norms stay float32, as in
 V3 (3.3.1).
