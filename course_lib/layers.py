@@ -6,6 +6,8 @@ are too, and the MTP modules ([V3] 2.2) normalise with RMSNorm: they all use thi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,12 +32,14 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+           linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear) -> torch.Tensor:
     """The SwiGLU FFN as a function of its weights: (silu(x W_gate^T) * (x W_up^T)) W_down^T.
 
-    x: [..., dim]; w_gate, w_up: [hidden, dim]; w_down: [dim, hidden] (nn.Linear's layout) -> [..., dim]
+    x: [..., dim]; w_gate, w_up: [hidden, dim]; w_down: [dim, hidden] (nn.Linear's layout) -> [..., dim].
+    ``linear(x, w)`` computes the three GEMMs (``fp8.fp8_linear`` to simulate FP8 training).
     """
-    return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+    return linear(F.silu(linear(x, w_gate)) * linear(x, w_up), w_down)
 
 
 class SwiGLU(nn.Module):
@@ -51,6 +55,7 @@ class SwiGLU(nn.Module):
         self.w_gate = nn.Linear(dim, hidden, bias=False)
         self.w_up = nn.Linear(dim, hidden, bias=False)
         self.w_down = nn.Linear(hidden, dim, bias=False)
+        self.linear = F.linear  # the GEMM of the three projections (fp8.to_fp8 swaps in fp8_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight)
+        return swiglu(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, self.linear)

@@ -53,6 +53,7 @@ class DeepSeekMoE(nn.Module):
         self.dim, self.expert_dim = dim, expert_dim
         self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
         self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
+        self.expert_linear = F.linear  # the routed experts' GEMM (fp8.to_fp8 swaps in fp8_linear)
 
         def uniform(*shape: int) -> nn.Parameter:  # nn.Linear's default initialisation, fan_in = shape[-1]
             bound = 1 / math.sqrt(shape[-1])
@@ -119,7 +120,8 @@ class DeepSeekMoE(nn.Module):
         experts = zip(self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0))  # unbind: one backward
         for tokens, gates, (w_gate, w_up, w_down) in zip(tokens_of, gates_of, experts):
             if tokens.numel():
-                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down) * gates[:, None])
+                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down,
+                                                 self.expert_linear) * gates[:, None])
         return out
 
     @torch.no_grad()

@@ -1,0 +1,149 @@
+"""Checker for notebook 10: per-tile (1 x 128) FP8 quantisation and its inverse ([V3] 3.3.2).
+
+The learner writes ``quantize_per_tile(x) -> (x_fp8, scales)`` and ``dequantize_per_tile(x_fp8, scales) -> x``
+for x float32 [tokens, channels] with channels a multiple of 128: one scale per token and 128 channels,
+s = max |x over the tile| / 448, x_fp8 = clamp(x / s, -448, 448) in E4M3, and back x ~ x_fp8 * s.
+
+The quantiser runs with float8 conversions that do not saturate (a value beyond 448 becomes NaN, as on hardware
+converting without saturation); torch 2.13's own cast saturates and would hide a missing clamp. A scale of
+amax / 448 makes x / s exceed 448 by a rounding error in about one tile in twelve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from course_lib import fp8
+from course_lib.checks._core import call_learner, checker, describe_value, expect, format_numbers
+
+_MAX = 448.0
+
+
+class _NonSaturatingCast(TorchFunctionMode):
+    """Inside it, converting a float tensor to an FP8 dtype turns every value beyond the format's max into NaN."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        source = args[0] if args else None
+        if (isinstance(out, torch.Tensor) and out.dtype in fp8.FP8_DTYPES and isinstance(source, torch.Tensor)
+                and source.is_floating_point() and source.dtype not in fp8.FP8_DTYPES
+                and source.shape == out.shape):
+            beyond = source.detach().abs() > torch.finfo(out.dtype).max
+            if beyond.any():
+                out = torch.where(beyond, torch.tensor(float("nan")), out.float()).to(out.dtype)
+        return out
+
+
+def _activations(tokens: int, channels: int, seed: int, outlier_channel: int | None = None) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, channels, generator=generator)
+    x = x * 10 ** (2 * torch.rand(tokens, 1, generator=generator) - 1)  # tokens of very different sizes
+    if outlier_channel is not None:
+        x[:, outlier_channel] *= 100
+    return x
+
+
+_CASES = [_activations(64, 256, seed=2), _activations(8, 384, seed=1, outlier_channel=5),
+          _activations(130, 128, seed=3)]
+
+
+def _tiles_along_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Scales of 128 x 1 tiles (128 tokens of one channel): [ceil(tokens / 128), channels]."""
+    return fp8.quantize(x.t().contiguous(), "tile").scale.t()
+
+
+def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
+    """What is wrong with the learner's scales, for x [tokens, channels]; expected [tokens, channels / 128]."""
+    T, C = x.shape
+    shape = f"[{T}, {C // 128}]"
+    if not isinstance(got, torch.Tensor):
+        return f"your scales are {describe_value(got)}, but a float32 tensor {shape} was expected"
+    got = got.detach().float()
+    along_tokens = _tiles_along_tokens(x)
+    if got.shape == along_tokens.shape and got.shape != expected.shape:
+        return (f"your scales have shape {list(got.shape)}: the tiles run along the wrong axis. A tile is ONE token "
+                f"and 128 consecutive channels (1 x 128), so the scales are {shape}: reshape x to [tokens, "
+                f"channels / 128, 128] and take the max of |x| over the last dimension")
+    global_scale = x.abs().max() / _MAX
+    if got.numel() >= 1 and torch.allclose(got, global_scale.expand_as(got), rtol=1e-5):
+        return (f"every scale is {format_numbers(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
+                f"per-tensor scaling, where one outlier sets the scale for everything. Take the max over each 1 x 128 "
+                f"tile: one scale per token and 128 channels, shape {shape}")
+    if got.shape == (T, C // 128, 1):
+        return f"your scales have shape {list(got.shape)}: drop the last dimension (keepdim=False), shape {shape}"
+    if got.shape != expected.shape:
+        return f"your scales have shape {list(got.shape)}, but {shape} was expected (one per token and 128 channels)"
+    if torch.allclose(got, 1 / expected, rtol=1e-5):
+        return ("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
+                "back, s = max|x| / 448, so that x ~ x_fp8 * s")
+    if torch.allclose(got, expected * _MAX, rtol=1e-5):
+        return "your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)"
+    row = int((~torch.isclose(got, expected, rtol=1e-5)).nonzero()[0, 0])
+    return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
+            f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+
+
+@checker("quantize_per_tile")
+def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> str:
+    for x in _CASES:
+        T, C = x.shape
+        label = f"(x of shape [{T}, {C}])"
+        reference = fp8.quantize(x, "tile")
+        with _NonSaturatingCast():
+            result = call_learner(quantize_fn, x.clone(), name="Your quantize_per_tile", label=label)
+        expect(isinstance(result, (tuple, list)) and len(result) == 2,
+               f"quantize_per_tile{label} should return a pair (x_fp8, scales), but it returned "
+               f"{describe_value(result)}")
+        x_fp8, scales = result
+        expect(isinstance(x_fp8, torch.Tensor) and x_fp8.dtype == fp8.E4M3 and x_fp8.shape == x.shape,
+               f"For x of shape [{T}, {C}], x_fp8 should be a torch.float8_e4m3fn tensor of the same shape, but it is "
+               f"{describe_value(x_fp8)}. Convert with .to(torch.float8_e4m3fn).")
+        codes = x_fp8.float()
+        if isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape and torch.allclose(
+                scales.detach().float(), reference.scale, rtol=1e-5) and torch.isnan(codes).any():
+            raise AssertionError(
+                f"For x of shape [{T}, {C}] some of your FP8 values are NaN.\nLikely cause: no clamp to 448. "
+                f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value; torch 2.13's "
+                f"cast saturates it to 448, but a conversion that does not saturate (E4M3 has no infinity) makes it "
+                f"NaN. Clamp x / s to [-448, 448] before .to(torch.float8_e4m3fn).")
+        if not (isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape
+                and torch.allclose(scales.detach().float(), reference.scale, rtol=1e-5)):
+            raise AssertionError(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
+        scaled = x / reference.scale.repeat_interleave(128, 1)  # what x_fp8 rounds, in units of the scale
+        bound = scaled.abs() / 16 + 2.0 ** -10 + 1e-6  # half an E4M3 step: 2^-4 relative, 2^-10 among subnormals
+        wrong = ~((codes - scaled).abs() <= bound)
+        if wrong.any():
+            t, c = (int(i) for i in wrong.nonzero()[0])
+            raise AssertionError(
+                f"For x of shape [{T}, {C}], token {t}, channel {c}: x = {float(x[t, c]):.6g} and its tile's scale is "
+                f"{float(reference.scale[t, c // 128]):.6g}, so x_fp8 should be x / s = {float(scaled[t, c]):.6g} "
+                f"rounded to E4M3 ({float(reference.data[t, c].float()):.6g}), but yours is {float(codes[t, c]):.6g}. "
+                f"Divide each element by its own tile's scale.")
+        back = call_learner(dequantize_fn, reference.data.clone(), reference.scale.clone(),
+                            name="Your dequantize_per_tile", label=f"(x_fp8 [{T}, {C}], scales [{T}, {C // 128}])")
+        expected = reference.dequantize()
+        if isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point() and \
+                torch.allclose(back.float(), reference.data.float() / reference.scale.repeat_interleave(128, 1),
+                               rtol=1e-5):
+            raise AssertionError(
+                f"For x_fp8 [{T}, {C}] your dequantize_per_tile divides by the scales: with s = max|x| / 448, the "
+                f"way back multiplies, x ~ x_fp8.float() * s (each scale repeated over its 128 channels).")
+        expect(isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
+               and torch.allclose(back.float(), expected, rtol=1e-5, atol=0),
+               f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
+               f"{describe_value(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
+               f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
+    return f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel"
+
+
+def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> bool:
+    """Check ``quantize_fn(x) -> (x_fp8, scales)`` and ``dequantize_fn(x_fp8, scales) -> x`` for per-tile
+    (1 x 128) E4M3 quantisation of x float32 [tokens, channels] ([V3] 3.3.2; reference ``fp8.quantize(x, "tile")``).
+    Names the scale taken from the whole tensor, tiles along the wrong axis, a missing clamp to 448, and dividing
+    instead of multiplying on the way back."""
+    return _check(quantize_fn, dequantize_fn)

@@ -1,0 +1,124 @@
+"""Notebook 10's checker: the reference passes, a stub is reported, and each mistake of per-tile quantisation,
+written the way a learner writes it, is rejected with its own hint."""
+
+import pytest
+import torch
+
+from course_lib import fp8
+from course_lib.checks import check_quantize_per_tile
+
+E4M3 = torch.float8_e4m3fn
+
+
+def quantize(x):  # the way the notebook's solution writes it
+    tiles = x.view(x.shape[0], -1, 128)  # [tokens, channels / 128, 128]
+    scales = tiles.abs().amax(dim=-1).clamp(min=1e-12) / 448  # [tokens, channels / 128]
+    x_fp8 = (tiles / scales[..., None]).clamp(-448, 448).to(E4M3)
+    return x_fp8.view(x.shape), scales
+
+
+def dequantize(x_fp8, scales):
+    return x_fp8.float() * scales.repeat_interleave(128, dim=1)
+
+
+def reference_quantize(x):
+    q = fp8.quantize(x, "tile")
+    return q.data, q.scale
+
+
+def reference_dequantize(x_fp8, scales):
+    return fp8.Quantized(x_fp8, scales, (1, 128)).dequantize()
+
+
+def stub(*args):
+    raise NotImplementedError()
+
+
+def rejected_with(q, d, *phrases):
+    with pytest.raises(AssertionError) as info:
+        check_quantize_per_tile(q, d)
+    message = str(info.value)
+    for phrase in phrases:
+        assert phrase in message, message
+    return message
+
+
+def test_right_answers_pass():
+    assert check_quantize_per_tile(quantize, dequantize) is True
+    assert check_quantize_per_tile(reference_quantize, reference_dequantize) is True
+
+
+def test_multiplying_by_the_inverse_passes():
+    def by_inverse(x):
+        tiles = x.reshape(x.shape[0], x.shape[1] // 128, 128)
+        amax = tiles.abs().max(dim=2).values
+        x_fp8 = torch.clamp(tiles * (448.0 / amax)[:, :, None], -448.0, 448.0).to(E4M3)
+        return x_fp8.reshape(x.shape), amax / 448.0
+    assert check_quantize_per_tile(by_inverse, dequantize) is True
+
+
+def test_stub_returns_false(capsys):
+    assert check_quantize_per_tile(stub, stub) is False
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+def test_scale_from_the_whole_tensor():
+    def whole(x):
+        scale = x.abs().max() / 448
+        x_fp8 = (x / scale).clamp(-448, 448).to(E4M3)
+        return x_fp8, scale.expand(x.shape[0], x.shape[1] // 128)
+    rejected_with(whole, dequantize, "WHOLE tensor", "per-tensor")
+
+    def whole_scalar(x):
+        scale = x.abs().max() / 448
+        return (x / scale).clamp(-448, 448).to(E4M3), scale
+    rejected_with(whole_scalar, dequantize, "WHOLE tensor")
+
+
+def test_tiles_along_the_wrong_axis():
+    def per_channel(x):  # 128 tokens x 1 channel
+        T, C = x.shape
+        padded = torch.nn.functional.pad(x, (0, 0, 0, -T % 128))
+        scales = padded.view(-1, 128, C).abs().amax(dim=1) / 448  # [ceil(T / 128), C]
+        x_fp8 = (x / scales.repeat_interleave(128, 0)[:T]).clamp(-448, 448).to(E4M3)
+        return x_fp8, scales
+    rejected_with(per_channel, dequantize, "wrong axis", "1 x 128")
+
+
+def test_no_clamp():
+    def no_clamp(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        scales = tiles.abs().amax(dim=-1) / 448
+        return (tiles / scales[..., None]).to(E4M3).view(x.shape), scales
+    rejected_with(no_clamp, dequantize, "no clamp to 448")
+
+
+def test_dividing_on_the_way_back():
+    def divide(x_fp8, scales):
+        return x_fp8.float() / scales.repeat_interleave(128, dim=1)
+    rejected_with(quantize, divide, "divides by the scales", "multiplies")
+
+
+def test_other_mistakes_are_explained():
+    def inverse_scale(x):
+        x_fp8, scales = quantize(x)
+        return x_fp8, 1 / scales
+    rejected_with(inverse_scale, dequantize, "448 / max|x|")
+
+    def no_448(x):
+        x_fp8, scales = quantize(x)
+        return x_fp8, scales * 448
+    rejected_with(no_448, dequantize, "without the division by 448")
+
+    def float_codes(x):
+        x_fp8, scales = quantize(x)
+        return x_fp8.float(), scales
+    rejected_with(float_codes, dequantize, "torch.float8_e4m3fn")
+
+    def crashes(x):
+        return x.view(-1, 128, 3)
+    rejected_with(crashes, dequantize, "raised RuntimeError")
+
+    def no_repeat(x_fp8, scales):
+        return x_fp8.float() * scales[:, :1]
+    rejected_with(quantize, no_repeat, "repeated over its 128 channels")

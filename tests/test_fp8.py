@@ -1,0 +1,279 @@
+"""FP8 with fine-grained scaling: quantisation against a slow per-tile loop and within the formats' rounding
+bounds, the FP8 GEMM against its dequantised reference, the FP8 linear layer's gradients against float64, the
+accumulation model against a scalar loop, the model conversion, and bad input."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib import fp8
+from course_lib.fp8 import E4M3, E5M2
+from course_lib.model import ModelConfig, TinyDeepSeek
+
+MANTISSA_BITS = {E4M3: 3, E5M2: 2}
+SMALLEST_SUBNORMAL = {E4M3: 2.0 ** -9, E5M2: 2.0 ** -16}
+
+
+def activations(rows, cols, seed=0, outliers=True):
+    """Per-token magnitudes over two decades, and a few channels 100x larger when ``outliers``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * 10 ** (2 * torch.rand(rows, 1, generator=g) - 1)
+    if outliers:
+        x[:, torch.randperm(cols, generator=g)[:max(1, cols // 64)]] *= 100
+    return x
+
+
+# ------------------------------------------------------------------------------------------ formats
+def test_grids():
+    e4m3, e5m2 = fp8.fp8_grid(E4M3), fp8.fp8_grid(E5M2)
+    assert e4m3[0] == 0 and e4m3[-1] == 448 and len(e4m3) == 127  # 0x00..0x7e; 0x7f is NaN
+    assert e5m2[0] == 0 and e5m2[-1] == 57344 and len(e5m2) == 124  # exponent 31 holds inf and NaN
+    assert e4m3[1] == 2.0 ** -9 and e5m2[1] == 2.0 ** -16
+    assert (e4m3.diff() > 0).all() and fp8.fp8_max(E4M3) == 448 and fp8.fp8_max(E5M2) == 57344
+
+
+# ------------------------------------------------------------------------------------------ quantisation
+def slow_quantize(x, tile, dtype):
+    """One tile at a time: s = max |x| / fp8_max, q = (x / s).to(dtype)."""
+    rows, cols = x.shape
+    data = torch.empty(rows, cols, dtype=dtype)
+    scales = torch.empty(math.ceil(rows / tile[0]), math.ceil(cols / tile[1]))
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            block = x[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]]
+            scale = max(float(block.abs().max()), fp8.AMAX_FLOOR) / fp8.fp8_max(dtype)
+            scales[i, j] = scale
+            data[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]] = (
+                block / torch.tensor(scale, dtype=torch.float32)).to(dtype)
+    return data, scales
+
+
+@pytest.mark.parametrize("granularity", fp8.GRANULARITIES)
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 130), (129, 257), (256, 128), (200, 5)])
+def test_quantize_matches_loop(granularity, dtype, shape):
+    x = activations(*shape, seed=sum(shape))
+    q = fp8.quantize(x, granularity, dtype)
+    data, scales = slow_quantize(x, fp8.tile_shape(granularity, shape), dtype)
+    assert q.data.dtype == dtype and q.data.shape == x.shape and q.scale.dtype == torch.float32
+    torch.testing.assert_close(q.scale, scales, rtol=0, atol=0)
+    assert torch.equal(q.data.view(torch.uint8), data.view(torch.uint8))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 300), cols=st.integers(1, 300), granularity=st.sampled_from(fp8.GRANULARITIES),
+       dtype=st.sampled_from([E4M3, E5M2]), seed=st.integers(0, 10**6))
+def test_round_trip_within_the_format_bound(rows, cols, granularity, dtype, seed):
+    """|x - deq| <= 2^-(m+1) |x| (half an ulp) + half the smallest subnormal times the tile's scale."""
+    x = activations(rows, cols, seed)
+    q = fp8.quantize(x, granularity, dtype)
+    deq = q.dequantize()
+    tile = fp8.tile_shape(granularity, (rows, cols))
+    scale = q.scale.repeat_interleave(tile[0], 0)[:rows].repeat_interleave(tile[1], 1)[:, :cols]
+    bound = 2.0 ** -(MANTISSA_BITS[dtype] + 1) * x.abs() + SMALLEST_SUBNORMAL[dtype] / 2 * scale
+    assert ((deq - x).abs() <= bound * (1 + 1e-6)).all()
+    # each tile's largest magnitude lands on +-fp8_max exactly, so it comes back exactly (up to float32)
+    assert q.data.float().abs().max() == fp8.fp8_max(dtype)
+
+
+def test_all_zero_tiles_stay_zero_with_a_finite_scale():
+    x = torch.zeros(4, 300)
+    x[1, 200] = 3.0
+    q = fp8.quantize(x, "tile")
+    assert torch.isfinite(q.scale).all() and (q.scale > 0).all()
+    assert torch.equal(q.dequantize(), x)
+
+
+def test_outliers_only_spoil_their_own_tiles():
+    x = activations(256, 512, outliers=False)
+    x[:, 3] *= 1000  # one outlier channel: in tile column 0 only
+    errors = {g: ((fp8.fake_quantize(x, g) - x).abs() / x.abs())[:, 128:].mean() for g in fp8.GRANULARITIES}
+    assert errors["tile"] <= errors["block"] < errors["tensor"]  # mean relative error of the other channels
+    assert errors["tensor"] > 4 * errors["tile"]
+
+
+@pytest.mark.parametrize("bad, error, phrase", [
+    (torch.tensor([[1.0, float("nan")]]), ValueError, "non-finite"),
+    (torch.tensor([[1.0, float("inf")]]), ValueError, "non-finite"),
+    (torch.ones(3), ValueError, "matrix"),
+    (torch.ones(0, 4), ValueError, "non-empty"),
+    (torch.ones(2, 2, dtype=torch.int64), TypeError, "float tensor"),
+    (torch.ones(2, 2).to(E4M3), TypeError, "float tensor"),
+])
+def test_quantize_rejects_bad_input(bad, error, phrase):
+    with pytest.raises(error, match=phrase):
+        fp8.quantize(bad)
+
+
+def test_quantize_rejects_bad_options():
+    with pytest.raises(ValueError, match="granularity"):
+        fp8.quantize(torch.ones(2, 2), "channel")
+    with pytest.raises(TypeError, match="float8"):
+        fp8.quantize(torch.ones(2, 2), "tile", torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------ GEMM
+@pytest.mark.parametrize("a_gran, b_gran", [("tile", "block"), ("tile", "tile"), ("tensor", "tensor"),
+                                            ("block", "block")])
+@pytest.mark.parametrize("M, N, K", [(5, 7, 3), (33, 130, 200), (128, 64, 384), (1, 1, 129)])
+def test_scaled_mm_equals_dequantise_and_matmul(a_gran, b_gran, M, N, K):
+    a = fp8.quantize(activations(M, K, seed=1), a_gran)
+    b = fp8.quantize(torch.randn(N, K) / math.sqrt(K), b_gran)
+    reference = (a.dequantize().double() @ b.dequantize().double().t())
+    for backend in ("scaled_mm", "dequant", "auto"):
+        out = fp8.scaled_matmul(a, b, backend)
+        assert out.dtype == torch.float32 and out.shape == (M, N)
+        torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-5 * reference.abs().max())
+
+
+def test_scaled_matmul_rejects_bad_input():
+    a, b = fp8.quantize(torch.ones(2, 3)), fp8.quantize(torch.ones(4, 5))
+    with pytest.raises(ValueError, match=r"a \[M, K\] and b \[N, K\]"):
+        fp8.scaled_matmul(a, b)
+    with pytest.raises(ValueError, match="backend"):
+        fp8.scaled_matmul(a, fp8.quantize(torch.ones(4, 3)), "cuda")
+
+
+# ------------------------------------------------------------------------------------------ FP8 linear
+U = 2.0 ** -4  # E4M3: half an ulp, relative
+
+
+def gemm_bound(a, a_gran, b, b_gran):
+    """Elementwise bound on |fp8(a) fp8(b)^T - a b^T|: each operand within u |.| + delta of itself, so the
+    error is at most (2u + u^2)(|a| + delta_a)(|b| + delta_b)^T, delta = half the smallest subnormal x scale."""
+    def padded(x, gran):
+        q = fp8.quantize(x, gran)
+        tile = q.tile
+        scale = q.scale.repeat_interleave(tile[0], 0)[:x.shape[0]].repeat_interleave(tile[1], 1)[:, :x.shape[1]]
+        return x.abs().double() + SMALLEST_SUBNORMAL[E4M3] / 2 * scale.double()
+    return (2 * U + U * U) * padded(a, a_gran) @ padded(b, b_gran).t() + 1e-6
+
+
+@pytest.mark.parametrize("M, K, N", [(6, 20, 9), (70, 200, 130), (300, 128, 64)])
+def test_fp8_linear_gradients_against_float64(M, K, N):
+    torch.manual_seed(M)
+    x = activations(M, K, seed=K).requires_grad_()
+    w = (torch.randn(N, K) / math.sqrt(K)).requires_grad_()
+    grad_out = torch.randn(M, N)
+    y = fp8.fp8_linear(x, w)
+    y.backward(grad_out)
+    x64, w64, g64 = x.detach().double(), w.detach().double(), grad_out.double()
+    exact_y, exact_dx, exact_dw = x64 @ w64.t(), g64 @ w64, g64.t() @ x64
+    # within the rounding bound of E4M3 operands, GEMM by GEMM, with the layouts of [V3] Figure 7
+    assert ((y.double() - exact_y).abs() <= gemm_bound(x.detach(), "tile", w.detach(), "block")).all()
+    assert ((x.grad.double() - exact_dx).abs()
+            <= gemm_bound(grad_out, "tile", w.detach().t().contiguous(), "block")).all()
+    assert ((w.grad.double() - exact_dw).abs()
+            <= gemm_bound(grad_out.t().contiguous(), "tile", x.detach().t().contiguous(), "tile")).all()
+    # and norm-wise: a few percent, not more (E4M3 keeps 3 mantissa bits)
+    for got, exact in ((y, exact_y), (x.grad, exact_dx), (w.grad, exact_dw)):
+        assert 1e-4 < fp8.relative_error(got, exact) < 0.08
+
+
+def test_fp8_linear_gradients_equal_the_dequantised_gemms():
+    """Which tensor is quantised in which layout: Dgrad = q(dy, 1x128 along N) q(W, 128x128);
+    Wgrad = q(dy^T, 1x128 along tokens) q(x^T, 1x128 along tokens)^T."""
+    x = activations(150, 260, seed=3).requires_grad_()
+    w = torch.randn(140, 260).requires_grad_()
+    grad_out = activations(150, 140, seed=4)
+    fp8.fp8_linear(x, w).backward(grad_out)
+    fq = fp8.fake_quantize
+    torch.testing.assert_close(x.grad, fq(grad_out, "tile") @ fq(w.detach(), "block"), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(w.grad, fq(grad_out.t().contiguous(), "tile") @ fq(x.detach().t().contiguous(),
+                                                                                   "tile").t(), rtol=1e-5, atol=1e-3)
+
+
+def test_fp8_linear_shapes_and_bad_input():
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    w = torch.randn(8, 16, requires_grad=True)
+    assert fp8.fp8_linear(x, w).shape == (2, 3, 8)
+    assert fp8.fp8_linear(torch.randn(0, 16), w).shape == (0, 8)
+    with pytest.raises(ValueError, match=r"x \[\.\.\., K\] and weight \[N, K\]"):
+        fp8.fp8_linear(x, torch.randn(8, 15))
+    with pytest.raises(ValueError, match="non-finite"):
+        fp8.fp8_linear(torch.full((2, 16), float("nan")), w)
+
+
+# ------------------------------------------------------------------------------------------ accumulation
+def slow_round(value: float, bits: int, rounding: str) -> float:
+    if value == 0:
+        return 0.0
+    mantissa, exponent = math.frexp(value)
+    scaled = mantissa * 2 ** (bits + 1)
+    kept = round(scaled) if rounding == "nearest" else math.trunc(scaled)  # round(): ties to even
+    return math.ldexp(kept / 2 ** (bits + 1), exponent)
+
+
+def slow_accumulate(products, bits, promote_every, rounding):
+    out = torch.empty(products.shape[:-1], dtype=torch.float64)
+    for index in torch.cartesian_prod(*(torch.arange(n) for n in products.shape[:-1])).reshape(-1, 2).tolist():
+        total, partial = 0.0, 0.0
+        for k, p in enumerate(products[tuple(index)].tolist()):
+            partial = slow_round(partial + p, bits, rounding)
+            if promote_every and (k + 1) % promote_every == 0:
+                total, partial = float(torch.tensor(total + partial, dtype=torch.float32)), 0.0
+        out[tuple(index)] = float(torch.tensor(total + partial, dtype=torch.float32)) if promote_every else partial
+    return out
+
+
+@pytest.mark.parametrize("bits, promote_every, rounding", [(13, None, "nearest"), (13, 16, "nearest"),
+                                                            (6, None, "truncate"), (6, 7, "truncate")])
+def test_accumulate_matches_scalar_loop(bits, promote_every, rounding):
+    g = torch.Generator().manual_seed(bits)
+    products = fp8.fp8_products(torch.randn(3, 50, generator=g), torch.randn(2, 50, generator=g))
+    got = fp8.accumulate(products, bits, promote_every, rounding)
+    assert got.shape == (3, 2)
+    assert torch.equal(got, slow_accumulate(products, bits, promote_every, rounding))
+
+
+def test_promotion_shrinks_the_accumulation_error():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 4096, generator=g), torch.rand(4, 4096, generator=g)
+    products = fp8.fp8_products(fp8.fake_quantize(a), fp8.fake_quantize(b, "block"))
+    exact = products.sum(-1)
+    error = {n: ((fp8.accumulate(products, 13, n, "truncate") - exact).abs() / exact).max() for n in (None, 128)}
+    assert error[None] > 0.01 and error[128] < error[None] / 10
+    assert (fp8.accumulate(products, 52) - exact).abs().max() < 1e-9 * exact.max()
+
+
+def test_accumulate_rejects_bad_input():
+    with pytest.raises(ValueError, match="K >= 1"):
+        fp8.accumulate(torch.ones(2, 0))
+    with pytest.raises(ValueError, match="mantissa_bits"):
+        fp8.accumulate(torch.ones(2, 3), 0)
+    with pytest.raises(ValueError, match="promote_every"):
+        fp8.accumulate(torch.ones(2, 3), 13, 0)
+    with pytest.raises(ValueError, match="rounding"):
+        fp8.accumulate(torch.ones(2, 3), 13, None, "up")
+    with pytest.raises(ValueError, match="non-finite"):
+        fp8.accumulate(torch.tensor([1.0, float("inf")]))
+
+
+# ------------------------------------------------------------------------------------------ the model
+def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, expert_dim=16, n_routed_experts=4)
+    model = TinyDeepSeek(config)
+    params_before = dict(model.named_parameters())
+    keys_before = list(model.state_dict())
+    tokens = torch.randint(0, 32, (2, 17))
+    with torch.no_grad():
+        reference = model(tokens[:, :-1])
+    assert fp8.to_fp8(fp8.to_fp8(model)) is model  # twice is harmless
+    assert list(model.state_dict()) == keys_before
+    assert all(p is params_before[name] for name, p in model.named_parameters())
+    block = model.blocks[1]
+    assert isinstance(block.attn.qkv, fp8.FP8Linear) and isinstance(block.attn.out, fp8.FP8Linear)
+    assert block.ffn.expert_linear is fp8.fp8_linear and block.ffn.shared.linear is fp8.fp8_linear
+    assert model.blocks[0].ffn.linear is fp8.fp8_linear
+    assert type(model.head) is torch.nn.Linear and type(model.embed) is torch.nn.Embedding
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    assert 1e-4 < fp8.relative_error(logits, reference) < 0.1
+    main, _ = model.losses(tokens)
+    main.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
