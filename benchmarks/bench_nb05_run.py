@@ -24,14 +24,15 @@ from course_lib.runtime import seed_everything
 import timing
 
 
-def default_run(corpus: data.Corpus, steps: int, eval_tokens: int) -> tuple[float, train.Trainer]:
-    """Seconds of notebook 05's main run (seed 0, validation every steps // 4) and its trainer."""
-    start = time.perf_counter()
+def default_run(corpus: data.Corpus, steps: int, eval_tokens: int) -> tuple[float, float, train.Trainer]:
+    """Wall-clock and CPU seconds of notebook 05's main run (seed 0, validation every steps // 4), and its
+    trainer. On a loaded machine the CPU seconds of a 1-thread run stay close to its wall time on a quiet one."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     seed_everything(0)
     cfg = train.TrainConfig(steps=steps, seed=0, eval_interval=max(1, steps // 4), eval_tokens=eval_tokens)
     trainer = train.Trainer(TinyDeepSeek(ModelConfig(vocab_size=corpus.tokenizer.vocab_size)), corpus, cfg, "cpu")
     trainer.train(progress=False)
-    return time.perf_counter() - start, trainer
+    return time.perf_counter() - start, time.process_time() - cpu_start, trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,16 +46,19 @@ def main(argv: list[str] | None = None) -> None:
     timing.header(f"notebook 05's default run: {steps} steps of batch 16 x 64, validation every {max(1, steps // 4)}")
     seconds: dict[int, list[float]] = {n: [] for n in args.threads}
     before = torch.get_num_threads()
-    for _ in range(rounds):
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            elapsed, trainer = default_run(corpus, steps, eval_tokens)
-            seconds[threads].append(elapsed)
-            print(f"{threads} thread(s): {elapsed:.1f} s, validation loss {trainer.history.val_loss[-1]:.3f}")
-    torch.set_num_threads(before)
-    prompt = corpus.tokenizer.encode("The ")
-    sample = trainer.model.generate(prompt, 160, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(0),
-                                    context=trainer.cfg.seq_len)
+    try:
+        for _ in range(rounds):
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                elapsed, cpu, trainer = default_run(corpus, steps, eval_tokens)
+                seconds[threads].append(elapsed)
+                print(f"{threads} thread(s): {elapsed:.1f} s ({cpu:.1f} CPU s), validation loss "
+                      f"{trainer.history.val_loss[-1]:.3f}")
+        torch.set_num_threads(1)  # one token at a time: tiny operations, fastest on one thread
+        sample = trainer.model.generate(corpus.tokenizer.encode("The "), 160, temperature=0.8, top_k=20,
+                                        generator=torch.Generator().manual_seed(0), context=trainer.cfg.seq_len)
+    finally:
+        torch.set_num_threads(before)
     print("sample:", repr(corpus.tokenizer.decode(sample)))
     for threads, values in seconds.items():
         print(f"FIGURE nb05_default_run threads={threads}: {statistics.median(values):.1f} s (notebook 05's default "
