@@ -2,9 +2,39 @@
 
 A learner notebook without exercises is byte-for-byte its solution notebook; executing both would only double
 the time of the notebook tests, so only the solution is executed.
+
+A learner notebook with exercises differs from its solution only in the exercise cells (stubs that raise
+NotImplementedError, and the checkers below them that must explain, not crash). The solution notebook is run at
+full size and its kept outputs compared; the learner notebook is run with the smaller sizes of
+``LEARNER_TEST_PARAMETERS`` (appended to its ``parameters`` cell, as papermill would), every cell must still run
+without error, and a kept output is compared only where its cell differs from the solution's (a cell that is the
+same code is compared in the solution's run, at the size its numbers belong to).
+
+A solution notebook whose kept outputs do not depend on its size knobs (or that keeps none) may be listed in
+``SOLUTION_TEST_PARAMETERS``: it runs smaller too, every kept output still compared (one that depends on a knob
+then fails at once). ``--full-size`` runs every notebook at its own sizes.
 """
 
 from pathlib import Path
+
+import nbformat
+
+# Size knobs of the learner notebooks' test run; a notebook not listed here runs at its own sizes.
+LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
+    "02_load_balance": {"steps": 60},
+    "03_aux_loss_free": {"steps": 60, "sim_steps": 50},
+    "04_multi_token_prediction": {"steps": 40},
+    "05_tiny_deepseek": {"steps": 40, "synthetic_steps": 20},
+}
+# Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
+SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {
+    "06_ablations": {"steps": 30},  # no kept outputs; 14 training runs of 200 steps at full size
+}
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--full-size", action="store_true",
+                     help="run the notebooks at their own sizes (not LEARNER_ or SOLUTION_TEST_PARAMETERS)")
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
@@ -13,3 +43,26 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
         if solution.exists() and solution.read_bytes() == collection_path.read_bytes():
             return True
     return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Run the notebooks listed in LEARNER_ and SOLUTION_TEST_PARAMETERS smaller (see the module docstring)."""
+    if config.getoption("--full-size"):
+        return
+    solutions: dict[Path, list[str]] = {}
+    for item in items:
+        path = Path(str(item.fspath))
+        cell = getattr(item, "cell", None)  # nbval's notebook cell items
+        learner = path.parent.name == "notebooks"
+        sizes = (LEARNER_TEST_PARAMETERS if learner else SOLUTION_TEST_PARAMETERS).get(path.stem)
+        if sizes is None or cell is None or path.parent.name not in ("notebooks", "solutions"):
+            continue
+        if "parameters" in cell.metadata.get("tags", []):
+            cell.source += "\n# the notebook's test run (conftest.py): smaller sizes\n" + "".join(
+                f"{name} = {value!r}\n" for name, value in sizes.items())
+        elif learner:
+            if path not in solutions:
+                solution = nbformat.read(path.parent.parent / "solutions" / path.name, as_version=4)
+                solutions[path] = [c.source for c in solution.cells if c.cell_type == "code"]
+            if cell.source in solutions[path]:
+                item.options["check"] = False

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib import balance
-from course_lib.layers import SwiGLU, swiglu
+from course_lib import balance, dispatch
+from course_lib.layers import SwiGLU
 from course_lib.routing import check_route_config, topk_route
 
 
@@ -105,24 +105,15 @@ class DeepSeekMoE(nn.Module):
 
     def routed_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                        load: torch.Tensor) -> torch.Tensor:
-        """sum over chosen i of g_{i,t} FFN_i(x_t), without a per-token loop.
+        """sum over chosen i of g_{i,t} FFN_i(x_t), without a per-token loop (``dispatch.routed_experts``).
 
         x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed] assignments per expert ->
-        [tokens, dim]. The (token, expert) assignments are sorted by expert, so each expert gathers its own
-        rows, runs once on them, and adds its weighted outputs back to those tokens (index_add_). Every step
-        works on one expert's block, small enough to stay in cache.
+        [tokens, dim]. The (token, expert) assignments are sorted by expert and each expert runs once on its
+        block of rows: as grouped GEMMs (``torch._grouped_mm``) where this torch build supports them, else by
+        the loop over experts that notebook 01 teaches (``dispatch.expert_loop``).
         """
-        order = indices.reshape(-1).argsort(stable=True)  # [tokens * top_k] assignments grouped by expert
-        sizes = load.long().tolist()
-        tokens_of = (order // self.top_k).split(sizes)  # per expert: the tokens routed to it
-        gates_of = weights.reshape(-1)[order].split(sizes)  # per expert: their gate weights
-        out = torch.zeros_like(x)
-        experts = zip(self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0))  # unbind: one backward
-        for tokens, gates, (w_gate, w_up, w_down) in zip(tokens_of, gates_of, experts):
-            if tokens.numel():
-                out.index_add_(0, tokens, swiglu(x.index_select(0, tokens), w_gate, w_up, w_down,
-                                                 self.expert_linear) * gates[:, None])
-        return out
+        return dispatch.routed_experts(x, weights, indices, self.w_gate, self.w_up, self.w_down, load,
+                                       linear=self.expert_linear)
 
     @torch.no_grad()
     def update_bias(self, gamma: float = 0.001) -> torch.Tensor:

@@ -4,9 +4,10 @@ MoE layer on identical weights (offline: a random tiny DeepseekV3Config, no down
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-modeling = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
+pytest.importorskip("transformers")
+pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
 
+from course_lib import hf_reference  # noqa: E402
 from course_lib.moe import DeepSeekMoE  # noqa: E402
 from course_lib.routing import topk_route  # noqa: E402
 
@@ -14,26 +15,7 @@ DIM, EXPERT_DIM, N_ROUTED, TOP_K, N_SHARED = 16, 8, 8, 2, 1
 
 
 def hf_config(n_group=4, topk_group=2, route_scale=2.5):
-    config = transformers.DeepseekV3Config(
-        hidden_size=DIM, moe_intermediate_size=EXPERT_DIM, n_routed_experts=N_ROUTED, num_experts_per_tok=TOP_K,
-        n_shared_experts=N_SHARED, n_group=n_group, topk_group=topk_group, routed_scaling_factor=route_scale,
-        norm_topk_prob=True)
-    config._experts_implementation = "eager"  # the plain loop over experts; the layer is built standalone
-    return config
-
-
-def hf_moe_like(moe: DeepSeekMoE):
-    """transformers' DeepseekV3MoE holding the weights of ``moe`` (gate and up projections are stacked)."""
-    hf = modeling.DeepseekV3MoE(hf_config(moe.n_groups, moe.topk_groups, moe.route_scale))
-    with torch.no_grad():
-        hf.gate.weight.copy_(moe.centroids)
-        hf.gate.e_score_correction_bias.copy_(moe.bias)
-        hf.experts.gate_up_proj.copy_(torch.cat([moe.w_gate, moe.w_up], dim=1))
-        hf.experts.down_proj.copy_(moe.w_down)
-        hf.shared_experts.gate_proj.weight.copy_(moe.shared.w_gate.weight)
-        hf.shared_experts.up_proj.weight.copy_(moe.shared.w_up.weight)
-        hf.shared_experts.down_proj.weight.copy_(moe.shared.w_down.weight)
-    return hf
+    return hf_reference.hf_config(DIM, EXPERT_DIM, N_ROUTED, TOP_K, N_SHARED, n_group, topk_group, route_scale)
 
 
 def by_expert(weights, indices):
@@ -43,11 +25,7 @@ def by_expert(weights, indices):
 
 
 def hf_route(hidden, centroids, bias, n_group, topk_group, route_scale):
-    router = modeling.DeepseekV3TopkRouter(hf_config(n_group, topk_group, route_scale))
-    with torch.no_grad():
-        router.weight.copy_(centroids)
-        router.e_score_correction_bias.copy_(bias)
-    _, weights, indices = router(hidden)
+    _, weights, indices = hf_reference.hf_router(hf_config(n_group, topk_group, route_scale), centroids, bias)(hidden)
     return weights, indices
 
 
@@ -90,7 +68,7 @@ def test_moe_layer_agrees_with_transformers(n_groups, topk_groups):
     moe = DeepSeekMoE(DIM, EXPERT_DIM, N_ROUTED, N_SHARED, TOP_K, n_groups, topk_groups, route_scale=2.5)
     with torch.no_grad():
         moe.bias.copy_(torch.rand(N_ROUTED) * 0.2)
-    hf = hf_moe_like(moe)
+    hf = hf_reference.hf_moe_like(moe)
     x = torch.randn(2, 7, DIM)
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_ours, out_theirs = moe(x_ours), hf(x_theirs)
