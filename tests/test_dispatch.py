@@ -124,7 +124,7 @@ def test_layer_gives_the_same_training_step_with_either_implementation(monkeypat
     for implementation in ("grouped_mm", "loop"):
         chosen = dispatch.routed_experts
         monkeypatch.setattr(dispatch, "routed_experts",
-                            lambda *args, impl=implementation, chosen=chosen: chosen(*args, impl))
+                            lambda *args, impl=implementation, chosen=chosen, **kw: chosen(*args, impl, **kw))
         moe.zero_grad()
         out = moe(x)
         out.square().mean().backward()
