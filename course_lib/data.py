@@ -47,6 +47,10 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars[:12]!r}...)" if len(
+            self.chars) > 12 else f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars!r})"
+
     def encode(self, text: str) -> torch.Tensor:
         """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet."""
         try:
@@ -78,6 +82,11 @@ class Corpus:
     train_domains: torch.Tensor | None = None
     val_domains: torch.Tensor | None = None
     domain_names: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
+        return (f"Corpus({len(self.train):,} training and {len(self.val):,} validation tokens, "
+                f"vocab_size={self.tokenizer.vocab_size}{domains})")
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):

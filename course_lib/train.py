@@ -320,6 +320,11 @@ class Trainer:
         self.step = 0
         self.history = History()
 
+    def __repr__(self) -> str:
+        total, _ = self.model.count_params()
+        return (f"Trainer(step {self.step} of {self.cfg.steps}, {self.cfg.balance} balancing, {self.cfg.dtype} on "
+                f"{self.device}, {total:,} parameters, {self.corpus.tokenizer.vocab_size} tokens)")
+
     # ------------------------------------------------------------------------------------------ training
     def train(self, steps: int | None = None, progress: bool = True) -> History:
         """Train ``steps`` more optimizer steps (default: up to ``cfg.steps``), validating every
