@@ -267,10 +267,10 @@ class History:
             column = values[name]
             if not isinstance(column, list):
                 raise ValueError(f"{name} must be a list, got {type(column).__name__}")
-            flat = [x for row in column for layer in row for x in layer] if name == "loads" else column
             if name == "loads" and not all(isinstance(row, list) and all(isinstance(r, list) for r in row)
                                            for row in column):
                 raise ValueError("loads must be a list (steps) of lists (layers) of lists (experts)")
+            flat = [x for row in column for layer in row for x in layer] if name == "loads" else column
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
                 raise ValueError(f"{name} must hold numbers only")
         for group in (names[:9], names[9:]):  # per-step columns, per-validation columns
@@ -574,7 +574,8 @@ def _read(path: str | Path) -> _Checkpoint:
     if len(history.step) != meta["step"]:
         raise _entry_error(path, "meta", f"history has {len(history.step)} steps, the checkpoint says {meta['step']}")
 
-    model = TinyDeepSeek(config)
+    with torch.random.fork_rng(devices=[]):  # reading a checkpoint leaves the global random state alone
+        model = TinyDeepSeek(config)
     weights = state["model"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise _entry_error(path, "model", "expected a dict of tensors (a state_dict)")
@@ -582,7 +583,8 @@ def _read(path: str | Path) -> _Checkpoint:
     wrong = sorted(set(expected) ^ set(weights)) + sorted(
         k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
     if wrong:
-        raise CheckpointError(f"{path}: the weights do not fit its own model config (first mismatches: {wrong[:5]})")
+        raise _entry_error(path, "model", f"the weights do not fit its own model config (first mismatches: "
+                                          f"{wrong[:5]})")
     bad = [k for k, v in weights.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
     if bad:
         raise _entry_error(path, "model", f"tensors that are not finite floating-point numbers: {bad[:5]}")
