@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from course_lib.validation import check_number
 
 
 def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -45,14 +45,6 @@ def max_violation(load: torch.Tensor) -> float:
     return float((load.max() - mean) / mean)
 
 
-def _check_number(name: str, value: float) -> None:
-    """Raise unless ``value`` is a finite real number >= 0 (gamma, alpha)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
-
-
 def update_bias(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
     """The auxiliary-loss-free update ([V3] 2.1.2): b + gamma * sign(mean(load) - load), as a new tensor.
 
@@ -73,7 +65,7 @@ def update_bias(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.T
     if not isinstance(load, torch.Tensor) or load.shape != bias.shape:
         shape = list(load.shape) if isinstance(load, torch.Tensor) else type(load).__name__
         raise ValueError(f"load must have the shape of bias {list(bias.shape)}, got {shape}")
-    _check_number("gamma", gamma)
+    check_number("gamma", gamma, 0)
     with torch.no_grad():
         load = load.to(device=bias.device, dtype=torch.float32)
         if not bool(((load >= 0) & (load < float("inf"))).all()):
@@ -110,7 +102,7 @@ def _check_loss_inputs(scores: torch.Tensor, k: int, alpha: float, dims: int, la
         raise ValueError(f"k must be an int in [1, n_experts={scores.shape[-1]}], got {k!r}")
     if not bool(((scores >= 0) & (scores < float("inf"))).all()):
         raise ValueError("scores must be finite affinities >= 0 (sigmoid outputs), without NaN or inf")
-    _check_number("alpha", alpha)
+    check_number("alpha", alpha, 0)
 
 
 def balance_loss(scores: torch.Tensor, k: int, alpha: float) -> torch.Tensor:

@@ -128,6 +128,8 @@ class DeepSeekMoE(nn.Module):
             raise TypeError(f"DeepSeekMoE expects a floating-point tensor [..., {self.dim}], got {x!r:.80}")
         if x.dim() < 1 or x.shape[-1] != self.dim or x.numel() == 0:
             raise ValueError(f"DeepSeekMoE expects a non-empty tensor [..., {self.dim}], got shape {list(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("DeepSeekMoE got hidden states with NaN or inf: the layers before it diverged")
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)

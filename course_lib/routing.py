@@ -24,7 +24,8 @@ import torch
 def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Sigmoid affinities of every token to every routed expert: sigmoid(x @ centroids^T).
 
-    x: [..., dim]; centroids: [n_experts, dim] -> [..., n_experts], each in (0, 1).
+    x: [..., dim]; centroids: [n_experts, dim] -> [..., n_experts], each in [0, 1]. Raises TypeError for
+    tensors that are not floating point, ValueError for mismatched or empty shapes and NaN or inf values.
     """
     for name, t in (("x", x), ("centroids", centroids)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -34,6 +35,9 @@ def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     if x.dim() < 1 or x.shape[-1] != centroids.shape[1]:
         raise ValueError(f"x must be [..., {centroids.shape[1]}] to match centroids [n_experts, "
                          f"{centroids.shape[1]}], got shape {list(x.shape)}")
+    for name, t in (("x", x), ("centroids", centroids)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or inf: affinities need finite hidden states and centroids")
     return torch.sigmoid(x @ centroids.T)
 
 
@@ -72,7 +76,12 @@ def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.
     highest biased scores (its one score when a group holds a single expert). -inf, not 0: biased scores can be
     negative, and a 0 would then beat experts of the kept groups.
     """
+    if not isinstance(choice, torch.Tensor) or not choice.is_floating_point():
+        raise TypeError(f"choice must be a floating-point tensor [tokens, n_experts], got {choice!r:.80}")
+    if choice.dim() != 2:
+        raise ValueError(f"choice must be [tokens, n_experts], got shape {list(choice.shape)}")
     tokens, n_experts = choice.shape
+    check_route_config(n_experts, 1, n_groups, topk_groups)
     grouped = choice.view(tokens, n_groups, n_experts // n_groups)  # [tokens, n_groups, group_size]
     group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # [tokens, n_groups]
     kept = group_scores.topk(topk_groups, dim=-1).indices  # [tokens, topk_groups]

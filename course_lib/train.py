@@ -50,6 +50,7 @@ from course_lib import balance
 from course_lib.data import CharTokenizer, Corpus, python_docs, synthetic_task
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.runtime import get_device, seed_everything
+from course_lib.validation import check_int
 
 BALANCE_MODES = ("none", "aux", "loss_free")
 DTYPES = ("float32", "bfloat16")  # TrainConfig.dtype: float32, or bfloat16 autocast
@@ -283,6 +284,9 @@ class History:
 def make_optimizer(model: TinyDeepSeek, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on the matrices only (not on norms' weights); the routing bias is a buffer, not a
     parameter, so the optimizer never sees it."""
+    if not isinstance(model, torch.nn.Module) or not isinstance(cfg, TrainConfig):
+        raise TypeError(f"make_optimizer(model: nn.Module, cfg: TrainConfig), got {type(model).__name__}, "
+                        f"{type(cfg).__name__}")
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW(
@@ -292,6 +296,8 @@ def make_optimizer(model: TinyDeepSeek, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def mean_maxvio(loads: torch.Tensor) -> float:
     """MaxVio averaged over MoE layers ([LF] reports the layer average). loads: [n_layers, n_experts]."""
+    if not isinstance(loads, torch.Tensor) or loads.dim() != 2:
+        raise ValueError(f"loads must be a 2-D tensor [n_layers, n_experts], got {loads!r:.80}")
     if loads.numel() == 0:
         return 0.0
     return sum(balance.max_violation(layer) for layer in loads) / len(loads)
@@ -331,6 +337,8 @@ class Trainer:
         ``eval_interval`` steps and at the end of the run."""
         from tqdm.auto import tqdm
 
+        if steps is not None:
+            check_int("steps", steps, 1)
         last = self.cfg.steps if steps is None else min(self.cfg.steps, self.step + steps)
         cfg = self.cfg
         bar = tqdm(total=last - self.step, desc="training", disable=not progress, leave=True)
@@ -387,6 +395,8 @@ class Trainer:
         Returns val_loss, val_mtp_loss (0 without MTP), maxvio_global (mean over MoE layers) and
         loads (float32 [n_moe_layers, n_routed_experts], assignments over the whole validation set).
         """
+        if max_tokens is not None:
+            check_int("max_tokens", max_tokens, 1)
         model, cfg = self.model, self.cfg
         was_training = model.training
         model.eval()
@@ -419,6 +429,7 @@ class Trainer:
     def summary(self, last_steps: int = 50) -> dict[str, Any]:
         """The final metrics of a run (the CLI's JSON): the last validation, MaxVio_batch and tokens/s averaged
         over the last ``last_steps`` steps (tokens/s leaves out the first 5 steps, which warm up)."""
+        check_int("last_steps", last_steps, 1)
         h = self.history
         if not h.step:
             raise ValueError("nothing to summarise: train at least one step first")
@@ -631,6 +642,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_same_config(expected: ModelConfig, found: ModelConfig, path: str | Path = "the checkpoint") -> None:
     """Raise CheckpointError listing every field where ``found`` (a checkpoint's config) differs from ``expected``."""
+    if not isinstance(expected, ModelConfig) or not isinstance(found, ModelConfig):
+        raise TypeError(f"check_same_config compares two ModelConfig, got {type(expected).__name__} and "
+                        f"{type(found).__name__}")
     a, b = dataclasses.asdict(expected), dataclasses.asdict(found)
     differences = [f"{k}: checkpoint {b[k]!r}, expected {a[k]!r}" for k in a if a[k] != b[k]]
     if differences:
