@@ -210,7 +210,8 @@ class TinyDeepSeek(nn.Module):
         for repeatable samples. The model reads at most the last ``context`` tokens (default max_seq_len; pass the
         training sequence length, since positions beyond it were never trained).
         """
-        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0 or prompt.dtype != torch.long:
+        if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0
+                or prompt.dtype != torch.long):
             raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
         if prompt.min() < 0 or prompt.max() >= self.config.vocab_size:
             raise ValueError(f"prompt token ids must lie in [0, {self.config.vocab_size}), got ids from "

@@ -338,7 +338,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if steps is not None:
-            check_int("steps", steps, 1)
+            check_int("steps", steps, 0)  # 0: nothing to do (a notebook's steps // 4 on a tiny run)
         last = self.cfg.steps if steps is None else min(self.cfg.steps, self.step + steps)
         cfg = self.cfg
         bar = tqdm(total=last - self.step, desc="training", disable=not progress, leave=True)
@@ -567,7 +567,8 @@ def _read(path: str | Path) -> _Checkpoint:
 
     meta = _json_dict(path, state, "meta")
     if set(meta) != {"step", "chars", "n_train", "n_val", "history"}:
-        raise _entry_error(path, "meta", f"expected the fields step, chars, n_train, n_val, history, got {sorted(meta)}")
+        raise _entry_error(path, "meta", f"expected the fields step, chars, n_train, n_val, history, got "
+                                         f"{sorted(meta)}")
     for name in ("step", "n_train", "n_val"):
         if isinstance(meta[name], bool) or not isinstance(meta[name], int) or meta[name] < 0:
             raise _entry_error(path, "meta", f"{name} must be an int >= 0, got {meta[name]!r}")

@@ -47,10 +47,6 @@ def tiny_trainer(**cfg):
     return train.Trainer(tiny_model(), corpus, train.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
 
 
-def tiny_trainer_96():
-    return tiny_trainer()
-
-
 def moe_after_forward(load_value):
     layer = moe_layer()
     layer.load.fill_(load_value)
@@ -241,7 +237,8 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("Trainer wrong types", lambda: train.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
     ("Trainer vocab", lambda: train.Trainer(tiny_model(), tiny_corpus(), train.TrainConfig(seq_len=8), "cpu"),
      ValueError, "vocab_size"),
-    ("Trainer.train steps 0", lambda: tiny_trainer().train(0, progress=False), ValueError, "steps must be an int >= 1"),
+    ("Trainer.train steps -1", lambda: tiny_trainer().train(-1, progress=False), ValueError,
+     "steps must be an int >= 0"),
     ("Trainer.evaluate max_tokens 0", lambda: tiny_trainer().evaluate(0), ValueError, "max_tokens"),
     ("Trainer.summary nothing", lambda: tiny_trainer().summary(), ValueError, "train at least one step"),
     ("check_same_config not configs", lambda: train.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
