@@ -175,6 +175,7 @@ def test_the_cli_prints_one_line_exits_2_and_overwrites_nothing(good, tmp_path, 
     assert path.read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt"]
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: about 10 s on a busy machine
 def test_the_real_command_exits_with_status_2(good, tmp_path):
     path = damaged(good, tmp_path, DAMAGES["model_config a number"][0])
     run = subprocess.run([sys.executable, "-m", "course_lib.train", "--resume", str(path), "--save", str(path),

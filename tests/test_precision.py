@@ -100,6 +100,7 @@ def test_a_bf16_layer_routes_in_float32():
     assert torch.isfinite(out).all() and moe.load.sum() == 64 * 2
 
 
+@pytest.mark.slow  # bf16 on a CPU: about 15 s on a busy 2-core machine
 def test_bf16_autocast_training_trains_like_float32_and_keeps_float32_state(corpus):
     results = {}
     for dtype in ("float32", "bfloat16"):
