@@ -38,5 +38,8 @@ def gpu_utilisation(activated_params: float, tokens: float, gpu_hours: float, pe
 
 def training_cost(gpu_hours: float | Mapping[str, float], price_per_gpu_hour: float) -> float:
     """Rental cost in dollars of some GPU-hours (a number, or a mapping stage -> GPU-hours) at a price per hour."""
-    hours = sum(gpu_hours.values()) if isinstance(gpu_hours, Mapping) else gpu_hours
+    if isinstance(gpu_hours, Mapping):
+        hours = sum(_positive(f"gpu_hours[{stage!r}]", value) for stage, value in gpu_hours.items())
+    else:
+        hours = gpu_hours
     return _positive("gpu_hours", hours) * _positive("price_per_gpu_hour", price_per_gpu_hour)

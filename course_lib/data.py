@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from course_lib.validation import check_int, check_number
+
 ASCII_ALPHABET = "\n" + "".join(chr(code) for code in range(32, 127))  # 96 characters
 _ASCII_SET = frozenset(ASCII_ALPHABET)
 _TO_ASCII = {"\t": "    ", "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "°": " degrees",
@@ -29,6 +31,8 @@ _TO_ASCII = {"\t": "    ", "–": "-", "—": "-", "‘": "'", "’": "'", "“"
 
 def to_ascii(text: str) -> str:
     """Map the typographic characters of the documentation to ASCII; any other non-ASCII character becomes '?'."""
+    if not isinstance(text, str):
+        raise TypeError(f"to_ascii expects a str, got {type(text).__name__}")
     return "".join(c if c in _ASCII_SET else _TO_ASCII.get(c, "?") for c in text)
 
 
@@ -47,8 +51,15 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars[:12]!r}...)" if len(
+            self.chars) > 12 else f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars!r})"
+
     def encode(self, text: str) -> torch.Tensor:
-        """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet."""
+        """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet,
+        TypeError for anything but a str."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
         try:
             return torch.tensor([self._ids[c] for c in text], dtype=torch.long)
         except KeyError as missing:
@@ -58,6 +69,8 @@ class CharTokenizer:
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         """ids [n] (tensor or list) -> text."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise TypeError(f"token ids must be ints (an integer tensor or a list of int), got {ids[:5]!r}")
         bad = [i for i in ids if not 0 <= i < len(self.chars)]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {len(self.chars) - 1}]")
@@ -79,6 +92,29 @@ class Corpus:
     val_domains: torch.Tensor | None = None
     domain_names: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokenizer, CharTokenizer):
+            raise TypeError(f"tokenizer must be a CharTokenizer, got {type(self.tokenizer).__name__}")
+        for name in ("train", "val"):
+            ids = getattr(self, name)
+            if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
+                raise TypeError(f"{name} must be a 1-D int64 tensor of token ids, got {ids!r:.80}")
+            if ids.numel() == 0:
+                raise ValueError(f"the {name} split is empty: it needs token ids")
+            if ids.min() < 0 or ids.max() >= self.tokenizer.vocab_size:
+                raise ValueError(f"{name} token ids must lie in [0, {self.tokenizer.vocab_size}) (the tokenizer's "
+                                 f"vocabulary), got ids from {int(ids.min())} to {int(ids.max())}")
+            domains = getattr(self, f"{name}_domains")
+            if domains is not None and (not isinstance(domains, torch.Tensor) or domains.shape != ids.shape
+                                        or domains.dtype != torch.int64):
+                raise ValueError(f"{name}_domains must be an int64 tensor of the shape of {name} "
+                                 f"{list(ids.shape)}, got {domains!r:.80}")
+
+    def __repr__(self) -> str:
+        domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
+        return (f"Corpus({len(self.train):,} training and {len(self.val):,} validation tokens, "
+                f"vocab_size={self.tokenizer.vocab_size}{domains})")
+
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {name!r}")
@@ -92,6 +128,8 @@ class Corpus:
                                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Like ``get_batch``, plus the windows' domain labels [batch_size, seq_len + 1] (None without labels)."""
         ids = self.split(split)
+        check_int("batch_size", batch_size)
+        check_int("seq_len", seq_len)
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if len(ids) < seq_len + 2:
@@ -104,6 +142,10 @@ class Corpus:
     def eval_batches(self, batch_size: int, seq_len: int, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
         """Consecutive non-overlapping windows of the validation split, always the same ones:
         int64 [<= batch_size, seq_len + 1] each, covering at most ``max_tokens`` predicted tokens."""
+        check_int("batch_size", batch_size, 1)
+        check_int("seq_len", seq_len, 1)
+        if max_tokens is not None:
+            check_int("max_tokens", max_tokens, 1)
         n_windows = (len(self.val) - 1) // seq_len
         if max_tokens is not None:
             n_windows = min(n_windows, max(1, max_tokens // seq_len))
@@ -163,6 +205,7 @@ def synthetic_lines(n_lines: int, seed: int = 0) -> tuple[list[str], list[int]]:
     """``n_lines`` lines of the synthetic task, each from a domain drawn uniformly; returns (lines, domain ids)
     with ids indexing ``list(SYNTHETIC_DOMAINS)``. Examples: 'add 12+30=42', 'rev abc=cba', 'srt cab=abc',
     'rep XY#=XY#XY#XY#'."""
+    check_int("n_lines", n_lines)
     if n_lines < 1:
         raise ValueError(f"n_lines must be >= 1, got {n_lines}")
     rng = random.Random(seed)
@@ -175,6 +218,10 @@ def synthetic_task(n_lines: int = 20_000, seed: int = 0, val_fraction: float = 0
                    tokenizer: CharTokenizer | None = None) -> Corpus:
     """The synthetic multi-domain corpus: one line per example, every character (and the line's newline)
     labelled with its line's domain. The last ``val_fraction`` of the lines are the validation set."""
+    check_int("n_lines", n_lines, 2)  # one line for each split at least
+    check_number("val_fraction", val_fraction, 0, strict=True)
+    if not val_fraction < 1:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     tokenizer = tokenizer or CharTokenizer()
     lines, domains = synthetic_lines(n_lines, seed)
     n_val = max(1, round(n_lines * val_fraction))

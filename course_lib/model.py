@@ -24,7 +24,9 @@ from course_lib import mtp
 from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.moe import DeepSeekMoE
 from course_lib.param_count import moe_ffn_params
+from course_lib.routing import check_route_config, check_route_scale
 from course_lib.transformer import TransformerBlock
+from course_lib.validation import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class ModelConfig:
             raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if self.top_k > self.n_routed_experts:
             raise ValueError(f"top_k={self.top_k} exceeds n_routed_experts={self.n_routed_experts}")
+        check_route_config(self.n_routed_experts, self.top_k, self.n_groups, self.topk_groups)
+        check_route_scale(self.route_scale)
 
     @property
     def ffn_hidden(self) -> int:
@@ -83,7 +87,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from ``dataclasses.asdict`` output; unknown keys raise ValueError."""
+        """Build from ``dataclasses.asdict`` output; unknown keys raise ValueError, a non-dict TypeError."""
+        if not isinstance(values, dict):
+            raise TypeError(f"ModelConfig.from_dict expects a dict of fields, got {type(values).__name__}")
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
@@ -95,6 +101,8 @@ class TinyDeepSeek(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"TinyDeepSeek needs a ModelConfig, got {type(config).__name__}")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.dim)
         self.blocks = nn.ModuleList(
@@ -126,6 +134,9 @@ class TinyDeepSeek(nn.Module):
         if tokens.shape[0] == 0 or not 1 <= tokens.shape[1] <= self.config.max_seq_len:
             raise ValueError(f"tokens must be [batch >= 1, 1 <= T <= {self.config.max_seq_len}], "
                              f"got shape {list(tokens.shape)}")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) (the vocabulary), got ids from "
+                             f"{int(tokens.min())} to {int(tokens.max())}")
         h = self.embed(tokens)
         for block in self.blocks:
             h = block(h)
@@ -140,7 +151,14 @@ class TinyDeepSeek(nn.Module):
         main: the next-token cross-entropy of the main head, mean over the B x T positions.
         MTP: (mtp_lambda / D) * sum_k L_k ([V3] eq. 25), 0 when D = 0. Depth k reads the previous depth's hidden
         states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
+        Raises TypeError / ValueError for tokens that are not int64 [B >= 1, T + 1 >= 2] in the vocabulary and for
+        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss (not an error:
+        ``train.train_step`` reports it as TrainingDiverged).
         """
+        check_number("mtp_lambda", mtp_lambda, 0)
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] < 2:
+            raise ValueError(f"tokens must be windows [batch, T + 1] with T + 1 >= 2 (t_1 .. t_{{T+1}}), got "
+                             f"{list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
         inputs = tokens[:, :-1]  # [B, T]
         h = self.hidden_states(inputs)
         main = mtp.mtp_depth_loss(self.head(self.norm(h)), tokens, 0)
@@ -192,10 +210,16 @@ class TinyDeepSeek(nn.Module):
         for repeatable samples. The model reads at most the last ``context`` tokens (default max_seq_len; pass the
         training sequence length, since positions beyond it were never trained).
         """
-        if prompt.dim() != 1 or prompt.numel() == 0 or prompt.dtype != torch.long:
+        if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0
+                or prompt.dtype != torch.long):
             raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if prompt.min() < 0 or prompt.max() >= self.config.vocab_size:
+            raise ValueError(f"prompt token ids must lie in [0, {self.config.vocab_size}), got ids from "
+                             f"{int(prompt.min())} to {int(prompt.max())}")
+        check_int("max_new_tokens", max_new_tokens, 0)
+        check_number("temperature", temperature, 0, strict=True)
+        if top_k is not None:
+            check_int("top_k", top_k, 1)
         context = context or self.config.max_seq_len
         if not 1 <= context <= self.config.max_seq_len:
             raise ValueError(f"context must lie in [1, max_seq_len={self.config.max_seq_len}], got {context}")

@@ -85,8 +85,8 @@ def mtp_loss(depth_logits: Sequence[torch.Tensor], tokens: torch.Tensor, lam: fl
                         f"index k - 1), got {type(depth_logits).__name__}")
     if len(depth_logits) == 0:
         raise ValueError("depth_logits is empty: with D = 0 MTP depths there is no MTP loss (and no 1 / D)")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
-        raise ValueError(f"lam (lambda, the weight of the MTP loss) must be a number >= 0, got {lam!r}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < float("inf"):
+        raise ValueError(f"lam (lambda, the weight of the MTP loss) must be a finite number >= 0, got {lam!r}")
     losses = [mtp_depth_loss(logits, tokens, k) for k, logits in enumerate(depth_logits, start=1)]
     if len({logits.shape[-1] for logits in depth_logits}) > 1:
         raise ValueError(f"every depth shares the output head, so every depth's logits need the same vocab size; "

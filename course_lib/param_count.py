@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from course_lib.validation import check_int
+
 
 @dataclass(frozen=True)
 class ModelSizes:
@@ -35,10 +37,14 @@ class ModelSizes:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("q_lora_rank", "tie_word_embeddings") or value is None:
+            if f.name == "tie_word_embeddings":
+                if not isinstance(value, bool):
+                    raise TypeError(f"tie_word_embeddings must be a bool, got {value!r}")
                 continue
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{f.name} must be a non-negative int, got {value!r}")
+            if f.name == "q_lora_rank" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if f.name == "q_lora_rank" else 0):
+                raise ValueError(f"{f.name} must be a non-negative int (q_lora_rank: None or >= 1), got {value!r}")
         if self.first_k_dense_replace > self.num_hidden_layers:
             raise ValueError(f"first_k_dense_replace ({self.first_k_dense_replace}) exceeds num_hidden_layers "
                              f"({self.num_hidden_layers})")
@@ -61,8 +67,11 @@ def moe_ffn_params(dim: int, expert_dim: int, n_routed: int, n_shared: int, top_
 
     Every expert is a SwiGLU FFN with three dim x expert_dim matrices; the router holds one centroid of
     size dim per routed expert and is used by every token. A token activates the shared experts, its
-    top_k routed experts and the router.
+    top_k routed experts and the router. Raises TypeError for non-ints, ValueError for negative sizes.
     """
+    for name, value in (("dim", dim), ("expert_dim", expert_dim), ("n_routed", n_routed), ("n_shared", n_shared),
+                        ("top_k", top_k)):
+        check_int(name, value, 0)
     if top_k > n_routed:
         raise ValueError(f"top_k ({top_k}) cannot exceed the number of routed experts ({n_routed})")
     expert = 3 * dim * expert_dim
@@ -70,8 +79,14 @@ def moe_ffn_params(dim: int, expert_dim: int, n_routed: int, n_shared: int, top_
     return (n_routed + n_shared) * expert + router, (top_k + n_shared) * expert + router
 
 
+def _check_sizes(s: object) -> None:
+    if not isinstance(s, ModelSizes):
+        raise TypeError(f"expected a ModelSizes (e.g. param_count.DEEPSEEK_V3), got {type(s).__name__}")
+
+
 def attention_params(s: ModelSizes) -> int:
     """Parameters of one MLA attention block, its two low-rank RMSNorms included."""
+    _check_sizes(s)
     qk_head_dim = s.qk_nope_head_dim + s.qk_rope_head_dim
     if s.q_lora_rank is None:
         query = s.hidden_size * s.num_attention_heads * qk_head_dim
@@ -89,6 +104,7 @@ def param_breakdown(s: ModelSizes) -> dict[str, tuple[int, int]]:
     The embedding table is counted as activated, by the common convention, although a token reads only its
     own row of it.
     """
+    _check_sizes(s)
     n_moe = s.num_hidden_layers - s.first_k_dense_replace
     expert = 3 * s.hidden_size * s.moe_intermediate_size
     embedding = s.vocab_size * s.hidden_size
@@ -114,5 +130,6 @@ def param_breakdown(s: ModelSizes) -> dict[str, tuple[int, int]]:
 
 def count_params(s: ModelSizes) -> tuple[int, int]:
     """(total, activated for one token) parameters of the whole model."""
+    _check_sizes(s)
     parts = param_breakdown(s).values()
     return sum(total for total, _ in parts), sum(active for _, active in parts)

@@ -26,6 +26,7 @@ import torch
 from course_lib import balance
 from course_lib.moe import DeepSeekMoE
 from course_lib.routing import topk_route
+from course_lib.validation import check_int, check_number
 
 BalanceMode = Literal["none", "aux", "loss_free"]
 BALANCE_MODES: tuple[str, ...] = ("none", "aux", "loss_free")
@@ -59,6 +60,15 @@ class ToyConfig:
     batch_size: int = 256  # tokens per training step
     lr: float = 1e-2  # Adam learning rate
 
+    def __post_init__(self) -> None:
+        for name in ("dim", "expert_dim", "n_experts", "top_k", "n_clusters", "batch_size"):
+            check_int(name, getattr(self, name), 1)
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}")
+        for name in ("noise", "offset", "skew"):
+            check_number(name, getattr(self, name), 0)
+        check_number("lr", self.lr, 0, strict=True)
+
 
 class ClusterTask:
     """Tokens x = offset + centre_c + noise, target y = A_c (x - offset), for a random cluster c per token.
@@ -69,6 +79,8 @@ class ClusterTask:
     """
 
     def __init__(self, config: ToyConfig, seed: int = 0) -> None:
+        if not isinstance(config, ToyConfig):
+            raise TypeError(f"ClusterTask needs a ToyConfig, got {type(config).__name__}")
         g = torch.Generator().manual_seed(seed)
         self.config = config
         direction = torch.randn(config.dim, generator=g)
@@ -79,6 +91,7 @@ class ClusterTask:
 
     def sample(self, n_tokens: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of n_tokens: (x [n_tokens, dim], y [n_tokens, dim])."""
+        check_int("n_tokens", n_tokens)
         if n_tokens < 1:
             raise ValueError(f"n_tokens must be at least 1, got {n_tokens}")
         cluster = torch.randint(0, self.config.n_clusters, (n_tokens,), generator=generator)  # [n_tokens]
@@ -90,6 +103,9 @@ class ClusterTask:
 def make_toy_moe(config: ToyConfig, task: ClusterTask, seed: int = 0) -> DeepSeekMoE:
     """A DeepSeekMoE layer for the toy task, initialised from ``seed``, with a skewed router: the centroids of
     experts 0..top_k-1 get ``config.skew`` times the task's shared direction, so every token scores them highest."""
+    if not isinstance(config, ToyConfig) or not isinstance(task, ClusterTask):
+        raise TypeError(f"make_toy_moe(config: ToyConfig, task: ClusterTask), got {type(config).__name__}, "
+                        f"{type(task).__name__}")
     with torch.random.fork_rng(devices=[]):  # the notebook's global random state is left alone
         torch.manual_seed(seed)
         moe = DeepSeekMoE(config.dim, config.expert_dim, config.n_experts, 0, config.top_k)
@@ -123,6 +139,11 @@ class TrainHistory:
     def steps(self) -> int:
         return self.task_loss.shape[0]
 
+    def __repr__(self) -> str:
+        return (f"TrainHistory(mode={self.mode!r}, steps={self.steps}, alpha={self.alpha:g}, gamma={self.gamma:g}, "
+                f"last task loss {float(self.task_loss[-1]):.4f}, MaxVio_batch {float(self.max_vio[-1]):.3f}, "
+                f"eval loss {self.eval_loss:.4f}, MaxVio_global {self.eval_max_vio:.3f})")
+
 
 @one_cpu_thread()
 def train_toy_moe(
@@ -149,6 +170,11 @@ def train_toy_moe(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not (alpha >= 0 and gamma >= 0):
         raise ValueError(f"alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}")
+    check_number("alpha", alpha, 0)
+    check_number("gamma", gamma, 0)
+    check_int("n_eval_tokens", n_eval_tokens, 1)
+    if not isinstance(config, ToyConfig):
+        raise TypeError(f"config must be a ToyConfig, got {type(config).__name__}")
     device = torch.device(device)
     task = ClusterTask(config, seed)
     moe = make_toy_moe(config, task, seed).to(device)
@@ -183,6 +209,11 @@ def smooth(values: torch.Tensor, window: int = 20) -> torch.Tensor:
 
     values: [steps] -> [steps]
     """
+    check_int("window", window)
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"smooth expects a tensor [steps], got {values!r:.80}")
+    if values.dim() == 1 and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+        raise ValueError("smooth got NaN or inf values: a running sum would spread them over the whole curve")
     if values.dim() != 1 or window < 1:
         raise ValueError(f"smooth expects a 1-D tensor and window >= 1, got shape {list(values.shape)}, {window}")
     sums = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)])
@@ -194,6 +225,7 @@ def smooth(values: torch.Tensor, window: int = 20) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- simulation
 def expert_popularity(n_experts: int) -> torch.Tensor:
     """How much the skewed router favours each expert: evenly from +1 (expert 0) to -1 (the last). [n_experts]"""
+    check_int("n_experts", n_experts, 1)
     return torch.linspace(1.0, -1.0, n_experts)
 
 
@@ -203,6 +235,9 @@ def skewed_scores(n_tokens: int, n_experts: int, skew: float, generator: torch.G
 
     -> [n_tokens, n_experts], each in (0, 1)
     """
+    check_int("n_tokens", n_tokens, 1)
+    check_int("n_experts", n_experts, 1)
+    check_number("skew", skew)
     z = torch.randn(n_tokens, n_experts, generator=generator)
     return torch.sigmoid(z + skew * expert_popularity(n_experts))
 
@@ -215,6 +250,12 @@ class SimulationHistory:
     load: torch.Tensor
     max_vio: torch.Tensor
     bias: torch.Tensor
+
+    def __repr__(self) -> str:
+        steps, n_experts = self.load.shape
+        return (f"SimulationHistory(steps={steps}, n_experts={n_experts}, MaxVio_batch first "
+                f"{float(self.max_vio[0]):.3f}, last {float(self.max_vio[-1]):.3f}, bias range "
+                f"[{float(self.bias[-1].min()):.4f}, {float(self.bias[-1].max()):.4f}])")
 
 
 @one_cpu_thread()
@@ -235,6 +276,13 @@ def simulate_bias_balancing(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_number("gamma", gamma, 0)
+    check_number("skew", skew)
+    check_int("n_tokens", n_tokens, 1)
+    check_int("n_experts", n_experts, 1)
+    check_int("top_k", top_k, 1)
+    if top_k > n_experts:
+        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
     generator = torch.Generator().manual_seed(seed)
     bias = torch.zeros(n_experts)
     loads, biases = torch.zeros(steps, n_experts), torch.zeros(steps, n_experts)

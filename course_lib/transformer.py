@@ -19,13 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.layers import RMSNorm, SwiGLU
+from course_lib.validation import check_int, check_number
 
 
 def rope_angles(head_dim: int, max_seq_len: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles: position p turns the pair (2i, 2i+1) by p * base^(-2i / head_dim).
 
-    Returns (cos, sin), each float32 [max_seq_len, head_dim / 2].
+    Returns (cos, sin), each float32 [max_seq_len, head_dim / 2]. ``base`` must be a finite number > 1.
     """
+    check_int("head_dim", head_dim)
+    check_int("max_seq_len", max_seq_len)
+    check_number("base", base, 1, strict=True)
     if head_dim < 2 or head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of features: head_dim must be even and >= 2, got {head_dim}")
     if max_seq_len < 1:
@@ -43,6 +47,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     halves instead: the same rotation on permuted features). Dot products of rotated queries and keys depend only
     on the distance between their positions.
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise TypeError(f"apply_rope expects a floating-point tensor x [..., T, head_dim], got {x!r:.80}")
     T, half = x.shape[-2], x.shape[-1] // 2
     if x.shape[-1] % 2 or cos.shape[0] < T or cos.shape[1] != half:
         raise ValueError(f"apply_rope expected x [..., T, head_dim] with an even head_dim and cos, sin "
@@ -60,6 +66,8 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, max_seq_len: int = 256, rope_base: float = 10000.0) -> None:
         super().__init__()
+        check_int("dim", dim)
+        check_int("n_heads", n_heads)
         if dim < 1 or n_heads < 1 or dim % n_heads:
             raise ValueError(f"dim must be a positive multiple of n_heads, got dim={dim}, n_heads={n_heads}")
         self.n_heads, self.head_dim, self.max_seq_len = n_heads, dim // n_heads, max_seq_len
@@ -70,6 +78,9 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.n_heads * self.head_dim:
+            raise ValueError(f"CausalSelfAttention expects x [batch, T, {self.n_heads * self.head_dim}], got "
+                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         B, T, dim = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, hd]
         q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
@@ -90,6 +101,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         if ffn is not None and ffn_hidden is not None:
             raise ValueError("give either ffn (a module) or ffn_hidden (the size of the default SwiGLU), not both")
+        if ffn_hidden is not None:
+            check_int("ffn_hidden", ffn_hidden, 1)
         self.dim = dim
         self.attn_norm = RMSNorm(dim)
         self.attn = CausalSelfAttention(dim, n_heads, max_seq_len, rope_base)

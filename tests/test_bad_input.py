@@ -1,0 +1,400 @@
+"""Bad input raises a clear error (issue 9 item 4): a sweep of the public functions and classes of course_lib's
+routing, balance, moe, layers, transformer, mtp, model, train, data, toy_moe, compute and param_count for
+non-finite values, wrong types and dtypes, out-of-range arguments and empty inputs. Each row: what is called, the
+error type expected and a fragment of its message. ``test_every_public_callable_is_in_the_table`` keeps the sweep
+complete as the package grows."""
+
+import inspect
+import math
+
+import pytest
+import torch
+
+from course_lib import (balance, compute, data, layers, model, moe, mtp, param_count, routing, toy_moe, train,
+                        transformer)
+from course_lib.model import ModelConfig, TinyDeepSeek
+
+NAN, INF = float("nan"), float("inf")
+TINY = ModelConfig(dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4, n_shared_experts=1,
+                   top_k=2, expert_dim=8, max_seq_len=16, mtp_depth=1)
+
+
+def scores(*shape, value=None):
+    t = torch.rand(*shape)
+    if value is not None:
+        t.view(-1)[0] = value
+    return t
+
+
+def moe_layer(**changes):
+    args = dict(dim=8, expert_dim=4, n_routed_experts=4, n_shared_experts=1, top_k=2)
+    return moe.DeepSeekMoE(**{**args, **changes})
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return TinyDeepSeek(TINY)
+
+
+def tiny_corpus():
+    tok = data.CharTokenizer("abcd")
+    return data.Corpus(tok, torch.randint(0, 4, (200,)), torch.randint(0, 4, (100,)))
+
+
+def tiny_trainer(**cfg):
+    tok = data.CharTokenizer(data.ASCII_ALPHABET)
+    corpus = data.Corpus(tok, torch.randint(0, 96, (500,)), torch.randint(0, 96, (200,)))
+    return train.Trainer(tiny_model(), corpus, train.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
+
+
+def moe_after_forward(load_value):
+    layer = moe_layer()
+    layer.load.fill_(load_value)
+    return layer
+
+
+def nan_tensor(*shape):
+    t = torch.randn(*shape)
+    t.view(-1)[0] = NAN
+    return t
+
+
+V3 = param_count.DEEPSEEK_V3
+V3_ARGS = {f: getattr(V3, f) for f in V3.__dataclass_fields__}
+G = torch.Generator().manual_seed(0)
+
+CASES = [  # (name, call, error type, fragment of the message)
+    # routing
+    ("affinity_scores int x", lambda: routing.affinity_scores(torch.ones(2, 4, dtype=torch.long), torch.ones(3, 4)),
+     TypeError, "floating-point"),
+    ("affinity_scores NaN x", lambda: routing.affinity_scores(nan_tensor(2, 4), torch.ones(3, 4)), ValueError, "NaN"),
+    ("affinity_scores inf centroids", lambda: routing.affinity_scores(torch.ones(2, 4), torch.full((3, 4), INF)),
+     ValueError, "inf"),
+    ("affinity_scores empty centroids", lambda: routing.affinity_scores(torch.ones(2, 4), torch.ones(0, 4)),
+     ValueError, "non-empty"),
+    ("affinity_scores wrong dim", lambda: routing.affinity_scores(torch.ones(2, 5), torch.ones(3, 4)), ValueError,
+     "[..., 4]"),
+    ("check_route_config float", lambda: routing.check_route_config(8.0, 2), TypeError, "n_experts must be an int"),
+    ("check_route_config k > n", lambda: routing.check_route_config(4, 5), ValueError, "k <= n_experts"),
+    ("check_route_scale NaN", lambda: routing.check_route_scale(NAN), ValueError, "route_scale"),
+    ("check_route_scale string", lambda: routing.check_route_scale("2.5"), TypeError, "route_scale"),
+    ("group_limit indivisible", lambda: routing.group_limit(scores(3, 8), 3, 1), ValueError, "divisible"),
+    ("group_limit 1-D", lambda: routing.group_limit(scores(8), 2, 1), ValueError, "[tokens, n_experts]"),
+    ("group_limit int", lambda: routing.group_limit(torch.ones(3, 8, dtype=torch.long), 2, 1), TypeError,
+     "floating-point"),
+    ("topk_route inf score", lambda: routing.topk_route(scores(4, 8, value=INF), 2), ValueError, "inf"),
+    ("topk_route NaN score", lambda: routing.topk_route(scores(4, 8, value=NAN), 2), ValueError, "NaN"),
+    ("topk_route negative score", lambda: routing.topk_route(scores(4, 8, value=-0.5), 2), ValueError, ">= 0"),
+    ("topk_route NaN route_scale", lambda: routing.topk_route(scores(4, 8), 2, route_scale=NAN), ValueError,
+     "route_scale"),
+    ("topk_route negative route_scale", lambda: routing.topk_route(scores(4, 8), 2, route_scale=-1.0), ValueError,
+     "route_scale"),
+    ("topk_route inf route_scale", lambda: routing.topk_route(scores(4, 8), 2, route_scale=INF), ValueError,
+     "route_scale"),
+    ("topk_route int bias", lambda: routing.topk_route(scores(4, 8), 2, torch.zeros(8, dtype=torch.long)), TypeError,
+     "bias must be a floating-point"),
+    ("topk_route inf bias", lambda: routing.topk_route(scores(4, 8), 2, torch.full((8,), INF)), ValueError, "bias"),
+    ("topk_route bias shape", lambda: routing.topk_route(scores(4, 8), 2, torch.zeros(7)), ValueError, "[8]"),
+    ("topk_route int scores", lambda: routing.topk_route(torch.ones(4, 8, dtype=torch.long), 2), TypeError,
+     "floating-point"),
+    ("topk_route empty", lambda: routing.topk_route(torch.ones(0, 8), 2), ValueError, "empty"),
+    ("topk_route k = 0", lambda: routing.topk_route(scores(4, 8), 0), ValueError, "k must be at least 1"),
+    ("topk_route k bool", lambda: routing.topk_route(scores(4, 8), True), TypeError, "k must be an int"),
+    # balance
+    ("expert_load float indices", lambda: balance.expert_load(torch.ones(3, 2), 4), TypeError, "integer tensor"),
+    ("expert_load out of range", lambda: balance.expert_load(torch.tensor([[0, 4]]), 4), ValueError, "[0, 3]"),
+    ("expert_load n_experts 0", lambda: balance.expert_load(torch.tensor([[0]]), 0), ValueError, "positive int"),
+    ("max_violation NaN", lambda: balance.max_violation(torch.tensor([1.0, NAN])), ValueError, "finite counts"),
+    ("max_violation negative", lambda: balance.max_violation(torch.tensor([3.0, -1.0])), ValueError, ">= 0"),
+    ("max_violation empty", lambda: balance.max_violation(torch.zeros(0)), ValueError, "non-empty"),
+    ("max_violation all zero", lambda: balance.max_violation(torch.zeros(4)), ValueError, "positive mean"),
+    ("update_bias gamma inf", lambda: balance.update_bias(torch.zeros(4), torch.ones(4), INF), ValueError,
+     "gamma must be >= 0 and finite"),
+    ("update_bias gamma NaN", lambda: balance.update_bias(torch.zeros(4), torch.ones(4), NAN), ValueError, "gamma"),
+    ("update_bias gamma string", lambda: balance.update_bias(torch.zeros(4), torch.ones(4), "0.1"), TypeError,
+     "gamma"),
+    ("update_bias NaN load", lambda: balance.update_bias(torch.zeros(4), torch.tensor([1, NAN, 0, 0]), 0.1),
+     ValueError, "load must hold finite counts"),
+    ("update_bias inf load", lambda: balance.update_bias(torch.zeros(4), torch.tensor([1, INF, 0, 0]), 0.1),
+     ValueError, "finite counts"),
+    ("update_bias integer bias", lambda: balance.update_bias(torch.zeros(4, dtype=torch.long), torch.ones(4), 0.1),
+     TypeError, "round every step"),
+    ("update_bias empty", lambda: balance.update_bias(torch.zeros(0), torch.zeros(0), 0.1), ValueError, "non-empty"),
+    ("balance_loss inf score", lambda: balance.balance_loss(scores(4, 8, value=INF), 2, 0.1), ValueError, "inf"),
+    ("balance_loss alpha inf", lambda: balance.balance_loss(scores(4, 8), 2, INF), ValueError, "alpha"),
+    ("balance_loss alpha NaN", lambda: balance.balance_loss(scores(4, 8), 2, NAN), ValueError, "alpha"),
+    ("balance_loss k = 0", lambda: balance.balance_loss(scores(4, 8), 0, 0.1), ValueError, "k must be an int"),
+    ("balance_loss int", lambda: balance.balance_loss(torch.ones(4, 8, dtype=torch.long), 2, 0.1), TypeError,
+     "floating-point"),
+    ("balance_loss empty", lambda: balance.balance_loss(torch.ones(0, 8), 2, 0.1), ValueError, "empty"),
+    ("sequence_balance_loss 2-D", lambda: balance.sequence_balance_loss(scores(4, 8), 2, 0.1), ValueError, "3-D"),
+    ("sequence_balance_loss NaN", lambda: balance.sequence_balance_loss(scores(2, 4, 8, value=NAN), 2, 0.1),
+     ValueError, "NaN"),
+    # moe
+    ("DeepSeekMoE dim 8.5", lambda: moe_layer(dim=8.5), TypeError, "int dim"),
+    ("DeepSeekMoE expert_dim 0", lambda: moe_layer(expert_dim=0), ValueError, "expert_dim >= 1"),
+    ("DeepSeekMoE top_k float", lambda: moe_layer(top_k=2.0), TypeError, "k must be an int"),
+    ("DeepSeekMoE route_scale NaN", lambda: moe_layer(route_scale=NAN), ValueError, "route_scale"),
+    ("DeepSeekMoE route_scale 0", lambda: moe_layer(route_scale=0.0), ValueError, "route_scale"),
+    ("DeepSeekMoE forward int", lambda: moe_layer()(torch.ones(2, 8, dtype=torch.long)), TypeError, "floating-point"),
+    ("DeepSeekMoE forward NaN", lambda: moe_layer()(nan_tensor(3, 8)), ValueError, "NaN"),
+    ("DeepSeekMoE forward inf", lambda: moe_layer()(torch.full((3, 8), INF)), ValueError, "inf"),
+    ("DeepSeekMoE forward empty", lambda: moe_layer()(torch.ones(0, 8)), ValueError, "non-empty"),
+    ("DeepSeekMoE forward wrong dim", lambda: moe_layer()(torch.ones(3, 7)), ValueError, "[..., 8]"),
+    ("DeepSeekMoE update_bias gamma inf", lambda: moe_layer().update_bias(INF), ValueError, "gamma"),
+    ("DeepSeekMoE update_bias NaN load", lambda: moe_after_forward(NAN).update_bias(0.001), ValueError, "load"),
+    # layers
+    ("RMSNorm dim float", lambda: layers.RMSNorm(8.0), TypeError, "dim must be an int"),
+    ("RMSNorm dim 0", lambda: layers.RMSNorm(0), ValueError, "dim must be an int >= 1"),
+    ("RMSNorm eps NaN", lambda: layers.RMSNorm(8, eps=NAN), ValueError, "eps"),
+    ("RMSNorm eps 0", lambda: layers.RMSNorm(8, eps=0.0), ValueError, "eps"),
+    ("RMSNorm int input", lambda: layers.RMSNorm(4)(torch.ones(2, 4, dtype=torch.long)), TypeError, "floating-point"),
+    ("RMSNorm wrong dim", lambda: layers.RMSNorm(4)(torch.ones(2, 5)), ValueError, "[..., 4]"),
+    ("swiglu int x", lambda: layers.swiglu(torch.ones(2, 4, dtype=torch.long), torch.ones(3, 4), torch.ones(3, 4),
+                                           torch.ones(4, 3)), TypeError, "floating-point"),
+    ("swiglu shapes", lambda: layers.swiglu(torch.ones(2, 4), torch.ones(3, 4), torch.ones(2, 4), torch.ones(4, 3)),
+     ValueError, "w_up"),
+    ("SwiGLU hidden 0", lambda: layers.SwiGLU(4, 0), ValueError, "hidden must be an int >= 1"),
+    ("SwiGLU dim float", lambda: layers.SwiGLU(4.0, 8), TypeError, "dim must be an int"),
+    # transformer
+    ("rope_angles odd", lambda: transformer.rope_angles(7, 8), ValueError, "even"),
+    ("rope_angles float", lambda: transformer.rope_angles(8.0, 8), TypeError, "head_dim must be an int"),
+    ("rope_angles max_seq_len 0", lambda: transformer.rope_angles(8, 0), ValueError, "max_seq_len"),
+    ("rope_angles base NaN", lambda: transformer.rope_angles(8, 8, NAN), ValueError, "base"),
+    ("rope_angles base 1", lambda: transformer.rope_angles(8, 8, 1.0), ValueError, "base"),
+    ("apply_rope int", lambda: transformer.apply_rope(torch.ones(2, 4, dtype=torch.long),
+                                                      *transformer.rope_angles(4, 8)), TypeError, "floating-point"),
+    ("apply_rope too long", lambda: transformer.apply_rope(torch.ones(9, 4), *transformer.rope_angles(4, 8)),
+     ValueError, "[>= T"),
+    ("CausalSelfAttention dim float", lambda: transformer.CausalSelfAttention(8.0, 2), TypeError, "dim must be an int"),
+    ("CausalSelfAttention heads", lambda: transformer.CausalSelfAttention(8, 3), ValueError, "multiple of n_heads"),
+    ("CausalSelfAttention forward shape", lambda: transformer.CausalSelfAttention(8, 2)(torch.ones(2, 8)), ValueError,
+     "[batch, T, 8]"),
+    ("TransformerBlock both ffns", lambda: transformer.TransformerBlock(8, 2, ffn=layers.SwiGLU(8, 4), ffn_hidden=4),
+     ValueError, "not both"),
+    ("TransformerBlock ffn_hidden 0", lambda: transformer.TransformerBlock(8, 2, ffn_hidden=0), ValueError,
+     "ffn_hidden"),
+    ("TransformerBlock int input", lambda: transformer.TransformerBlock(8, 2)(torch.ones(1, 2, 8, dtype=torch.long)),
+     TypeError, "floating-point"),
+    ("TransformerBlock too long", lambda: transformer.TransformerBlock(8, 2, max_seq_len=4)(torch.ones(1, 5, 8)),
+     ValueError, "T <= 4"),
+    # mtp
+    ("mtp_depth_loss float tokens", lambda: mtp.mtp_depth_loss(torch.randn(1, 3, 5), torch.ones(1, 4), 0), TypeError,
+     "int64"),
+    ("mtp_depth_loss k too big", lambda: mtp.mtp_depth_loss(torch.randn(1, 3, 5), torch.zeros(1, 4, dtype=torch.long),
+                                                            3), ValueError, "k < T"),
+    ("mtp_depth_loss target out of vocab", lambda: mtp.mtp_depth_loss(
+        torch.randn(1, 3, 5), torch.full((1, 4), 7, dtype=torch.long), 0), ValueError, "[0, 5)"),
+    ("mtp_loss lam inf", lambda: mtp.mtp_loss([torch.randn(1, 2, 5)], torch.zeros(1, 4, dtype=torch.long), INF),
+     ValueError, "lam"),
+    ("mtp_loss empty", lambda: mtp.mtp_loss([], torch.zeros(1, 4, dtype=torch.long), 0.3), ValueError, "empty"),
+    ("mtp_forward k 0", lambda: mtp.mtp_forward(torch.ones(1, 4, 8), torch.ones(1, 4, 8), 0, *[None] * 4), ValueError,
+     "1 <= k < T"),
+    ("MTPModule depth 0", lambda: mtp.MTPModule(0, torch.nn.Embedding(5, 8), torch.nn.Linear(8, 5), None), ValueError,
+     "depth"),
+    ("MTPModule not an embedding", lambda: mtp.MTPModule(1, torch.nn.Linear(5, 8), torch.nn.Linear(8, 5), None),
+     TypeError, "nn.Embedding"),
+    # model
+    ("ModelConfig dim float", lambda: ModelConfig(dim=128.0), TypeError, "dim must be an int"),
+    ("ModelConfig route_scale NaN", lambda: ModelConfig(route_scale=NAN), ValueError, "route_scale"),
+    ("ModelConfig route_scale string", lambda: ModelConfig(route_scale="2.5"), TypeError, "route_scale"),
+    ("ModelConfig groups indivisible", lambda: ModelConfig(n_groups=3), ValueError, "divisible"),
+    ("ModelConfig topk_groups > n_groups", lambda: ModelConfig(n_groups=2, topk_groups=3), ValueError, "topk_groups"),
+    ("ModelConfig.from_dict not a dict", lambda: ModelConfig.from_dict([1, 2]), TypeError, "dict"),
+    ("ModelConfig.from_dict unknown", lambda: ModelConfig.from_dict({"width": 3}), ValueError, "unknown"),
+    ("TinyDeepSeek not a config", lambda: TinyDeepSeek({"dim": 8}), TypeError, "ModelConfig"),
+    ("TinyDeepSeek float tokens", lambda: tiny_model()(torch.ones(1, 4)), TypeError, "int64"),
+    ("TinyDeepSeek token out of vocab", lambda: tiny_model()(torch.full((1, 4), 96)), ValueError, "[0, 96)"),
+    ("TinyDeepSeek negative token", lambda: tiny_model()(torch.full((1, 4), -1)), ValueError, "[0, 96)"),
+    ("TinyDeepSeek empty", lambda: tiny_model()(torch.ones(0, 4, dtype=torch.long)), ValueError, "batch >= 1"),
+    ("losses mtp_lambda inf", lambda: tiny_model().losses(torch.zeros(1, 5, dtype=torch.long), INF), ValueError,
+     "mtp_lambda"),
+    ("losses one column", lambda: tiny_model().losses(torch.zeros(1, 1, dtype=torch.long)), ValueError, "T + 1"),
+    ("generate negative length", lambda: tiny_model().generate(torch.zeros(2, dtype=torch.long), -1), ValueError,
+     "max_new_tokens"),
+    ("generate float length", lambda: tiny_model().generate(torch.zeros(2, dtype=torch.long), 2.5), TypeError,
+     "max_new_tokens"),
+    ("generate temperature inf", lambda: tiny_model().generate(torch.zeros(2, dtype=torch.long), 2, INF), ValueError,
+     "temperature"),
+    ("generate top_k 0", lambda: tiny_model().generate(torch.zeros(2, dtype=torch.long), 2, top_k=0), ValueError,
+     "top_k"),
+    ("generate prompt out of vocab", lambda: tiny_model().generate(torch.full((2,), 99), 2), ValueError, "[0, 96)"),
+    # train
+    ("TrainConfig lr inf", lambda: train.TrainConfig(lr=INF), ValueError, "lr must be a finite number"),
+    ("TrainConfig gamma NaN", lambda: train.TrainConfig(gamma=NAN), ValueError, "gamma"),
+    ("TrainConfig steps float", lambda: train.TrainConfig(steps=2.5), TypeError, "steps must be an int"),
+    ("TrainConfig lr string", lambda: train.TrainConfig(lr="3e-3"), TypeError, "lr must be a number"),
+    ("TrainConfig dtype", lambda: train.TrainConfig(dtype="float16"), ValueError, "dtype must be one of"),
+    ("lr_at negative", lambda: train.lr_at(-1, train.TrainConfig()), ValueError, "step must be an int >= 0"),
+    ("train_step gamma inf", lambda: train.train_step(tiny_model(), None, [torch.zeros(1, 5, dtype=torch.long)],
+                                                      gamma=INF), ValueError, "gamma"),
+    ("train_step a tensor", lambda: train.train_step(tiny_model(), None, torch.zeros(1, 5, dtype=torch.long)),
+     ValueError, "list of int64"),
+    ("train_step empty", lambda: train.train_step(tiny_model(), None, []), ValueError, "empty"),
+    ("train_step mode", lambda: train.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
+     "balance_mode"),
+    ("mean_maxvio 1-D", lambda: train.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
+    ("Trainer wrong types", lambda: train.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
+    ("Trainer vocab", lambda: train.Trainer(tiny_model(), tiny_corpus(), train.TrainConfig(seq_len=8), "cpu"),
+     ValueError, "vocab_size"),
+    ("Trainer.train steps -1", lambda: tiny_trainer().train(-1, progress=False), ValueError,
+     "steps must be an int >= 0"),
+    ("Trainer.evaluate max_tokens 0", lambda: tiny_trainer().evaluate(0), ValueError, "max_tokens"),
+    ("Trainer.summary nothing", lambda: tiny_trainer().summary(), ValueError, "train at least one step"),
+    ("check_same_config not configs", lambda: train.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
+    ("make_optimizer not a config", lambda: train.make_optimizer(tiny_model(), {"lr": 1}), TypeError, "TrainConfig"),
+    ("autocast dtype", lambda: train.autocast(torch.device("cpu"), "half"), ValueError, "dtype must be one of"),
+    ("read_checkpoint missing", lambda: train.read_checkpoint("/nonexistent/x.pt"), train.CheckpointError,
+     "no checkpoint"),
+    ("load_model missing", lambda: train.load_model("/nonexistent/x.pt"), train.CheckpointError, "no checkpoint"),
+    ("History.from_dict", lambda: train.History.from_dict({"step": [1]}), ValueError, "fields"),
+    ("main bad size", lambda: train.main(["--dim", "0", "--steps", "1", "--device", "cpu"]) == 2 or 1 / 0,
+     None, None),
+    # data
+    ("to_ascii bytes", lambda: data.to_ascii(b"abc"), TypeError, "str"),
+    ("CharTokenizer empty", lambda: data.CharTokenizer(""), ValueError, "non-empty"),
+    ("CharTokenizer repeated", lambda: data.CharTokenizer("aa"), ValueError, "repeat"),
+    ("encode not a str", lambda: data.CharTokenizer("ab").encode(["a"]), TypeError, "str"),
+    ("encode unknown character", lambda: data.CharTokenizer("ab").encode("abc"), ValueError, "'c'"),
+    ("decode float ids", lambda: data.CharTokenizer("ab").decode([0.5]), TypeError, "int"),
+    ("decode float tensor", lambda: data.CharTokenizer("ab").decode(torch.tensor([0.0])), TypeError, "int"),
+    ("decode out of range", lambda: data.CharTokenizer("ab").decode([2]), ValueError, "outside the vocabulary"),
+    ("Corpus float ids", lambda: data.Corpus(data.CharTokenizer("ab"), torch.zeros(10), torch.zeros(10,
+                                                                                                   dtype=torch.long)),
+     TypeError, "int64"),
+    ("Corpus ids out of vocab", lambda: data.Corpus(data.CharTokenizer("ab"), torch.full((10,), 2),
+                                                   torch.zeros(10, dtype=torch.long)), ValueError, "[0, 2)"),
+    ("Corpus empty", lambda: data.Corpus(data.CharTokenizer("ab"), torch.zeros(0, dtype=torch.long),
+                                         torch.zeros(10, dtype=torch.long)), ValueError, "empty"),
+    ("Corpus domains shape", lambda: data.Corpus(data.CharTokenizer("ab"), torch.zeros(10, dtype=torch.long),
+                                                 torch.zeros(10, dtype=torch.long), torch.zeros(9, dtype=torch.long),
+                                                 torch.zeros(10, dtype=torch.long)), ValueError, "domains"),
+    ("get_batch float size", lambda: tiny_corpus().get_batch("train", 2.5, 8, G), TypeError, "batch_size"),
+    ("get_batch bad split", lambda: tiny_corpus().get_batch("test", 2, 8, G), ValueError, "split"),
+    ("get_batch too long", lambda: tiny_corpus().get_batch("val", 2, 200, G), ValueError, "too few"),
+    ("eval_batches batch_size 0", lambda: list(tiny_corpus().eval_batches(0, 8)), ValueError, "batch_size"),
+    ("eval_batches max_tokens 0", lambda: list(tiny_corpus().eval_batches(2, 8, 0)), ValueError, "max_tokens"),
+    ("python_docs val_fraction NaN", lambda: data.python_docs(NAN), ValueError, "val_fraction"),
+    ("synthetic_lines float", lambda: data.synthetic_lines(2.5), TypeError, "n_lines"),
+    ("synthetic_lines 0", lambda: data.synthetic_lines(0), ValueError, "n_lines"),
+    ("synthetic_task val_fraction 1.5", lambda: data.synthetic_task(100, val_fraction=1.5), ValueError,
+     "val_fraction"),
+    ("synthetic_task one line", lambda: data.synthetic_task(1), ValueError, "n_lines"),
+    # toy_moe
+    ("ToyConfig dim 0", lambda: toy_moe.ToyConfig(dim=0), ValueError, "dim"),
+    ("ToyConfig top_k > n_experts", lambda: toy_moe.ToyConfig(top_k=9), ValueError, "top_k"),
+    ("ToyConfig noise NaN", lambda: toy_moe.ToyConfig(noise=NAN), ValueError, "noise"),
+    ("ToyConfig lr 0", lambda: toy_moe.ToyConfig(lr=0.0), ValueError, "lr"),
+    ("ToyConfig batch float", lambda: toy_moe.ToyConfig(batch_size=256.0), TypeError, "batch_size"),
+    ("ClusterTask not a config", lambda: toy_moe.ClusterTask({"dim": 3}), TypeError, "ToyConfig"),
+    ("ClusterTask.sample 0", lambda: toy_moe.ClusterTask(toy_moe.ToyConfig()).sample(0, G), ValueError, "n_tokens"),
+    ("ClusterTask.sample float", lambda: toy_moe.ClusterTask(toy_moe.ToyConfig()).sample(2.5, G), TypeError,
+     "n_tokens"),
+    ("make_toy_moe not a config", lambda: toy_moe.make_toy_moe(None, None), TypeError, "ToyConfig"),
+    ("train_toy_moe alpha inf", lambda: toy_moe.train_toy_moe("aux", 2, alpha=INF), ValueError, "alpha"),
+    ("train_toy_moe gamma NaN", lambda: toy_moe.train_toy_moe("loss_free", 2, gamma=NAN), ValueError, "gamma"),
+    ("train_toy_moe mode", lambda: toy_moe.train_toy_moe("aux_free", 2), ValueError, "mode"),
+    ("train_toy_moe steps 0", lambda: toy_moe.train_toy_moe("none", 0), ValueError, "steps"),
+    ("train_toy_moe eval tokens 0", lambda: toy_moe.train_toy_moe("none", 2, n_eval_tokens=0), ValueError,
+     "n_eval_tokens"),
+    ("smooth window float", lambda: toy_moe.smooth(torch.ones(5), 2.5), TypeError, "window"),
+    ("smooth 2-D", lambda: toy_moe.smooth(torch.ones(5, 2)), ValueError, "1-D"),
+    ("smooth NaN", lambda: toy_moe.smooth(torch.tensor([1.0, NAN])), ValueError, "NaN"),
+    ("expert_popularity 0", lambda: toy_moe.expert_popularity(0), ValueError, "n_experts"),
+    ("skewed_scores empty", lambda: toy_moe.skewed_scores(0, 8, 1.0, G), ValueError, "n_tokens"),
+    ("skewed_scores skew NaN", lambda: toy_moe.skewed_scores(4, 8, NAN, G), ValueError, "skew"),
+    ("simulate gamma inf", lambda: toy_moe.simulate_bias_balancing(2, gamma=INF), ValueError, "gamma"),
+    ("simulate top_k > n_experts", lambda: toy_moe.simulate_bias_balancing(2, n_experts=4, top_k=5), ValueError,
+     "top_k"),
+    ("simulate n_tokens 0", lambda: toy_moe.simulate_bias_balancing(2, n_tokens=0), ValueError, "n_tokens"),
+    ("simulate skew NaN", lambda: toy_moe.simulate_bias_balancing(2, skew=NAN), ValueError, "skew"),
+    # compute
+    ("training_flops inf", lambda: compute.training_flops(INF, 1e12), ValueError, "activated_params"),
+    ("training_flops string", lambda: compute.training_flops("37e9", 1e12), ValueError, "activated_params"),
+    ("achieved_flops_per_gpu 0 hours", lambda: compute.achieved_flops_per_gpu(37e9, 1e12, 0), ValueError, "gpu_hours"),
+    ("gpu_utilisation NaN peak", lambda: compute.gpu_utilisation(37e9, 1e12, 1e6, NAN), ValueError, "peak_flops"),
+    ("training_cost mapping of strings", lambda: compute.training_cost({"pre": "1"}, 2.0), ValueError, "gpu_hours"),
+    ("training_cost empty mapping", lambda: compute.training_cost({}, 2.0), ValueError, "gpu_hours"),
+    ("training_cost negative price", lambda: compute.training_cost(1.0, -2.0), ValueError, "price_per_gpu_hour"),
+    # param_count
+    ("ModelSizes negative", lambda: param_count.ModelSizes(**{**V3_ARGS, "hidden_size": -1}), ValueError,
+     "hidden_size"),
+    ("ModelSizes bool", lambda: param_count.ModelSizes(**{**V3_ARGS, "n_routed_experts": True}), ValueError,
+     "n_routed_experts"),
+    ("ModelSizes q_lora_rank negative", lambda: param_count.ModelSizes(**{**V3_ARGS, "q_lora_rank": -5}), ValueError,
+     "q_lora_rank"),
+    ("ModelSizes tie string", lambda: param_count.ModelSizes(**{**V3_ARGS, "tie_word_embeddings": "no"}), TypeError,
+     "tie_word_embeddings"),
+    ("moe_ffn_params negative", lambda: param_count.moe_ffn_params(-8, 4, 8, 1, 2), ValueError, "dim"),
+    ("moe_ffn_params float", lambda: param_count.moe_ffn_params(8.5, 4, 8, 1, 2), TypeError, "dim"),
+    ("moe_ffn_params top_k > n", lambda: param_count.moe_ffn_params(8, 4, 8, 1, 9), ValueError, "top_k"),
+    ("attention_params not sizes", lambda: param_count.attention_params({"hidden_size": 8}), TypeError, "ModelSizes"),
+    ("param_breakdown not sizes", lambda: param_count.param_breakdown(None), TypeError, "ModelSizes"),
+    ("count_params not sizes", lambda: param_count.count_params(V3_ARGS), TypeError, "ModelSizes"),
+]
+
+
+@pytest.mark.parametrize("call, error, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_raises_a_clear_error(call, error, fragment):
+    if error is None:  # a call that reports the error its own way (the CLI: one line, status 2)
+        assert call()
+        return
+    with pytest.raises(error) as raised:
+        call()
+    assert fragment in str(raised.value), str(raised.value)
+
+
+def test_moe_update_bias_with_bad_input_leaves_the_state_alone():
+    layer = moe_layer()
+    layer.load.copy_(torch.tensor([3.0, NAN, 1.0, 0.0]))
+    bias, load = layer.bias.clone(), layer.load.clone()
+    for gamma in (0.001, INF):
+        with pytest.raises(ValueError):
+            layer.update_bias(gamma)
+        assert torch.equal(layer.bias, bias) and torch.allclose(layer.load, load, equal_nan=True)
+
+
+def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_gradient():
+    logits = torch.randn(6, 8)
+    logits[2] = -200.0  # sigmoid underflows to exactly 0 for every expert of token 2
+    logits.requires_grad_(True)
+    assert (torch.sigmoid(logits)[2] == 0).all()
+    for loss_of in (lambda s: balance.balance_loss(s, 2, 0.01),
+                    lambda s: balance.sequence_balance_loss(s.view(2, 3, 8), 2, 0.01)):
+        loss = loss_of(torch.sigmoid(logits))
+        assert torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert torch.isfinite(grad).all()
+    raw = torch.zeros(4, 8, requires_grad=True)  # all-zero scores, gradient taken on the scores themselves
+    loss = balance.balance_loss(raw, 2, 0.01)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(raw.grad).all()
+    # the epsilon changes no float32 number for ordinary scores
+    s = torch.rand(64, 8)
+    f, p = balance._balance_terms(s, 2)
+    assert torch.equal(p, (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2))
+
+
+SWEPT = {routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
+         mtp: "mtp", model: "model", train: "train", data: "data", toy_moe: "toy_moe", compute: "compute",
+         param_count: "param_count"}
+NOT_TAKING_INPUT = {  # public names with no argument to check, or checked through another row
+    "train.build_parser", "train.configs_from_args", "train.TrainingDiverged", "train.CheckpointError",
+    "train.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
+    "train.History", "moe.DeepSeekMoE.routed_experts",
+}
+
+
+def test_every_public_callable_is_in_the_table():
+    names = " ".join(c[0] for c in CASES) + " " + " ".join(inspect.getsource(c[1]) for c in CASES)
+    missing = []
+    for module, short in SWEPT.items():
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if f"{short}.{name}" not in NOT_TAKING_INPUT and name not in names:
+                missing.append(f"{short}.{name}")
+    assert not missing, f"public callables with no bad-input row: {missing}"
+    assert math.isfinite(len(CASES))
