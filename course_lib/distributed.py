@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -112,6 +113,18 @@ def _rank_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, ba
     torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
 
 
+def _check_importable(fn: Callable[..., Any]) -> None:
+    """Raise ValueError unless a spawned process can find ``fn`` by its module and name."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if "<" in qualname or module is None or (module == "__main__" and main_file is None):
+        raise ValueError(f"run_ranks starts new processes, which import fn by its module and name; "
+                         f"{getattr(fn, '__name__', fn)!r} (module {module!r}) cannot be found that way (a lambda, a "
+                         f"nested function, or a function defined in a notebook). Put it in a .py file at module level "
+                         f"and import it from there.")
+
+
 def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend: str = "gloo",
               timeout_s: float = 30.0, deadline_s: float = 120.0) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` new local processes that form a process group, and
@@ -122,9 +135,12 @@ def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend
     waiting longer for a peer raises); ``deadline_s`` bounds the whole launch. Raises DistributedRunError when a
     rank raised or was still running at the deadline (then it is killed): never hangs.
     """
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if not (timeout_s > 0 and deadline_s > 0):
+        raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
     check_backend(backend)
+    _check_importable(fn)
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="course_ranks_") as out_dir:
         port = free_port()

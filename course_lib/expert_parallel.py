@@ -62,6 +62,18 @@ def check_placement(n_experts: int, world_size: int, ranks_per_node: int = 1) ->
         raise ValueError(f"world_size={world_size} must be divisible by ranks_per_node={ranks_per_node}")
 
 
+def _check_indices(indices: torch.Tensor, n_experts: int) -> None:
+    """Raise TypeError / ValueError unless indices is an integer tensor [tokens, top_k] of experts in [0, n_experts)."""
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
+        raise TypeError(f"indices must be an integer tensor [tokens, top_k] of expert ids (e.g. int64 from topk), "
+                        f"got {indices!r:.80}")
+    if indices.dim() != 2:
+        raise ValueError(f"indices must be [tokens, top_k], got shape {list(indices.shape)}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_experts):
+        raise ValueError(f"indices must lie in [0, {n_experts - 1}], got values from {int(indices.min())} to "
+                         f"{int(indices.max())}")
+
+
 def send_splits(indices: torch.Tensor, n_experts: int, world_size: int) -> list[int]:
     """Rows this rank sends to each rank in the dispatch all-to-all: one row per (token, expert) pair.
 
@@ -69,15 +81,19 @@ def send_splits(indices: torch.Tensor, n_experts: int, world_size: int) -> list[
     in rank order; entry r counts the pairs whose expert lives on rank r (experts r * E_r ... (r+1) * E_r - 1,
     E_r = n_experts / world_size). The entries sum to tokens * top_k. A token with two experts on one rank counts
     twice: this course's layer sends one row per pair (V3 deduplicates per node; see the module docstring).
+    Raises TypeError for non-integer indices, ValueError for indices not 2-D or out of range, or a bad placement.
     """
     check_placement(n_experts, world_size)
+    _check_indices(indices, n_experts)
     load = balance.expert_load(indices, n_experts)  # [n_experts] pairs per expert, in expert order
     return load.view(world_size, n_experts // world_size).sum(dim=1).long().tolist()
 
 
 def expert_ranks(indices: torch.Tensor, n_experts: int, world_size: int) -> torch.Tensor:
-    """The rank holding each chosen expert. indices: int64 [tokens, top_k] -> int64 [tokens, top_k]."""
+    """The rank holding each chosen expert. indices: int64 [tokens, top_k] -> int64 [tokens, top_k].
+    Raises TypeError / ValueError as ``send_splits``."""
     check_placement(n_experts, world_size)
+    _check_indices(indices, n_experts)
     return indices // (n_experts // world_size)
 
 
@@ -160,8 +176,15 @@ def traffic(indices: torch.Tensor, source_rank: torch.Tensor, n_experts: int, wo
 
     indices: int64 [tokens, top_k] chosen experts; source_rank: int64 [tokens], the rank each token lives on;
     row_bytes: bytes of one row (e.g. dim * 4 for float32, dim * 1 for V3's FP8 dispatch).
+    Raises TypeError for non-integer indices or source ranks, ValueError for wrong shapes, values out of range or
+    row_bytes not a positive int.
     """
     check_placement(n_experts, world_size, ranks_per_node)
+    _check_indices(indices, n_experts)
+    if isinstance(row_bytes, bool) or not isinstance(row_bytes, int) or row_bytes < 1:
+        raise ValueError(f"row_bytes must be a positive int (bytes of one row), got {row_bytes!r}")
+    if not isinstance(source_rank, torch.Tensor) or source_rank.is_floating_point() or source_rank.dtype == torch.bool:
+        raise TypeError(f"source_rank must be an integer tensor [tokens] of ranks, got {source_rank!r:.80}")
     if indices.dim() != 2 or source_rank.shape != indices.shape[:1]:
         raise ValueError(f"indices must be [tokens, top_k] and source_rank [tokens], got {list(indices.shape)} and "
                          f"{list(source_rank.shape)}")

@@ -76,6 +76,8 @@ def tile_shape(granularity: str, shape: tuple[int, ...]) -> tuple[int, int]:
     """The tile one scale covers: "tensor" -> shape, "tile" -> (1, 128), "block" -> (128, 128)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if len(shape) != 2:
+        raise ValueError(f"tile_shape expects the shape of a matrix [rows, cols], got {list(shape)}")
     return {"tensor": (max(shape[0], 1), max(shape[1], 1)), "tile": (1, TILE), "block": (TILE, TILE)}[granularity]
 
 
@@ -139,6 +141,9 @@ def scaled_matmul(a: Quantized, b: Quantized, backend: str = "auto") -> torch.Te
     ``torch._scaled_mm`` works (torch 2.13) but converts the operands to float itself and is slower than
     "dequant", so "auto" does not use it there.
     """
+    if not (isinstance(a, Quantized) and isinstance(b, Quantized)):
+        raise TypeError(f"scaled_matmul expects two fp8.Quantized operands (from fp8.quantize), got "
+                        f"{type(a).__name__} and {type(b).__name__}")
     if a.data.dim() != 2 or b.data.dim() != 2 or a.data.shape[1] != b.data.shape[1]:
         raise ValueError(f"scaled_matmul expects a [M, K] and b [N, K], got {list(a.data.shape)} and "
                          f"{list(b.data.shape)}")
@@ -218,7 +223,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x: float32 [..., K]; weight: float32 [N, K] (the master weight) -> float32 [..., N]. Gradients flow to x and
     weight (float32). An empty x gives an empty output. Raises ValueError for non-finite inputs or gradients.
     """
-    if x.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+    if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"fp8_linear expects x [..., K] and weight [N, K], got {list(x.shape)} and "
                          f"{list(weight.shape)}")
     if x.numel() == 0:
@@ -241,6 +246,8 @@ def to_fp8(model: nn.Module) -> nn.Module:
     head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. The
     parameters are the same objects (an optimizer made before still holds them). Calling it twice is harmless.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_fp8 expects a torch.nn.Module, got {type(model).__name__}")
     from course_lib.layers import SwiGLU
     from course_lib.moe import DeepSeekMoE
     from course_lib.transformer import CausalSelfAttention
@@ -269,6 +276,10 @@ def round_mantissa(x: torch.Tensor, mantissa_bits: int, rounding: str = "nearest
     below the last kept one are dropped). x: float64 [...] -> float64 [...]."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if isinstance(mantissa_bits, bool) or not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 52:
+        raise ValueError(f"mantissa_bits must be an int in 0..52, got {mantissa_bits!r}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"round_mantissa expects a float tensor (float64), got {x!r:.80}")
     mantissa, exponent = torch.frexp(x)  # x = mantissa * 2^exponent, 0.5 <= |mantissa| < 1
     steps = 2.0 ** (mantissa_bits + 1)
     kept = torch.round(mantissa * steps) if rounding == "nearest" else torch.trunc(mantissa * steps)
@@ -290,7 +301,8 @@ def accumulate(products: torch.Tensor, mantissa_bits: int = 13, promote_every: i
         raise ValueError(f"accumulate expects products [..., K] with K >= 1, got shape {list(products.shape)}")
     if not 1 <= mantissa_bits <= 52:
         raise ValueError(f"mantissa_bits must lie in 1..52, got {mantissa_bits}")
-    if promote_every is not None and promote_every < 1:
+    if promote_every is not None and (isinstance(promote_every, bool) or not isinstance(promote_every, int)
+                                      or promote_every < 1):
         raise ValueError(f"promote_every must be >= 1 or None, got {promote_every}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
@@ -311,12 +323,18 @@ def accumulate(products: torch.Tensor, mantissa_bits: int = 13, promote_every: i
 def fp8_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The elementwise products a[m, k] * b[n, k] of an FP8 GEMM's operands, exact in float64.
 
-    a: [M, K], b: [N, K] (any float, e.g. dequantised FP8) -> float64 [M, N, K]."""
+    a: [M, K], b: [N, K] (any float, e.g. dequantised FP8) -> float64 [M, N, K]. Raises ValueError for other
+    shapes."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"fp8_products expects a [M, K] and b [N, K], got {list(a.shape)} and {list(b.shape)}")
     return a.double()[:, None, :] * b.double()[None, :, :]
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """||approx - exact|| / ||exact|| (Frobenius), in float64."""
+    """||approx - exact|| / ||exact|| (Frobenius), in float64. Raises ValueError when the shapes differ."""
+    if approx.shape != exact.shape:
+        raise ValueError(f"relative_error expects two tensors of one shape, got {list(approx.shape)} and "
+                         f"{list(exact.shape)}")
     approx, exact = approx.detach().double(), exact.detach().double()
     return float((approx - exact).norm() / exact.norm().clamp(min=math.ulp(0.0)))
 

@@ -28,9 +28,11 @@ def test_stub_returns_false(capsys):
     assert "not implemented yet" in capsys.readouterr().out
 
 
-def test_every_mistake_differs_from_the_reference_on_the_example():
-    right = expert_parallel.send_splits(EXAMPLE_INDICES, 8, 4)
-    assert all(m.fn(EXAMPLE_INDICES, 8, 4) != right for m in _MISTAKES)
+def test_every_mistake_differs_from_the_reference_on_a_fixed_case():
+    empty_last_ranks = torch.tensor([[0, 1], [2, 3], [1, 2]])  # ranks 2 and 3 get nothing
+    for m in _MISTAKES:
+        assert any(m.fn(indices, 8, 4) != expert_parallel.send_splits(indices, 8, 4)
+                   for indices in (EXAMPLE_INDICES, empty_last_ranks)), m.hint
 
 
 def per_token(indices, n_experts, world_size):
@@ -77,3 +79,10 @@ def test_a_crash_or_a_wrong_type_is_explained():
     rejected_with(lambda i, e, w: i[:, 0], "5 entries")
     rejected_with(lambda i, e, w: [x / 2 for x in range(w)], "list of whole numbers")
     rejected_with(lambda i, e, w: i[100], "raised IndexError")
+
+
+def test_bincount_without_minlength_is_named():
+    def no_minlength(indices, n_experts, world_size):
+        return torch.bincount((indices // (n_experts // world_size)).reshape(-1)).tolist()
+    with pytest.raises(AssertionError, match="minlength=world_size"):
+        check_send_splits(no_minlength)

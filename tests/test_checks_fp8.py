@@ -122,3 +122,52 @@ def test_other_mistakes_are_explained():
     def no_repeat(x_fp8, scales):
         return x_fp8.float() * scales[:, :1]
     rejected_with(quantize, no_repeat, "repeated over its 128 channels")
+
+
+def test_dividing_the_input_in_place_is_named():
+    def in_place(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        scales = tiles.abs().amax(dim=-1).clamp(min=1e-12) / 448
+        tiles /= scales[..., None]  # writes into x through the view
+        return tiles.clamp(-448, 448).to(E4M3).view(x.shape), scales
+    rejected_with(in_place, dequantize, "changed its input x in place")
+
+
+def test_scaling_the_scales_in_place_is_named():
+    def in_place(x_fp8, scales):
+        scales *= 1.0  # harmless on its own
+        scales.mul_(2)
+        return x_fp8.float() * (scales / 2).repeat_interleave(128, dim=1)
+    rejected_with(quantize, in_place, "changed its input scales in place")
+
+
+def test_max_without_abs_is_named():
+    def signed(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        scales = tiles.amax(dim=-1).clamp(min=1e-12) / 448
+        return (tiles / scales[..., None]).clamp(-448, 448).to(E4M3).view(x.shape), scales
+    rejected_with(signed, dequantize, "not the largest |x|")
+
+
+def test_swapped_pair_wrong_shape_and_wrong_dtype_are_told_apart():
+    rejected_with(lambda x: quantize(x)[::-1], dequantize, "the other way round")
+    rejected_with(lambda x: (quantize(x)[0].view(x.shape[0], -1, 128), quantize(x)[1]), dequantize,
+                  "has shape [64, 2, 128]", "view the result back")
+    rejected_with(lambda x: (quantize(x)[0].float(), quantize(x)[1]), dequantize, "dtype float32",
+                  ".to(torch.float8_e4m3fn)")
+
+
+def test_dequantize_mistakes_are_named():
+    rejected_with(quantize, lambda q, s: q.float() * s.repeat(1, 128), "repeat_interleave", "s0, s1, s0")
+    rejected_with(quantize, lambda q, s: q.float(), "without the scales")
+    rejected_with(quantize, lambda q, s: q.float() * s.repeat_interleave(128, 1) * float("nan"), "NaN")
+    message = rejected_with(quantize, lambda q, s: (q.float() * s.repeat_interleave(128, 1),), "tuple of 1 item")
+    assert len(message) < 400, message  # no tensor repr
+
+
+def test_nan_scales_are_named():
+    def nan_scales(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        scales = tiles.abs().amax(dim=-1) / 448 * float("nan")
+        return (tiles / scales[..., None]).to(E4M3).view(x.shape), scales
+    rejected_with(nan_scales, dequantize, "scales contain NaN")

@@ -107,3 +107,25 @@ def test_compare_messages(got, expected, fragment):
         assert problem is None
     else:
         assert problem is not None and fragment in problem
+
+
+def test_torch_not_implemented_for_a_dtype_is_a_bug_not_the_stub():
+    from course_lib.checks import check_function
+
+    def float_bincount(x):
+        return torch.bincount(x / 2)  # torch: "bincount_cpu" not implemented for 'Float' (NotImplementedError)
+
+    with pytest.raises(AssertionError, match="not implemented for"):
+        check_function(float_bincount, name="f", reference=lambda x: torch.bincount(x // 2),
+                       cases=[Case((torch.tensor([0, 2, 3]),))])
+
+
+def test_a_failed_check_renders_as_its_message_alone():
+    from course_lib.checks import check_function
+    from course_lib.checks._core import CheckFailed
+
+    with pytest.raises(CheckFailed) as info:
+        check_function(lambda x: x + 1, name="double", reference=lambda x: 2 * x, cases=[Case((3,))])
+    lines = info.value._render_traceback_()
+    assert lines[0].endswith("double is not right yet:") and "should be 6" in "\n".join(lines)
+    assert len(lines) < 6

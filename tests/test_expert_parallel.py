@@ -198,3 +198,47 @@ def test_the_command_line_runs_under_torchrun():
     done = subprocess.run(command, capture_output=True, text=True, timeout=55, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
+
+
+def test_placement_helpers_reject_bad_indices():
+    with pytest.raises(ValueError, match=r"\[tokens, top_k\]"):
+        ep.send_splits(torch.tensor([0, 1]), 8, 4)
+    with pytest.raises(TypeError, match="integer tensor"):
+        ep.send_splits(torch.tensor([[0.0, 1.0]]), 8, 4)
+    with pytest.raises(ValueError, match=r"lie in \[0, 7\]"):
+        ep.expert_ranks(torch.tensor([[0, 9]]), 8, 4)  # would name a rank that does not exist
+    with pytest.raises(ValueError, match=r"lie in \[0, 7\]"):
+        ep.destination_nodes(torch.tensor([[0, 9]]), 8, 4, 2)
+    indices, source = torch.tensor([[0, 1], [2, 3]]), torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="source_rank"):
+        ep.traffic(indices, source.float(), 8, 4)
+    for row_bytes in (0, -4, 0.5):
+        with pytest.raises(ValueError, match="row_bytes"):
+            ep.traffic(indices, source, 8, 4, 1, row_bytes)
+
+
+def _nested_worker_factory():
+    def worker(rank, world_size):
+        return rank
+    return worker
+
+
+def test_run_ranks_rejects_what_a_new_process_cannot_import():
+    for fn in (lambda rank, world_size: rank, _nested_worker_factory()):
+        with pytest.raises(ValueError, match="cannot be found that way"):
+            distributed.run_ranks(fn, 2)
+    with pytest.raises(ValueError, match="world_size"):
+        distributed.run_ranks(ep.layer_worker, 2.0)
+    with pytest.raises(ValueError, match="timeout_s"):
+        distributed.run_ranks(ep.layer_worker, 2, timeout_s=0)
+
+
+def test_run_ranks_rejects_a_function_defined_in_a_notebook(monkeypatch):
+    import sys
+
+    def worker(rank, world_size):
+        return rank
+    worker.__module__, worker.__qualname__ = "__main__", "worker"  # as a notebook cell defines it
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)  # a kernel's __main__ has no file
+    with pytest.raises(ValueError, match="defined in a notebook"):
+        distributed.run_ranks(worker, 2)

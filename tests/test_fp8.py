@@ -277,3 +277,26 @@ def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
     main, _ = model.losses(tokens)
     main.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_helpers_reject_bad_input():
+    with pytest.raises(ValueError, match=r"matrix \[rows, cols\]"):
+        fp8.tile_shape("tile", (5,))
+    with pytest.raises(TypeError, match="Quantized"):
+        fp8.scaled_matmul(torch.randn(4, 128), torch.randn(4, 128))
+    with pytest.raises(ValueError, match=r"x \[\.\.\., K\]"):
+        fp8.fp8_linear(torch.tensor(1.0), torch.randn(3, 1))
+    with pytest.raises(ValueError, match=r"x \[\.\.\., K\]"):
+        fp8.fp8_linear(torch.randn(2, 4), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="0..52"):
+        fp8.round_mantissa(torch.ones(2, dtype=torch.float64), -1)
+    with pytest.raises(TypeError, match="float tensor"):
+        fp8.round_mantissa(torch.ones(2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="promote_every"):
+        fp8.accumulate(torch.ones(3, 4), 13, 2.0)
+    with pytest.raises(ValueError, match=r"a \[M, K\] and b \[N, K\]"):
+        fp8.fp8_products(torch.randn(2, 4), torch.randn(3, 1))  # would broadcast silently
+    with pytest.raises(ValueError, match="one shape"):
+        fp8.relative_error(torch.randn(3, 4), torch.randn(4))  # would broadcast silently
+    with pytest.raises(TypeError, match="nn.Module"):
+        fp8.to_fp8("model")

@@ -44,6 +44,18 @@ class LearnerNotImplemented(Exception):
     """Raised inside a checker when the learner's code is still the stub."""
 
 
+class CheckFailed(AssertionError):
+    """A checker's verdict on a wrong answer. IPython shows only its message (``_render_traceback_``), not a
+    traceback through the checker's internals; the cell still fails, and it is still an AssertionError."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\u274c {self.name} is not right yet:", *str(self).splitlines()]
+
+
 @dataclass(frozen=True)
 class Mistake:
     """A common mistake: a deliberately wrong version of the exercise and the hint that explains it."""
@@ -204,14 +216,23 @@ def call_learner(fn: Callable[..., Any], *args: Any, name: str = "your function"
                              f"Did you assign the result of a call instead of defining the function?")
     try:
         return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise LearnerNotImplemented from None
     except Exception as exc:  # a learner's bug: explain it, never crash
+        if isinstance(exc, NotImplementedError) and _raised_by_the_stub(exc):
+            raise LearnerNotImplemented from None
+        # (torch's own NotImplementedError, "... not implemented for 'Float'", is a bug like any other)
         on = f" on the input {label}" if label else ""
         raise AssertionError(
             f"{name} raised {type(exc).__name__}: {exc}{on}.{_learner_frame(exc)}\n"
             f"Hint: run it by hand on the example in the markdown above and look at what each line produces."
         ) from None
+
+
+def _raised_by_the_stub(exc: NotImplementedError) -> bool:
+    """Whether a NotImplementedError comes from a ``raise NotImplementedError`` statement (the stub), rather than
+    from a library call that does not support its input (torch: "... not implemented for 'Float'")."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    line = (frames[-1].line or "").lstrip() if frames else ""
+    return not line or line.startswith("raise")  # a source line we cannot read counts as the stub
 
 
 def expect(condition: bool, message: str) -> None:
@@ -237,6 +258,10 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., bool]]:
             except LearnerNotImplemented:
                 print(_not_implemented_line(name))
                 return False
+            except CheckFailed:
+                raise
+            except AssertionError as failure:
+                raise CheckFailed(name, str(failure)) from None
             print(f"{PASS_MARK} {name} is correct" + (f": {summary}" if summary else "."))
             return True
 

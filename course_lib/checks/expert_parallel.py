@@ -66,6 +66,10 @@ def _divided_by_world_size(indices: torch.Tensor, n_experts: int, world_size: in
     return _count(ranks, world_size)
 
 
+def _no_minlength(indices: torch.Tensor, n_experts: int, world_size: int) -> list[int]:
+    return torch.bincount(_rank_of(n_experts, world_size)(indices).reshape(-1)).tolist()
+
+
 def _once_per_rank(indices: torch.Tensor, n_experts: int, world_size: int) -> list[int]:
     ranks = _rank_of(n_experts, world_size)(indices)
     hit = torch.zeros(indices.shape[0], world_size, dtype=torch.long).scatter_(1, ranks, 1)
@@ -89,6 +93,9 @@ _MISTAKES = [
             "r * E/W ... (r + 1) * E/W - 1, so the rank of expert e is e // (n_experts // world_size); with "
             "load.view(n_experts // world_size, world_size).sum(0) the ranks come out in expert order, mixed up.",
             _strided),
+    Mistake("your list stops at the last rank that receives a row: torch.bincount without minlength=world_size "
+            "leaves out the ranks at the end that get nothing, and all_to_all_single needs one split for EVERY rank "
+            "(0 included). Use torch.bincount(ranks, minlength=world_size).", _no_minlength),
     Mistake("you computed the rank of expert e as e // world_size: that divides by the number of ranks, not by the "
             "experts per rank. Rank of expert e = e // (n_experts // world_size).", _divided_by_world_size),
 ]
@@ -107,6 +114,8 @@ def check_send_splits(fn: Callable[[torch.Tensor, int, int], Any]) -> bool:
     per (token, expert) pair) against ``expert_parallel.send_splits``."""
     cases = [Case((EXAMPLE_INDICES, 8, 4), label="the example above: indices [[2, 3], [0, 5], [7, 1], [1, 0], "
                                                   "[6, 4]], n_experts=8, world_size=4")]
+    cases.append(Case((torch.tensor([[0, 1], [2, 3], [1, 2]]), 8, 4),
+                      label="indices [[0, 1], [2, 3], [1, 2]], n_experts=8, world_size=4 (ranks 2 and 3 get nothing)"))
     for tokens, n_experts, k, world_size, seed in ((12, 16, 4, 4, 1), (20, 8, 3, 2, 2), (30, 32, 8, 8, 3)):
         indices = _random_indices(tokens, n_experts, k, seed)
         cases.append(Case((indices, n_experts, world_size),

@@ -4,9 +4,10 @@ The learner writes ``quantize_per_tile(x) -> (x_fp8, scales)`` and ``dequantize_
 for x float32 [tokens, channels] with channels a multiple of 128: one scale per token and 128 channels,
 s = max |x over the tile| / 448, x_fp8 = clamp(x / s, -448, 448) in E4M3, and back x ~ x_fp8 * s.
 
-The quantiser runs with float8 conversions that do not saturate (a value beyond 448 becomes NaN, as on hardware
-converting without saturation); torch 2.13's own cast saturates and would hide a missing clamp. A scale of
-amax / 448 makes x / s exceed 448 by a rounding error in about one tile in twelve.
+The quantiser runs with strict float8 conversions: every value beyond 448 becomes NaN, before any rounding (a
+conversion that does not saturate makes NaN of what rounds beyond 448; this one is stricter, so that a missing
+clamp shows). torch 2.13's own cast saturates and would hide it. A scale of amax / 448 makes x / s exceed 448 by a
+rounding error in about one tile in twelve.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _MAX = 448.0
 
 
 class _NonSaturatingCast(TorchFunctionMode):
-    """Inside it, converting a float tensor to an FP8 dtype turns every value beyond the format's max into NaN."""
+    """Inside it, converting a float tensor to an FP8 dtype turns every value beyond the format's max into NaN
+    (before rounding: stricter than a round-to-nearest conversion without saturation)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -57,6 +59,38 @@ def _tiles_along_tokens(x: torch.Tensor) -> torch.Tensor:
     return fp8.quantize(x.t().contiguous(), "tile").scale.t()
 
 
+def _describe(value: Any) -> str:
+    """describe_value, with the items of a short tuple or list described one by one (no tensor repr)."""
+    if isinstance(value, (tuple, list)) and len(value) <= 3:
+        return f"a {type(value).__name__} of {len(value)} item(s): " + ", ".join(describe_value(v) for v in value)
+    return describe_value(value)
+
+
+def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, what: str, function: str) -> None:
+    """Fail when the learner's function changed its input tensor in place."""
+    if not (after.shape == before.shape and torch.equal(after.detach().float(), before.float())):
+        raise AssertionError(f"Your {function} changed {what} in place (an in-place operation such as /=, mul_ or "
+                             f"x[...] = on the input, or on a view of it). The caller's tensor must stay as it was: "
+                             f"compute new tensors (tiles = tiles / s) instead.")
+
+
+def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
+    """What is wrong with the learner's x_fp8 for x [tokens, channels], or None if it is an E4M3 tensor of x's shape."""
+    T, C = x.shape
+    if not isinstance(x_fp8, torch.Tensor):
+        return f"x_fp8 should be a torch.float8_e4m3fn tensor [{T}, {C}], but it is {_describe(x_fp8)}"
+    if (isinstance(scales, torch.Tensor) and x_fp8.shape == (T, C // 128) and scales.shape == x.shape):
+        return ("you returned (scales, x_fp8): the pair comes the other way round, (x_fp8, scales), x_fp8 first "
+                f"[{T}, {C}] and the scales second [{T}, {C // 128}]")
+    if x_fp8.shape != x.shape:
+        return (f"x_fp8 has shape {list(x_fp8.shape)}, but it should have x's shape [{T}, {C}]: after dividing "
+                f"the tiles [tokens, channels / 128, 128] by their scales, view the result back as x.shape")
+    if x_fp8.dtype != fp8.E4M3:
+        return (f"x_fp8 has dtype {str(x_fp8.dtype).replace('torch.', '')}, but it should be float8_e4m3fn (E4M3, "
+                f"the format V3 uses for every tensor): convert with .to(torch.float8_e4m3fn)")
+    return None
+
+
 def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     """What is wrong with the learner's scales, for x [tokens, channels]; expected [tokens, channels / 128]."""
     T, C = x.shape
@@ -78,14 +112,39 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
         return f"your scales have shape {list(got.shape)}: drop the last dimension (keepdim=False), shape {shape}"
     if got.shape != expected.shape:
         return f"your scales have shape {list(got.shape)}, but {shape} was expected (one per token and 128 channels)"
+    if torch.isnan(got).any():
+        return (f"your scales contain NaN (for instance at token {int(torch.isnan(got).nonzero()[0, 0])}); they "
+                f"should be max |x| over each tile divided by 448, finite and > 0")
     if torch.allclose(got, 1 / expected, rtol=1e-5):
         return ("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
                 "back, s = max|x| / 448, so that x ~ x_fp8 * s")
     if torch.allclose(got, expected * _MAX, rtol=1e-5):
         return "your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)"
+    signed = x.view(T, -1, 128).amax(dim=-1).clamp(min=1e-12) / _MAX
+    if torch.allclose(got, signed, rtol=1e-5):
+        return ("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
+                "is negative gets too small a scale. Take x.abs() before the max")
     row = int((~torch.isclose(got, expected, rtol=1e-5)).nonzero()[0, 0])
     return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
             f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+
+
+def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> None:
+    """Name the likely mistake of a learner's dequantize_per_tile output (a float tensor of the right shape)."""
+    if not (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()):
+        return
+    T, C = expected.shape
+    start = f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}] your dequantize_per_tile"
+    back = back.detach().float()
+    if torch.isnan(back).any():
+        raise AssertionError(f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite).")
+    if torch.equal(back, reference.data.float()):
+        raise AssertionError(f"{start} returned the FP8 values without the scales: multiply by them, "
+                             f"x ~ x_fp8.float() * s, each scale repeated over its 128 channels.")
+    if C > 128 and torch.allclose(back, reference.data.float() * reference.scale.repeat(1, 128), rtol=1e-5):
+        raise AssertionError(f"{start} spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: "
+                             f"channel c needs the scale of tile c // 128, s0 128 times then s1 128 times, "
+                             f"which is scales.repeat_interleave(128, dim=1).")
 
 
 @checker("quantize_per_tile")
@@ -94,23 +153,26 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         T, C = x.shape
         label = f"(x of shape [{T}, {C}])"
         reference = fp8.quantize(x, "tile")
+        given = x.clone()
         with _NonSaturatingCast():
-            result = call_learner(quantize_fn, x.clone(), name="Your quantize_per_tile", label=label)
+            result = call_learner(quantize_fn, given, name="Your quantize_per_tile", label=label)
+        _expect_unchanged(x, given, "its input x", "quantize_per_tile")
         expect(isinstance(result, (tuple, list)) and len(result) == 2,
                f"quantize_per_tile{label} should return a pair (x_fp8, scales), but it returned "
-               f"{describe_value(result)}")
+               f"{_describe(result)}")
         x_fp8, scales = result
-        expect(isinstance(x_fp8, torch.Tensor) and x_fp8.dtype == fp8.E4M3 and x_fp8.shape == x.shape,
-               f"For x of shape [{T}, {C}], x_fp8 should be a torch.float8_e4m3fn tensor of the same shape, but it is "
-               f"{describe_value(x_fp8)}. Convert with .to(torch.float8_e4m3fn).")
+        problem = _explain_codes(x_fp8, scales, x)
+        expect(problem is None, f"For x of shape [{T}, {C}]: {problem}.")
         codes = x_fp8.float()
         if isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape and torch.allclose(
                 scales.detach().float(), reference.scale, rtol=1e-5) and torch.isnan(codes).any():
             raise AssertionError(
                 f"For x of shape [{T}, {C}] some of your FP8 values are NaN.\nLikely cause: no clamp to 448. "
-                f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value; torch 2.13's "
-                f"cast saturates it to 448, but a conversion that does not saturate (E4M3 has no infinity) makes it "
-                f"NaN. Clamp x / s to [-448, 448] before .to(torch.float8_e4m3fn).")
+                f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value, and further "
+                f"with a scale that is not exactly max|x| / 448. torch 2.13's cast saturates; this checker converts "
+                f"strictly, every value above 448 becoming NaN (E4M3 has no infinity), as a conversion without "
+                f"saturation does beyond the format's range. Clamp x / s to [-448, 448] before "
+                f".to(torch.float8_e4m3fn).")
         if not (isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape
                 and torch.allclose(scales.detach().float(), reference.scale, rtol=1e-5)):
             raise AssertionError(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
@@ -124,9 +186,13 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                 f"{float(reference.scale[t, c // 128]):.6g}, so x_fp8 should be x / s = {float(scaled[t, c]):.6g} "
                 f"rounded to E4M3 ({float(reference.data[t, c].float()):.6g}), but yours is {float(codes[t, c]):.6g}. "
                 f"Divide each element by its own tile's scale.")
-        back = call_learner(dequantize_fn, reference.data.clone(), reference.scale.clone(),
+        given_codes, given_scales = reference.data.clone(), reference.scale.clone()
+        back = call_learner(dequantize_fn, given_codes, given_scales,
                             name="Your dequantize_per_tile", label=f"(x_fp8 [{T}, {C}], scales [{T}, {C // 128}])")
+        _expect_unchanged(reference.data, given_codes, "its input x_fp8", "dequantize_per_tile")
+        _expect_unchanged(reference.scale, given_scales, "its input scales", "dequantize_per_tile")
         expected = reference.dequantize()
+        _explain_dequantized(back, reference, expected)
         if isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point() and \
                 torch.allclose(back.float(), reference.data.float() / reference.scale.repeat_interleave(128, 1),
                                rtol=1e-5):
@@ -136,7 +202,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         expect(isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
                and torch.allclose(back.float(), expected, rtol=1e-5, atol=0),
                f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
-               f"{describe_value(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
+               f"{_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
                f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
     return f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel"
 
