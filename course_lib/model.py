@@ -279,7 +279,8 @@ class TinyDeepSeek(nn.Module):
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, context: int | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, context: int | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Sample a continuation with the main head (the MTP modules are not used), decoding with a KV cache.
 
         prompt: int64 [T0] -> int64 [T0 + max_new_tokens]. Each step samples from softmax(logits / temperature)
@@ -291,7 +292,8 @@ class TinyDeepSeek(nn.Module):
         fits in the context, the cache grows by one token per step. Beyond it the window slides: every position
         in it moves, so the cached keys (rotated for their old positions) no longer apply, and each step re-reads
         the last ``context`` tokens into the emptied cache, as a model without a cache would. The samples are
-        those of recomputing the whole window every step (up to float rounding in the logits).
+        those of recomputing the whole window every step (up to float rounding in the logits), which is what
+        ``use_cache=False`` does (to measure what the cache saves).
         """
         if prompt.dim() != 1 or prompt.numel() == 0 or prompt.dtype != torch.long:
             raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
@@ -304,7 +306,7 @@ class TinyDeepSeek(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         tokens = prompt.to(device)
-        cache = self.new_cache(1)
+        cache = self.new_cache(1) if use_cache else None
         new = tokens[-context:]  # what the cache has not read yet
         for step in range(max_new_tokens):
             logits = self(new[None], cache)[0, -1].float().cpu() / temperature  # [vocab]
@@ -313,10 +315,11 @@ class TinyDeepSeek(nn.Module):
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).to(device)
             tokens = torch.cat([tokens, choice])
-            if cache.length < context:
+            if cache is not None and cache.length < context:
                 new = choice
-            else:  # the window slides: re-read it from position 0
-                cache.truncate(0)
+            else:  # no cache, or the window slides: read the whole window from position 0
+                if cache is not None:
+                    cache.truncate(0)
                 new = tokens[-context:]
         self.train(was_training)
         return tokens.cpu()

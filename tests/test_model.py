@@ -225,6 +225,8 @@ def test_generate_with_the_cache_samples_as_recomputing(config, context, top_k):
     cached = model.generate(prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context)
     recomputed = generate_without_cache(model, prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context)
     assert torch.equal(cached, recomputed)
+    uncached = model.generate(prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context, use_cache=False)
+    assert torch.equal(uncached, recomputed)
 
 
 @pytest.mark.parametrize("change, message", [
