@@ -11,3 +11,4 @@ from course_lib.checks.routing import (check_balance_loss, check_expert_load, ch
 from course_lib.checks.mtp import check_mtp_depth_loss, check_mtp_forward, check_mtp_loss
 from course_lib.checks.training import check_train_step
 from course_lib.checks.attention import check_attend_absorbed, check_mla_forward
+from course_lib.checks.speculative import check_accept_greedy
