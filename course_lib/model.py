@@ -2,17 +2,19 @@
 
     tokens [B, T] -> Embedding -> n_layers x TransformerBlock -> RMSNorm -> output head -> logits [B, T, vocab]
 
-Each TransformerBlock (``transformer``) is causal self-attention with RoPE and a feed-forward part: the first
+Each TransformerBlock (``transformer``) is causal self-attention and a feed-forward part: the first
 ``n_dense_layers`` use a dense SwiGLU (``layers.SwiGLU``), the others a DeepSeekMoE layer (``moe.DeepSeekMoE``:
 shared experts, sigmoid-routed experts, the loss-free balancing bias), as in [V3] 2.1.2 where the first 3 of 61
 layers are dense. ``mtp_depth = D`` adds D Multi-Token Prediction modules (``mtp.MTPModule``, [V3] 2.2) that share
-the embedding and the output head. Attention is standard multi-head attention, not V3's Multi-head Latent
-Attention: MLA saves memory at inference, which a tiny model does not need.
+the embedding and the output head. The attention is standard multi-head attention with RoPE by default
+(``attention="mha"``) or V3's Multi-head Latent Attention (``attention="mla"``, [V3] 2.1.1), whose KV cache is
+a fraction of MHA's. ``new_cache`` makes the KV cache for incremental decoding, which ``generate`` uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib import mtp
+from course_lib.attention import KVCache, MultiHeadAttention, MultiHeadLatentAttention
 from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.moe import DeepSeekMoE
 from course_lib.param_count import moe_ffn_params
@@ -48,12 +51,21 @@ class ModelConfig:
     route_scale: float = 1.0  # [CODE] multiplies the gates by 2.5; the paper does not
     max_seq_len: int = 256
     mtp_depth: int = 0  # D, the number of MTP modules ([V3]: 1)
+    attention: str = "mha"  # "mha" (multi-head attention with RoPE) or "mla" (Multi-head Latent Attention)
+    # MLA sizes ([V3] 2.1.1; V3: 1536, 512, 128, 64, 128 with 128 heads of a 7168 model), used when attention="mla"
+    q_lora_rank: int = 96  # d_c': the query latent
+    kv_lora_rank: int = 64  # d_c: the cached key-value latent
+    qk_nope_head_dim: int = 32  # d_h: per-head query/key part without RoPE
+    qk_rope_head_dim: int = 16  # d_h^R: the decoupled RoPE part (per head for queries, one shared key)
+    v_head_dim: int = 32  # per-head value size
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{f.name} must be an int, got {value!r}")
+            if f.type in ("str", str) and not isinstance(value, str):
+                raise TypeError(f"{f.name} must be a string, got {value!r}")
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k", "expert_dim",
                     "n_groups", "topk_groups", "max_seq_len")
         for name in positive:
@@ -64,8 +76,18 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+        if self.attention not in ("mha", "mla"):
+            raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
+        if self.attention == "mha" and self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads} (head_dim = dim / n_heads)")
+        if self.attention == "mha" and (self.dim // self.n_heads) % 2:
+            raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
+        if self.attention == "mla":
+            for name in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if self.qk_rope_head_dim % 2:
+                raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         if self.top_k > self.n_routed_experts:
             raise ValueError(f"top_k={self.top_k} exceeds n_routed_experts={self.n_routed_experts}")
         check_route_config(self.n_routed_experts, self.top_k, self.n_groups, self.topk_groups)
@@ -96,8 +118,49 @@ class ModelConfig:
         return cls(**values)
 
 
+class ModelCache:
+    """The KV cache of a whole TinyDeepSeek (make it with ``model.new_cache(batch_size)``).
+
+    blocks: one ``attention.KVCache`` per main block, first to last; mtp: one per MTP module's block (depth 1
+    first; the model never fills them, speculative decoding does). ``length`` is the main blocks' (tokens the
+    model has read), ``nbytes`` the bytes of every layer, ``truncate(length)`` drops the positions >= length in
+    every layer (the MTP caches that hold fewer keep theirs).
+    """
+
+    def __init__(self, model: TinyDeepSeek, blocks: list[KVCache], mtp: list[KVCache]) -> None:
+        self._model = weakref.ref(model)
+        self.blocks, self.mtp = blocks, mtp
+
+    def belongs_to(self, model: nn.Module) -> bool:
+        return self._model() is model
+
+    @property
+    def batch_size(self) -> int:
+        return self.blocks[0].batch_size
+
+    @property
+    def length(self) -> int:
+        return self.blocks[0].length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(cache.nbytes for cache in self.blocks + self.mtp)
+
+    def truncate(self, length: int) -> None:
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+            raise ValueError(f"truncate expects an int length in [0, {self.length}] (the tokens cached), "
+                             f"got {length!r}")
+        for cache in self.blocks + self.mtp:
+            cache.truncate(min(length, cache.length))
+
+    def __repr__(self) -> str:
+        return (f"ModelCache({len(self.blocks)} blocks + {len(self.mtp)} MTP, kind={self.blocks[0].kind!r}, "
+                f"batch_size={self.batch_size}, length={self.length}, nbytes={self.nbytes})")
+
+
 class TinyDeepSeek(nn.Module):
-    """The model. forward(tokens [B, T] int64) -> logits [B, T, vocab_size]; ``losses`` adds the MTP depths."""
+    """The model. forward(tokens [B, T] int64, cache=None) -> logits [B, T, vocab_size]; ``losses`` adds the MTP
+    depths; ``new_cache`` and ``generate`` decode incrementally."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -105,14 +168,14 @@ class TinyDeepSeek(nn.Module):
             raise TypeError(f"TinyDeepSeek needs a ModelConfig, got {type(config).__name__}")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.dim)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(c.dim, c.n_heads, ffn=self._ffn(layer), max_seq_len=c.max_seq_len)
+        self.blocks = nn.ModuleList(  # the FFN is made before the attention, as in the MHA-only model
+            TransformerBlock(c.dim, c.n_heads, ffn=self._ffn(layer), attn=self._attention())
             for layer in range(c.n_layers))
         self.norm = RMSNorm(c.dim)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.mtp_modules = nn.ModuleList(  # TRM_k: a block with a dense FFN (V3's MTP block is an MoE block)
             mtp.MTPModule(k, self.embed, self.head, TransformerBlock(c.dim, c.n_heads, ffn=SwiGLU(c.dim, c.ffn_hidden),
-                                                                     max_seq_len=c.max_seq_len))
+                                                                     attn=self._attention()))
             for k in range(1, c.mtp_depth + 1))
         nn.init.normal_(self.embed.weight, std=0.02)
 
@@ -123,12 +186,30 @@ class TinyDeepSeek(nn.Module):
         return DeepSeekMoE(c.dim, c.expert_dim, c.n_routed_experts, c.n_shared_experts, c.top_k,
                            c.n_groups, c.topk_groups, c.route_scale)
 
+    def _attention(self) -> nn.Module:
+        c = self.config
+        if c.attention == "mla":
+            return MultiHeadLatentAttention(c.dim, c.n_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim,
+                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len)
+        return MultiHeadAttention(c.dim, c.n_heads, c.max_seq_len)
+
     def moe_layers(self) -> list[DeepSeekMoE]:
         """The DeepSeekMoE layers of the main model, first to last."""
         return [block.ffn for block in self.blocks if isinstance(block.ffn, DeepSeekMoE)]
 
-    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T] int64 -> the last block's output h^0 [B, T, dim] (before the final RMSNorm)."""
+    def new_cache(self, batch_size: int = 1) -> ModelCache:
+        """An empty KV cache for ``batch_size`` sequences, in the dtype and on the device of the weights: one
+        ``KVCache`` per main block and per MTP module's block. Make it after moving the model (.to, .double)."""
+        return ModelCache(self, [block.attn.new_cache(batch_size) for block in self.blocks],
+                          [module.block.attn.new_cache(batch_size) for module in self.mtp_modules])
+
+    def hidden_states(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
+        """tokens [B, T] int64 -> the last block's output h^0 [B, T, dim] (before the final RMSNorm).
+
+        With a cache (from ``new_cache``) holding L tokens, ``tokens`` are the T new ones, at positions
+        L..L+T-1 (L + T <= max_seq_len); every block appends them to its cache. Raises TypeError/ValueError for
+        bad tokens, a cache of another model or of another batch size, and L + T > max_seq_len.
+        """
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
             raise TypeError(f"tokens must be an int64 tensor [batch, T], got {tokens!r:.80}")
         if tokens.shape[0] == 0 or not 1 <= tokens.shape[1] <= self.config.max_seq_len:
@@ -137,13 +218,27 @@ class TinyDeepSeek(nn.Module):
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) (the vocabulary), got ids from "
                              f"{int(tokens.min())} to {int(tokens.max())}")
+        if cache is not None:
+            self._check_cache(cache, *tokens.shape)
         h = self.embed(tokens)
-        for block in self.blocks:
-            h = block(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h, None if cache is None else cache.blocks[i])
         return h
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.hidden_states(tokens)))
+    def _check_cache(self, cache: ModelCache, batch_size: int, new_tokens: int) -> None:
+        if not isinstance(cache, ModelCache):
+            raise TypeError(f"cache must be a ModelCache from this model's new_cache(), got {type(cache).__name__}")
+        if not cache.belongs_to(self):
+            raise ValueError("this cache was made by another model: make one with this model's new_cache()")
+        if cache.batch_size != batch_size:
+            raise ValueError(f"the cache was made for batch_size={cache.batch_size}, the tokens have batch {batch_size}")
+        if cache.length + new_tokens > self.config.max_seq_len:
+            raise ValueError(f"the cache holds {cache.length} tokens and {new_tokens} more would exceed the "
+                             f"model's context max_seq_len={self.config.max_seq_len}")
+
+    def forward(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
+        """tokens [B, T] int64 (the new ones when a cache is given) -> logits [B, T, vocab_size]."""
+        return self.head(self.norm(self.hidden_states(tokens, cache)))
 
     def losses(self, tokens: torch.Tensor, mtp_lambda: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
         """(main loss, weighted MTP loss) of a batch of windows tokens [B, T + 1] (t_1 .. t_{T+1}).
@@ -202,13 +297,21 @@ class TinyDeepSeek(nn.Module):
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None, context: int | None = None) -> torch.Tensor:
-        """Sample a continuation with the main head (the MTP modules are not used).
+                 generator: torch.Generator | None = None, context: int | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
+        """Sample a continuation with the main head (the MTP modules are not used), decoding with a KV cache.
 
         prompt: int64 [T0] -> int64 [T0 + max_new_tokens]. Each step samples from softmax(logits / temperature)
         restricted to the top_k most likely tokens (all when None), with ``generator`` (a CPU torch.Generator)
         for repeatable samples. The model reads at most the last ``context`` tokens (default max_seq_len; pass the
-        training sequence length, since positions beyond it were never trained).
+        training sequence length, since positions beyond it were never trained), at positions 0..context-1.
+
+        The cache makes each new token cost one token's forward instead of the whole window's. While the text
+        fits in the context, the cache grows by one token per step. Beyond it the window slides: every position
+        in it moves, so the cached keys (rotated for their old positions) no longer apply, and each step re-reads
+        the last ``context`` tokens into the emptied cache, as a model without a cache would. The samples are
+        those of recomputing the whole window every step (up to float rounding in the logits), which is what
+        ``use_cache=False`` does (to measure what the cache saves).
         """
         if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0
                 or prompt.dtype != torch.long):
@@ -227,12 +330,20 @@ class TinyDeepSeek(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         tokens = prompt.to(device)
-        for _ in range(max_new_tokens):
-            logits = self(tokens[-context:][None])[0, -1].float().cpu() / temperature  # [vocab]
+        cache = self.new_cache(1) if use_cache else None
+        new = tokens[-context:]  # what the cache has not read yet
+        for step in range(max_new_tokens):
+            logits = self(new[None], cache)[0, -1].float().cpu() / temperature  # [vocab]
             if top_k is not None:
                 kth = logits.topk(min(top_k, logits.numel())).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            tokens = torch.cat([tokens, choice.to(device)])
+            choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).to(device)
+            tokens = torch.cat([tokens, choice])
+            if cache is not None and cache.length < context:
+                new = choice
+            else:  # no cache, or the window slides: read the whole window from position 0
+                if cache is not None:
+                    cache.truncate(0)
+                new = tokens[-context:]
         self.train(was_training)
         return tokens.cpu()

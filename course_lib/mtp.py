@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.attention import KVCache
 from course_lib.layers import RMSNorm
 
 
@@ -133,6 +134,7 @@ class MTPModule(nn.Module):
     forward(h_prev [batch, L >= T - depth, dim], tokens [batch, T] int64, the inputs t_1..t_T)
         -> (h [batch, T - depth, dim], the input of the next depth; logits [batch, T - depth, vocab]),
         logits position j predicting t_{j + depth + 2}, i.e. tokens_with_next[:, j + depth + 1].
+    ``step`` computes the same positions a few at a time with a KV cache (speculative decoding drafts with it).
     """
 
     def __init__(self, depth: int, embed: nn.Embedding, head: nn.Module, block: nn.Module) -> None:
@@ -168,3 +170,23 @@ class MTPModule(nn.Module):
             raise TypeError(f"h_prev must be a floating-point tensor [batch, L, {self.dim}], got {h_prev!r:.80}")
         h = mtp_forward(h_prev, self.embed(tokens), self.depth, self.norm_h, self.norm_e, self.proj, self.block)
         return h, self.head(self.norm_out(h))
+
+    def step(self, h_prev: torch.Tensor, shifted_tokens: torch.Tensor, cache: KVCache,
+             last_logits_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """This depth at L new positions i = s..s+L-1, s = cache.length (the positions already cached), as in
+        ``forward`` but incremental (inference, under torch.no_grad()).
+
+        h_prev: [batch, L, dim], the previous depth's h^{k-1}_i at those positions; shifted_tokens: int64
+        [batch, L], the token t_{i+k} that position i reads (already shifted by the depth, unlike ``forward``);
+        cache: the KV cache of this module's block (``ModelCache.mtp[depth - 1]``), which gets the L positions.
+        -> (h^k [batch, L, dim]; logits [batch, 1, vocab] of the last position, or [batch, L, vocab] when
+        last_logits_only is False), position i predicting t_{i+k+1}. Raises ValueError on mismatched shapes.
+        """
+        if shifted_tokens.dtype != torch.int64 or shifted_tokens.dim() != 2 or h_prev.dim() != 3 \
+                or list(h_prev.shape) != [*shifted_tokens.shape, self.dim] or shifted_tokens.shape[1] == 0:
+            raise ValueError(f"step expects h_prev [batch, L >= 1, {self.dim}] and int64 shifted_tokens [batch, L], "
+                             f"got h_prev {list(h_prev.shape)} and shifted_tokens {list(shifted_tokens.shape)} "
+                             f"{shifted_tokens.dtype}")
+        joined = torch.cat([self.norm_h(h_prev), self.norm_e(self.embed(shifted_tokens))], dim=-1)  # [b, L, 2 dim]
+        h = self.block(self.proj(joined), cache)  # [batch, L, dim]
+        return h, self.head(self.norm_out(h[:, -1:] if last_logits_only else h))

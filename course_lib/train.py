@@ -676,8 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", action="store_true",
                    help="train the dense baseline: every layer a SwiGLU with the MoE layer's activated parameters")
     for name in ("dim", "n_layers", "n_heads", "n_dense_layers", "n_routed_experts", "n_shared_experts", "top_k",
-                 "expert_dim", "n_groups", "topk_groups", "max_seq_len", "dense_hidden"):
+                 "expert_dim", "n_groups", "topk_groups", "max_seq_len", "dense_hidden", "q_lora_rank", "kv_lora_rank",
+                 "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(model_defaults, name))
+    p.add_argument("--attention", choices=("mha", "mla"), default=model_defaults.attention,
+                   help="multi-head attention or Multi-head Latent Attention (sized by the --q-lora-rank etc.)")
     p.add_argument("--route-scale", type=float, default=model_defaults.route_scale)
     for name in ("batch_size", "seq_len", "micro_batches", "warmup_steps", "eval_interval", "eval_tokens"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(train_defaults, name))

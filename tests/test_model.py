@@ -143,3 +143,98 @@ def test_bad_inputs():
         ModelConfig.from_dict({"dim": 8, "experts": 4})
     with pytest.raises(TypeError, match="dim must be an int"):
         ModelConfig(dim=8.0)
+
+
+# ------------------------------------------------------------------------------------------ attention, KV cache
+MLA = dataclasses.replace(TINY, attention="mla", q_lora_rank=12, kv_lora_rank=8, qk_nope_head_dim=8,
+                          qk_rope_head_dim=4, v_head_dim=8)
+
+
+def test_default_attention_is_mha_with_the_old_parameter_names():
+    model = TinyDeepSeek(TINY)
+    names = [n for n in model.state_dict() if n.startswith("blocks.0.attn.")]
+    assert names == ["blocks.0.attn.qkv.weight", "blocks.0.attn.out.weight"]
+    mla_model = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=1))
+    assert type(mla_model.blocks[0].attn).__name__ == "MultiHeadLatentAttention"
+    assert type(mla_model.mtp_modules[0].block.attn).__name__ == "MultiHeadLatentAttention"
+
+
+@pytest.mark.parametrize("config", [TINY, MLA], ids=["mha", "mla"])
+def test_decoding_with_the_cache_gives_the_logits_of_one_forward(config):
+    torch.manual_seed(0)
+    model = TinyDeepSeek(config).double().eval()
+    x = tokens(length=12)
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        full = model(x)
+        steps = [model(x[:, :5], cache)] + [model(x[:, t:t + 1], cache) for t in range(5, 12)]
+    # 1e-6, not 1e-10: the MoE router scores in float32 (moe.DeepSeekMoE.route) whatever the model's dtype
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-6, atol=1e-6)
+    assert cache.length == 12
+
+
+def test_model_cache_layers_bytes_and_truncate():
+    model = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=2))
+    cache = model.new_cache(3)
+    assert len(cache.blocks) == 3 and len(cache.mtp) == 2 and cache.length == 0 and cache.nbytes == 0
+    with torch.no_grad():
+        model(tokens(batch=3, length=7), cache)
+    per_layer = 3 * 7 * (8 + 4) * 4  # batch x tokens x (d_c + d_h^R) x float32
+    assert cache.nbytes == 3 * per_layer and all(c.length == 0 for c in cache.mtp)  # the model fills no MTP cache
+    cache.truncate(4)
+    assert cache.length == 4 and all(c.length == 4 for c in cache.blocks)
+    with pytest.raises(ValueError, match="truncate"):
+        cache.truncate(5)
+
+
+def test_cache_errors():
+    model, other = TinyDeepSeek(TINY), TinyDeepSeek(TINY)
+    with pytest.raises(ValueError, match="another model"):
+        model(tokens(), other.new_cache(2))
+    with pytest.raises(ValueError, match="batch_size=1"):
+        model(tokens(batch=2), model.new_cache(1))
+    cache = model.new_cache(2)
+    with torch.no_grad():
+        model(tokens(length=30), cache)
+    with pytest.raises(ValueError, match="exceed the model's context max_seq_len=32"):
+        model(tokens(length=3), cache)
+    assert cache.length == 30 and all(c.length == 30 for c in cache.blocks)  # nothing half-updated
+    with pytest.raises(TypeError, match="ModelCache"):
+        model(tokens(), cache.blocks[0])
+
+
+def generate_without_cache(model, prompt, max_new_tokens, temperature, top_k, generator, context):
+    """The recompute-everything generation: every step runs the whole window [-context:] from position 0."""
+    seq = prompt.clone()
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(seq[-context:][None])[0, -1] / temperature
+            if top_k is not None:
+                logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
+            seq = torch.cat([seq, torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)])
+    return seq
+
+
+@pytest.mark.parametrize("config", [TINY, MLA], ids=["mha", "mla"])
+@pytest.mark.parametrize("context, top_k", [(32, None), (10, 5)])
+def test_generate_with_the_cache_samples_as_recomputing(config, context, top_k):
+    """Same samples as recomputing the window, also when the text outgrows the context (the window slides)."""
+    torch.manual_seed(0)
+    model = TinyDeepSeek(config).eval()
+    prompt = torch.tensor([1, 2, 3, 4])
+    cached = model.generate(prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context)
+    recomputed = generate_without_cache(model, prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context)
+    assert torch.equal(cached, recomputed)
+    uncached = model.generate(prompt, 40, 0.8, top_k, torch.Generator().manual_seed(7), context, use_cache=False)
+    assert torch.equal(uncached, recomputed)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(attention="gqa"), "attention must be 'mha' or 'mla'"),
+    (dict(attention="mla", qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
+    (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank must be >= 1"),
+    (dict(dim=36, n_heads=4), "head_dim = dim / n_heads = 9 must be even"),
+])
+def test_bad_attention_configs(change, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **change)

@@ -1,4 +1,5 @@
-"""transformer: RoPE and causal attention against slow loop versions, causality, the pluggable FFN, bad input."""
+"""transformer and attention: RoPE and causal multi-head attention against slow loop versions, causality, the
+pluggable FFN and attention, bad input."""
 
 import math
 
@@ -9,7 +10,8 @@ from hypothesis import strategies as st
 
 from course_lib.layers import SwiGLU
 from course_lib.moe import DeepSeekMoE
-from course_lib.transformer import CausalSelfAttention, TransformerBlock, apply_rope, rope_angles
+from course_lib.attention import MultiHeadAttention, apply_rope, rope_angles
+from course_lib.transformer import TransformerBlock
 
 
 # ------------------------------------------------------------------------------------------ slow references
@@ -27,7 +29,7 @@ def slow_rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     return out
 
 
-def slow_attention(attn: CausalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+def slow_attention(attn: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
     """Causal attention written out: for each head and position i, softmax over the scores of positions j <= i."""
     B, T, dim = x.shape
     H, hd = attn.n_heads, attn.head_dim
@@ -89,7 +91,7 @@ def test_apply_rope_too_long_input():
 # ------------------------------------------------------------------------------------------ attention, block
 def test_attention_matches_loop_version():
     torch.manual_seed(0)
-    attn = CausalSelfAttention(12, 3, max_seq_len=16).double()
+    attn = MultiHeadAttention(12, 3, max_seq_len=16).double()
     x = torch.randn(2, 6, 12, dtype=torch.float64)
     torch.testing.assert_close(attn(x), slow_attention(attn, x), rtol=1e-8, atol=1e-8)
 

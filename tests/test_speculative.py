@@ -1,0 +1,205 @@
+"""speculative: greedy output identical to plain greedy decoding (MHA and MLA, D = 1, 2, one-token prompts, up to
+the context limit), drafts equal to the uncached MTP chain, the MTP module's cached step, the sampling rule's
+distribution (the rule alone on 200K vectorised rows, and the first two tokens of whole runs against the exact
+distribution), statistics and bad input."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
+
+
+def tiny_model(mtp_depth=2, attention="mha", vocab=7, max_seq_len=40, seed=0, head_scale=1.0):
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, expert_dim=16, max_seq_len=max_seq_len,
+                         mtp_depth=mtp_depth, attention=attention)
+    model = TinyDeepSeek(config).double().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)  # peakier distributions: more drafts accepted, sharper sampling tests
+    return model
+
+
+def prompt_of(length, vocab, seed):
+    return torch.randint(vocab, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------ greedy
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_greedy_identical_to_plain_greedy(attention):
+    model = tiny_model(2, attention, seed=2)
+    limit = model.config.max_seq_len
+    total_accepted = 0
+    for length, seed in itertools.product([1, 5, 13], range(2)):
+        prompt = prompt_of(length, 7, seed)
+        for new in (1, 3, limit - length):  # up to the context limit
+            expected, plain = plain_generate(model, prompt, new)
+            assert plain.forwards == new
+            for depth in (1, 2):
+                got, stats = speculative_generate(model, prompt, new, depth=depth)
+                assert torch.equal(got, expected), (length, seed, new, depth)
+                assert stats.new_tokens == new and 1 <= stats.forwards <= new
+                previous_accepted = True
+                for position, k, draft, accepted in stats.records:  # accepted iff it and those before it match
+                    previous_accepted = previous_accepted or k == 1
+                    assert 1 <= k <= depth
+                    assert accepted == (previous_accepted and draft == int(expected[position]))
+                    previous_accepted = accepted
+                total_accepted += sum(stats.accepted)
+    assert total_accepted > 20  # the tests exercised accepted drafts, not only rejections
+
+
+def test_greedy_equals_model_generate_top1():
+    model = tiny_model(1, seed=2)
+    prompt = prompt_of(3, 7, 1)
+    reference = model.generate(prompt, 30, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(speculative_generate(model, prompt, 30)[0], reference)
+
+
+def slow_draft(model, committed, drafts_before, k):
+    """Depth k's greedy draft with the uncached chain: the main model and depths 1..k over the whole text
+    x_0..x_{n-1}, d_1..d_{k-1}; depth k's last position n - 2 predicts x_{n+k-1}."""
+    inputs = torch.tensor([committed + drafts_before])  # [1, n + k - 1]
+    h = model.hidden_states(inputs)
+    for module in model.mtp_modules[:k]:
+        h, logits = module(h, inputs)
+    assert logits.shape[1] == len(committed) - 1
+    return int(logits[0, -1].argmax())
+
+
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_drafts_equal_the_uncached_mtp_chain(attention):
+    model = tiny_model(2, attention, seed=2)
+    for length in (1, 4):
+        tokens, stats = speculative_generate(model, prompt_of(length, 7, length), 25)
+        by_step = {}
+        for position, k, draft, _ in stats.records:
+            by_step.setdefault(position - k + 1, []).append(draft)  # key: n, the depth-1 draft's position
+        with torch.no_grad():
+            for n, drafts in by_step.items():
+                for k in range(1, len(drafts) + 1):
+                    assert drafts[k - 1] == slow_draft(model, tokens[:n].tolist(), drafts[:k - 1], k), (n, k)
+
+
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_mtp_step_equals_forward(attention):
+    """MTPModule.step over positions in chunks with a cache = MTPModule.forward over the whole sequence."""
+    model = tiny_model(2, attention, seed=1)
+    tokens = prompt_of(12, 7, 0)[None]
+    with torch.no_grad():
+        h0 = model.hidden_states(tokens)
+        h, cache = h0, model.new_cache(1)
+        for k, module in enumerate(model.mtp_modules, start=1):
+            expected_h, expected_logits = module(h, tokens)  # [1, T - k, dim]
+            pieces, logits = [], []
+            for lo, hi in ((0, 1), (1, 5), (5, 12 - k)):
+                out, lg = module.step(h[:, lo:hi], tokens[:, lo + k:hi + k], cache.mtp[k - 1], last_logits_only=False)
+                pieces.append(out)
+                logits.append(lg)
+            torch.testing.assert_close(torch.cat(pieces, 1), expected_h, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(torch.cat(logits, 1), expected_logits, rtol=1e-10, atol=1e-10)
+            h = expected_h
+        with pytest.raises(ValueError, match="shifted_tokens"):
+            model.mtp_modules[0].step(h0[:, :3], tokens[:, :2], model.new_cache(1).mtp[0])
+
+
+# ------------------------------------------------------------------------------------------ accept rules
+@pytest.mark.parametrize("drafts, main, emitted", [
+    ([], [4], [4]),
+    ([1], [1, 5], [1, 5]),  # full accept: the main model's own token follows
+    ([1], [2, 5], [2]),
+    ([1, 2], [1, 2, 3], [1, 2, 3]),
+    ([1, 2], [1, 0, 3], [1, 0]),
+    ([1, 2], [0, 2, 3], [0]),  # a later match after a mismatch is not accepted
+])
+def test_accept_greedy(drafts, main, emitted):
+    got = accept_greedy(torch.tensor(drafts, dtype=torch.int64), torch.tensor(main))
+    assert got.tolist() == emitted
+    with pytest.raises(ValueError, match=r"main_tokens \[d \+ 1\]"):
+        accept_greedy(torch.tensor(drafts, dtype=torch.int64), torch.tensor(main + [0]))
+
+
+def test_accept_sampled_preserves_the_distribution():
+    """200K rows with the same p and q: the first emitted token is distributed as p_0, and after an accepted first
+    draft the next as p_1. Total variation below 0.01 (its expected value here is about 0.003)."""
+    g = torch.Generator().manual_seed(0)
+    V, B = 5, 200_000
+    p = F.softmax(3 * torch.randn(2, V, generator=g, dtype=torch.float64), -1)
+    q = F.softmax(3 * torch.randn(1, V, generator=g, dtype=torch.float64), -1)
+    drafts = torch.multinomial(q[0], B, replacement=True, generator=g)[:, None]  # [B, 1] from q
+    m, token = accept_sampled(drafts, q.expand(B, 1, V), p.expand(B, 2, V), g)
+    first = torch.where(m == 1, drafts[:, 0], token)
+    tv = 0.5 * (torch.bincount(first, minlength=V) / B - p[0]).abs().sum()
+    assert tv < 0.01, float(tv)
+    second = token[m == 1]
+    tv2 = 0.5 * (torch.bincount(second, minlength=V) / len(second) - p[1]).abs().sum()
+    assert tv2 < 0.02, float(tv2)
+    assert 0 < float(m.double().mean()) < 1  # some accepted, some rejected
+    expected_acceptance = torch.minimum(p[0], q[0]).sum()  # P(accept) = sum_x min(p, q)
+    assert abs(float(m.double().mean()) - float(expected_acceptance)) < 0.01
+
+
+def test_sampling_first_two_tokens_have_the_main_models_distribution():
+    """Whole runs (300 seeds, vocabulary 3, D = 2): the first two generated tokens against the exact distribution
+    p(x1 | prompt) p(x2 | prompt, x1); the second is the depth-1 draft or its resample. Chi-square with 8 degrees
+    of freedom below 26.1 (its 0.1% tail). (The rule itself is tested on 200K vectorised rows above.)"""
+    model = tiny_model(2, vocab=3, max_seq_len=8, head_scale=20.0, seed=2)
+    prompt = torch.tensor([0, 2])
+    with torch.no_grad():
+        p1 = F.softmax(model(prompt[None])[0, -1], -1)
+        exact = torch.stack([p1[a] * F.softmax(model(torch.tensor([[0, 2, a]]))[0, -1], -1) for a in range(3)])
+    runs = 300
+    counts = torch.zeros(3, 3)
+    for seed in range(runs):
+        tokens, _ = speculative_generate(model, prompt, 3, temperature=1.0, generator=torch.Generator().manual_seed(seed))
+        counts[tokens[2], tokens[3]] += 1
+    expected = runs * exact.flatten()
+    mask = expected > 0
+    chi2 = float(((counts.flatten()[mask] - expected[mask]) ** 2 / expected[mask]).sum())
+    assert chi2 < 26.1, (chi2, counts, exact)
+
+
+def test_sampling_with_depth_two_drafts_accepts_and_stays_in_range():
+    model = tiny_model(2, seed=2)
+    tokens, stats = speculative_generate(model, prompt_of(3, 7, 0), 30, temperature=1.0,
+                                         generator=torch.Generator().manual_seed(0))
+    assert tokens.shape == (33,) and int(tokens.min()) >= 0 and int(tokens.max()) < 7
+    assert stats.drafted[0] > 0 and sum(stats.accepted) > 0
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_statistics_add_up():
+    model = tiny_model(2, head_scale=8.0)
+    _, stats = speculative_generate(model, prompt_of(2, 7, 0), 30, depth=2)
+    assert stats.forwards + sum(stats.accepted) == stats.new_tokens  # each forward: its accepted drafts + 1
+    assert stats.tokens_per_forward == pytest.approx(30 / stats.forwards)
+    assert all(0 <= a <= n for a, n in zip(stats.accepted, stats.drafted))
+    assert stats.accepted[1] <= stats.accepted[0]  # a depth-2 draft is accepted only after depth 1's
+    assert [sum(1 for r in stats.records if r[1] == k) for k in (1, 2)] == stats.drafted
+    assert stats.seconds > 0 and stats.tokens_per_second > 0
+    assert stats.acceptance_rate == [a / n for a, n in zip(stats.accepted, stats.drafted)]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_bad_input():
+    model = tiny_model(1)
+    prompt = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="no MTP modules"):
+        speculative_generate(tiny_model(0), prompt, 3)
+    with pytest.raises(ValueError, match=r"in \[1, 1\]"):
+        speculative_generate(model, prompt, 3, depth=2)
+    with pytest.raises(ValueError, match="depth"):
+        speculative_generate(model, prompt, 3, depth=0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        speculative_generate(model, prompt, 3, temperature=-0.5)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        speculative_generate(model, torch.tensor([], dtype=torch.int64), 3)
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        speculative_generate(model, prompt, 39)
+    with pytest.raises(TypeError, match="int64"):
+        speculative_generate(model, torch.tensor([1.0]), 3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        plain_generate(model, prompt, 0)
