@@ -241,7 +241,8 @@ class FP8Linear(nn.Linear):
 
 def to_fp8(model: nn.Module) -> nn.Module:
     """Switch a model's GEMMs to simulated FP8, in place, and return it: the attention projections (every
-    bias-free nn.Linear inside a ``transformer.CausalSelfAttention``), the dense SwiGLU FFNs and shared experts
+    bias-free nn.Linear inside an ``attention.MultiHeadAttention`` or
+    ``attention.MultiHeadLatentAttention``), the dense SwiGLU FFNs and shared experts
     (``layers.SwiGLU.linear``) and the routed experts (``moe.DeepSeekMoE.expert_linear``). The embedding, output
     head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. The
     parameters are the same objects (an optimizer made before still holds them). Calling it twice is harmless.
@@ -250,10 +251,10 @@ def to_fp8(model: nn.Module) -> nn.Module:
         raise TypeError(f"to_fp8 expects a torch.nn.Module, got {type(model).__name__}")
     from course_lib.layers import SwiGLU
     from course_lib.moe import DeepSeekMoE
-    from course_lib.transformer import CausalSelfAttention
+    from course_lib.attention import MultiHeadAttention, MultiHeadLatentAttention
 
     for module in list(model.modules()):
-        if isinstance(module, CausalSelfAttention):
+        if isinstance(module, (MultiHeadAttention, MultiHeadLatentAttention)):
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear and child.bias is None:
                     fp8 = FP8Linear(child.in_features, child.out_features, bias=False, device="meta")
