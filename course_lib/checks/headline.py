@@ -43,7 +43,7 @@ _MOE_MISTAKES = [
 ]
 
 
-def check_moe_ffn_params(fn) -> bool:
+def check_moe_ffn_params(fn) -> None:
     """Check ``fn(dim, expert_dim, n_routed, n_shared, top_k) -> (total, activated)`` for one MoE layer's FFN."""
     return check_function(
         fn, name="moe_ffn_params", reference=param_count.moe_ffn_params, cases=_MOE_CASES, mistakes=_MOE_MISTAKES,
@@ -81,7 +81,7 @@ _UTIL_MISTAKES = [
 ]
 
 
-def check_gpu_utilisation(fn) -> bool:
+def check_gpu_utilisation(fn) -> None:
     """Check ``fn(activated_params, tokens, gpu_hours, peak_flops) -> utilisation`` (a fraction)."""
     return check_function(
         fn, name="gpu_utilisation", reference=compute.gpu_utilisation, cases=_UTIL_CASES, mistakes=_UTIL_MISTAKES,
