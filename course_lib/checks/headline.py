@@ -20,8 +20,8 @@ _MOE_CASES = [
 ]
 
 _MOE_MISTAKES = [
-    Mistake("two matrices per expert. A SwiGLU expert has THREE: W_gate and W_up (dim x expert_dim each) and "
-            "W_down (expert_dim x dim), so 3 * dim * expert_dim parameters.",
+    Mistake("two matrices per expert. A SwiGLU expert has THREE: W_gate and W_up (expert_dim x dim each) and "
+            "W_down (dim x expert_dim), so 3 * dim * expert_dim parameters.",
             lambda d, h, n, s, k: ((n + s) * 2 * d * h + n * d, (k + s) * 2 * d * h + n * d)),
     Mistake("the router is missing. Its centroids (n_routed x dim) are parameters too, and every token uses all "
             "of them to compute its affinity scores, so they count in both numbers.",
