@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -35,10 +37,20 @@ def max_violation(load: torch.Tensor) -> float:
     if not isinstance(load, torch.Tensor) or load.dim() != 1 or load.numel() == 0:
         raise ValueError(f"load must be a non-empty 1-D tensor [n_experts], got {load!r:.80}")
     load = load.detach().double()
+    if not bool(((load >= 0) & (load < float("inf"))).all()):
+        raise ValueError(f"load must hold finite counts >= 0, got {load.tolist()[:8]}")
     mean = load.mean()
     if not mean > 0:
         raise ValueError(f"the mean load is {float(mean)}: MaxVio needs at least one assignment (a positive mean)")
     return float((load.max() - mean) / mean)
+
+
+def _check_number(name: str, value: float) -> None:
+    """Raise unless ``value`` is a finite real number >= 0 (gamma, alpha)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value}")
 
 
 def update_bias(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -46,18 +58,31 @@ def update_bias(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.T
 
     bias, load: [n_experts]; gamma >= 0 (V3: 0.001). Overloaded experts go down by gamma, underloaded ones go up,
     whatever the size of the gap (a sign, not a proportional step). The result has the dtype of ``bias`` and no
-    gradient: the bias is state, never trained by backpropagation.
+    gradient: the bias is state, never trained by backpropagation. The step is taken in float32 (or the
+    bias's wider dtype).
+
+    Raises TypeError for a bias that is not floating point (an integer bias would round every step to 0),
+    ValueError for shapes that differ or are empty, a load with NaN, inf or negative counts, and a gamma that is
+    not a finite number >= 0.
     """
-    if not isinstance(bias, torch.Tensor) or bias.dim() != 1:
-        raise ValueError(f"bias must be a 1-D tensor [n_experts], got {bias!r:.80}")
+    if not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.numel() == 0:
+        raise ValueError(f"bias must be a non-empty 1-D tensor [n_experts], got {bias!r:.80}")
+    if not bias.is_floating_point():
+        raise TypeError(f"bias must be a floating-point tensor (float32): a {bias.dtype} bias would round every "
+                        f"step of gamma to 0")
     if not isinstance(load, torch.Tensor) or load.shape != bias.shape:
         shape = list(load.shape) if isinstance(load, torch.Tensor) else type(load).__name__
         raise ValueError(f"load must have the shape of bias {list(bias.shape)}, got {shape}")
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    _check_number("gamma", gamma)
     with torch.no_grad():
         load = load.to(device=bias.device, dtype=torch.float32)
-        return (bias + gamma * torch.sign(load.mean() - load)).to(bias.dtype)
+        if not bool(((load >= 0) & (load < float("inf"))).all()):
+            raise ValueError(f"load must hold finite counts >= 0 (assignments per expert), got {load.tolist()}")
+        work = torch.promote_types(bias.dtype, torch.float32)
+        return (bias.to(work) + gamma * torch.sign(load.mean() - load)).to(bias.dtype)
+
+
+SUM_EPS = 1e-20  # added to each token's score sum, as Megatron-LM's aux-loss does: all-zero scores give P = 0, not NaN
 
 
 def _balance_terms(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +94,8 @@ def _balance_terms(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     chosen = scores.detach().topk(k, dim=-1).indices  # unbiased top-k, [..., T, k]
     hits = torch.zeros_like(scores).scatter(-1, chosen, 1.0)  # [..., T, n_experts]
     f = hits.sum(dim=-2) * (n_experts / (k * tokens))
-    p = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=-2)
+    wide = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    p = (wide / (wide.sum(dim=-1, keepdim=True) + SUM_EPS)).mean(dim=-2)  # a token whose scores all underflow: 0
     return f, p
 
 
@@ -82,10 +108,9 @@ def _check_loss_inputs(scores: torch.Tensor, k: int, alpha: float, dims: int, la
         raise ValueError(f"scores is empty (shape {list(scores.shape)}), expected {layout} with no zero size")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[-1]:
         raise ValueError(f"k must be an int in [1, n_experts={scores.shape[-1]}], got {k!r}")
-    if not bool((scores >= 0).all()):
-        raise ValueError("scores must be affinities >= 0 (sigmoid outputs) without NaN")
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not bool(((scores >= 0) & (scores < float("inf"))).all()):
+        raise ValueError("scores must be finite affinities >= 0 (sigmoid outputs), without NaN or inf")
+    _check_number("alpha", alpha)
 
 
 def balance_loss(scores: torch.Tensor, k: int, alpha: float) -> torch.Tensor:

@@ -50,6 +50,10 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars[:12]!r}...)" if len(
+            self.chars) > 12 else f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars!r})"
+
     def encode(self, text: str) -> torch.Tensor:
         """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet."""
         try:
@@ -83,6 +87,11 @@ class Corpus:
     val_domains: torch.Tensor | None = None
     domain_names: tuple[str, ...] = ()
     val_shifted: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
+        return (f"Corpus({len(self.train):,} training and {len(self.val):,} validation tokens, "
+                f"vocab_size={self.tokenizer.vocab_size}{domains})")
 
     def split(self, name: str) -> torch.Tensor:
         """The token ids of split ``name``: "train", "val" or "val_shifted" (when the corpus has one)."""

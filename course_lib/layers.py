@@ -14,7 +14,7 @@ from torch import nn
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm: x / sqrt(mean(x^2) + eps) * weight, over the last dimension.
 
-    x: [..., dim] -> [..., dim]
+    x: [..., dim] -> [..., dim] in the dtype of x (computed in float32 at least, as DeepSeek-V3's code does).
     """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -27,7 +27,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.weight.shape[0]:
             raise ValueError(f"RMSNorm expected inputs [..., {self.weight.shape[0]}], got {list(x.shape)}")
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        wide = torch.promote_types(x.dtype, torch.float32)  # bf16 / fp16 inputs are normalised in float32
+        return F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps).to(x.dtype)
 
 
 def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,12 @@ are kept for plots and for the balance losses: in a training forward ``last_scor
 ``balance.sequence_balance_loss(moe.last_scores, moe.top_k, alpha)`` (input [batch, T, dim]) or
 ``balance.balance_loss(moe.last_scores.reshape(-1, moe.n_routed_experts), moe.top_k, alpha)`` can be added to
 the loss.
+
+Precision: the routing state stays float32 whatever the layer's dtype. ``bias`` and ``load`` are float32 buffers
+that ``.to(torch.bfloat16)``, ``.half()`` or ``model.to(dtype)`` do not cast (a bf16 bias cannot take steps of
+gamma = 0.001 near 1, and a bf16 count stops at 256), and loading a state_dict keeps them float32. Routing (the
+centroid product, sigmoid, top-k and normalisation) runs in float32 even under ``torch.autocast``, as the gate of
+DeepSeek-V3's released inference code does ([CODE] inference/model.py ``Gate``: ``linear(x.float(), weight.float())``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from torch import nn
 
 from course_lib import balance
 from course_lib.layers import SwiGLU, swiglu
-from course_lib.routing import check_route_config, topk_route
+from course_lib.routing import check_route_config, check_route_scale, topk_route
+
+ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 
 
 class DeepSeekMoE(nn.Module):
@@ -47,6 +55,10 @@ class DeepSeekMoE(nn.Module):
                  n_groups: int = 1, topk_groups: int = 1, route_scale: float = 1.0) -> None:
         super().__init__()
         check_route_config(n_routed_experts, top_k, n_groups, topk_groups)
+        check_route_scale(route_scale)
+        for name, value in (("dim", dim), ("expert_dim", expert_dim), ("n_shared_experts", n_shared_experts)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"DeepSeekMoE needs an int {name}, got {value!r}")
         if dim < 1 or expert_dim < 1 or n_shared_experts < 0:
             raise ValueError(f"DeepSeekMoE needs dim >= 1, expert_dim >= 1 and n_shared_experts >= 0, got dim={dim}, "
                              f"expert_dim={expert_dim}, n_shared_experts={n_shared_experts}")
@@ -70,6 +82,33 @@ class DeepSeekMoE(nn.Module):
         self.last_indices: torch.Tensor | None = None  # [..., top_k] chosen experts, int64
         self.last_load: torch.Tensor | None = None  # [n_routed] float32 assignments of the last forward
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """Move or cast the module as nn.Module does, but keep ``bias`` and ``load`` float32 with their values."""
+        kept = {name: self._buffers[name] for name in ROUTING_STATE}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers[name]
+            if after.dtype != torch.float32:
+                self._buffers[name] = before.to(device=after.device, dtype=torch.float32)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        """Load as nn.Module does; a bias saved in another dtype is read as float32 (also with ``assign=True``)."""
+        key = prefix + "bias"
+        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dtype != torch.float32:
+            if not state_dict[key].is_floating_point():
+                raise TypeError(f"{key} must be a floating-point tensor (float32), got {state_dict[key].dtype}")
+            state_dict[key] = state_dict[key].float()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        """For copy.deepcopy and pickle: ``last_scores`` is stored without its autograd graph (a non-leaf tensor
+        cannot be deep-copied); the layer itself keeps the graph, so balance losses still get their gradient."""
+        state = super().__getstate__()
+        if isinstance(state.get("last_scores"), torch.Tensor):
+            state["last_scores"] = state["last_scores"].detach()
+        return state
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, expert_dim={self.expert_dim}, n_routed_experts={self.n_routed_experts}, "
                 f"n_shared_experts={self.n_shared_experts}, top_k={self.top_k}, n_groups={self.n_groups}, "
@@ -77,10 +116,11 @@ class DeepSeekMoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores and routing of flat tokens. x: [tokens, dim] -> (scores [tokens, n_routed] float32,
-        weights [tokens, top_k] float32, indices [tokens, top_k] int64)."""
-        scores = torch.sigmoid(F.linear(x.float(), self.centroids.float()))
-        weights, indices = topk_route(scores, self.top_k, self.bias, self.n_groups, self.topk_groups,
-                                      self.route_scale)
+        weights [tokens, top_k] float32, indices [tokens, top_k] int64). Float32 also under torch.autocast."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            scores = torch.sigmoid(F.linear(x.float(), self.centroids.float()))
+            weights, indices = topk_route(scores, self.top_k, self.bias, self.n_groups, self.topk_groups,
+                                          self.route_scale)
         return scores, weights, indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,10 +137,12 @@ class DeepSeekMoE(nn.Module):
         self.last_scores = scores.view(*lead, -1)
         self.last_weights, self.last_indices = weights.detach().view(*lead, -1), indices.view(*lead, -1)
         self.last_load = load
-        out = self.routed_experts(flat, weights.to(x.dtype), indices, load)
+        if torch.is_autocast_enabled(x.device.type):  # the experts run in the autocast dtype, like the shared ones
+            flat = flat.to(torch.get_autocast_dtype(x.device.type))
+        out = self.routed_experts(flat, weights.to(flat.dtype), indices, load)
         if self.shared is not None:
             out = out + self.shared(flat)
-        return out.view(x.shape)
+        return out.view(*lead, self.dim)
 
     def routed_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                        load: torch.Tensor) -> torch.Tensor:
@@ -125,7 +167,9 @@ class DeepSeekMoE(nn.Module):
     @torch.no_grad()
     def update_bias(self, gamma: float = 0.001) -> torch.Tensor:
         """Apply b <- b + gamma * sign(mean(load) - load) with the load counted since the last call, then reset the
-        count. Call once per optimizer step. Returns the load that was used ([n_routed] float32, a copy)."""
+        count. Call once per optimizer step. Returns the load that was used ([n_routed] float32, a copy).
+        Raises ValueError for a gamma that is not a finite number >= 0 or a load that is not finite (the bias and
+        the count are then left as they were)."""
         used = self.load.clone()
         self.bias.copy_(balance.update_bias(self.bias, used, gamma))
         self.load.zero_()

@@ -16,6 +16,8 @@ by its two best, with or without a bias, as V3 and transformers' DeepseekV3TopkR
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -24,8 +26,11 @@ def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
     x: [..., dim]; centroids: [n_experts, dim] -> [..., n_experts], each in (0, 1).
     """
-    if centroids.dim() != 2:
-        raise ValueError(f"centroids must be [n_experts, dim], got shape {list(centroids.shape)}")
+    for name, t in (("x", x), ("centroids", centroids)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point torch tensor, got {t!r:.80}")
+    if centroids.dim() != 2 or centroids.numel() == 0:
+        raise ValueError(f"centroids must be a non-empty [n_experts, dim], got shape {list(centroids.shape)}")
     if x.dim() < 1 or x.shape[-1] != centroids.shape[1]:
         raise ValueError(f"x must be [..., {centroids.shape[1]}] to match centroids [n_experts, "
                          f"{centroids.shape[1]}], got shape {list(x.shape)}")
@@ -50,6 +55,14 @@ def check_route_config(n_experts: int, k: int, n_groups: int = 1, topk_groups: i
     if k > kept:
         raise ValueError(f"k={k} experts per token, but the {topk_groups} kept group(s) hold only {kept} experts "
                          f"({n_experts // n_groups} per group): raise topk_groups or lower k")
+
+
+def check_route_scale(route_scale: float) -> None:
+    """Raise unless ``route_scale`` (the gate multiplier, V3: 2.5) is a finite number > 0."""
+    if isinstance(route_scale, bool) or not isinstance(route_scale, (int, float)):
+        raise TypeError(f"route_scale must be a number (V3: 2.5), got {route_scale!r}")
+    if not (math.isfinite(route_scale) and route_scale > 0):
+        raise ValueError(f"route_scale must be a finite number > 0 (V3: 2.5), got {route_scale}")
 
 
 def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:
@@ -82,6 +95,10 @@ def topk_route(
     by ``scores + bias`` (group-limited when ``n_groups > 1``), listed by decreasing biased score; the weights
     are the UNBIASED scores of the chosen experts divided by their sum (so they sum to 1 per token), times
     ``route_scale``. Gradients flow from the weights to ``scores``, never to ``bias``.
+
+    Raises TypeError for scores or a bias that are not floating-point tensors, ValueError for scores that are
+    empty, not 2-D, NaN, infinite or negative, a bias of the wrong shape or not finite, a route_scale that is
+    not a finite number > 0, and impossible k / group settings (``check_route_config``).
     """
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point torch tensor [tokens, n_experts], got {scores!r:.80}")
@@ -92,17 +109,22 @@ def topk_route(
     if tokens == 0 or n_experts == 0:
         raise ValueError(f"scores is empty (shape {list(scores.shape)}): at least one token and one expert expected")
     check_route_config(n_experts, k, n_groups, topk_groups)
-    if not bool((scores >= 0).all()):  # one check (one device sync) for NaN and negative values
+    check_route_scale(route_scale)
+    if not bool(((scores >= 0) & (scores < float("inf"))).all()):  # one check (one device sync) for all kinds
         if torch.isnan(scores).any():
             raise ValueError("scores contain NaN: check the hidden states and centroids that produced them")
+        if torch.isinf(scores).any():
+            raise ValueError("scores contain inf: affinities are finite sigmoid outputs in [0, 1]")
         raise ValueError("scores must be affinities >= 0 (sigmoid outputs); got negative values: apply sigmoid first")
     choice = scores.detach()
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.shape != (n_experts,):
             shape = list(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape [{n_experts}] (one per expert), got {shape}")
-        if torch.isnan(bias).any():
-            raise ValueError("bias contains NaN")
+        if not bias.is_floating_point():
+            raise TypeError(f"bias must be a floating-point tensor (float32), got {bias.dtype}")
+        if not bool(torch.isfinite(bias).all()):
+            raise ValueError("bias contains NaN or inf: every expert's bias must be a finite number")
         choice = choice + bias.detach().to(scores.device)
     if n_groups > 1:
         choice = group_limit(choice, n_groups, topk_groups)

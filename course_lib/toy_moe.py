@@ -123,6 +123,11 @@ class TrainHistory:
     def steps(self) -> int:
         return self.task_loss.shape[0]
 
+    def __repr__(self) -> str:
+        return (f"TrainHistory(mode={self.mode!r}, steps={self.steps}, alpha={self.alpha:g}, gamma={self.gamma:g}, "
+                f"last task loss {float(self.task_loss[-1]):.4f}, MaxVio_batch {float(self.max_vio[-1]):.3f}, "
+                f"eval loss {self.eval_loss:.4f}, MaxVio_global {self.eval_max_vio:.3f})")
+
 
 @one_cpu_thread()
 def train_toy_moe(
@@ -215,6 +220,12 @@ class SimulationHistory:
     load: torch.Tensor
     max_vio: torch.Tensor
     bias: torch.Tensor
+
+    def __repr__(self) -> str:
+        steps, n_experts = self.load.shape
+        return (f"SimulationHistory(steps={steps}, n_experts={n_experts}, MaxVio_batch first "
+                f"{float(self.max_vio[0]):.3f}, last {float(self.max_vio[-1]):.3f}, bias range "
+                f"[{float(self.bias[-1].min()):.4f}, {float(self.bias[-1].max()):.4f}])")
 
 
 @one_cpu_thread()

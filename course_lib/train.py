@@ -13,14 +13,26 @@ Balancing modes: ``none``; ``aux``, the classical auxiliary loss alpha * sum_i f
 tokens of a micro-batch (``balance.balance_loss``); ``loss_free``, the bias update above. ``seq_alpha > 0`` adds
 V3's complementary sequence-wise loss (``balance.sequence_balance_loss``) in any mode.
 
+Precision (``TrainConfig.dtype``): ``"float32"`` (the default) trains in float32; ``"bfloat16"`` runs the forward
+passes under ``torch.autocast`` with bfloat16 (the natural choice on a GPU; also works on a CPU). The weights,
+the optimizer state and the routing state (each MoE layer's bias and load) stay float32, and the router computes
+in float32 under autocast, as DeepSeek-V3's released gate does.
+
+A step that fails (an exception of any kind, TrainingDiverged included) leaves the weights, the optimizer state,
+the routing state of every MoE layer and the trainer's data position as they were before the step.
+
 Command line (the same loop, for scripts and a GPU)::
 
     python -m course_lib.train --balance loss_free --mtp-depth 1 --steps 600 --device auto --seed 0 --json out.json
+
+A damaged checkpoint given to ``--resume`` prints a one-line error naming the file and the entry, and exits with
+status 2 (3 when training diverges).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -40,6 +52,7 @@ from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.runtime import get_device, seed_everything
 
 BALANCE_MODES = ("none", "aux", "loss_free")
+DTYPES = ("float32", "bfloat16")  # TrainConfig.dtype: float32, or bfloat16 autocast
 CHECKPOINT_FORMAT = "course_lib.tiny_deepseek"
 CHECKPOINT_VERSION = 1
 
@@ -65,17 +78,26 @@ class TrainConfig:
     eval_interval: int = 100  # validate every this many steps (and at the end)
     eval_tokens: int = 40_000  # validation tokens per evaluation (the whole split of Python's docs: about 38K)
     seed: int = 0
+    dtype: str = "float32"  # "float32", or "bfloat16": forward passes under torch.autocast (the GPU choice)
 
     def __post_init__(self) -> None:
         if self.balance not in BALANCE_MODES:
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES} (bfloat16 = autocast), got {self.dtype!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{f.name} must be an int, got {value!r}")
+            if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{f.name} must be a number, got {value!r}")
         for name in ("steps", "batch_size", "seq_len", "micro_batches", "eval_interval", "eval_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "alpha", "gamma", "seq_alpha", "mtp_lambda",
-                     "warmup_steps"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                     "warmup_steps", "seed"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,11 +105,21 @@ class TrainingDiverged(RuntimeError):
 
 
 class CheckpointError(ValueError):
-    """A file is not a usable checkpoint of this model: truncated, foreign, or from another configuration."""
+    """A file is not a usable checkpoint of this model: truncated, foreign, damaged, or from another
+    configuration. The message is one line naming the file and, for a damaged entry, the entry."""
+
+
+def autocast(device: torch.device, dtype: str = "float32") -> torch.autocast:
+    """The autocast context of ``TrainConfig.dtype`` on ``device``: bfloat16 autocast, or off for float32."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} (bfloat16 = autocast), got {dtype!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0 (0-based optimizer step), got {step!r}")
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
@@ -105,25 +137,81 @@ class StepResult(NamedTuple):
     grad_norm: float
     loads: torch.Tensor
 
+    def __repr__(self) -> str:
+        return (f"StepResult(loss={self.loss:.4f}, main_loss={self.main_loss:.4f}, mtp_loss={self.mtp_loss:.4f}, "
+                f"balance_loss={self.balance_loss:.4g}, grad_norm={self.grad_norm:.3f}, "
+                f"loads=[{' x '.join(map(str, self.loads.shape))}] float32)")
+
 
 def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor], *,
                balance_mode: str = "loss_free", gamma: float = 0.01, alpha: float = 0.0, seq_alpha: float = 0.0,
-               mtp_lambda: float = 0.3, grad_clip: float = 0.0) -> StepResult:
+               mtp_lambda: float = 0.3, grad_clip: float = 0.0, dtype: str = "float32") -> StepResult:
     """One optimizer step over ``micro_batches`` (each int64 [batch, T + 1]), then the balancing update.
 
-    Raises TrainingDiverged (before the optimizer touches the weights) when the loss or the gradient norm is
-    not finite.
+    ``dtype``: "float32", or "bfloat16" to run the forward passes under bfloat16 autocast (``TrainConfig.dtype``).
+    Raises TrainingDiverged when the loss or the gradient norm is not finite, ValueError for bad settings. Any
+    exception raised during the step (TrainingDiverged, an error in a hook, KeyboardInterrupt, ...) leaves the
+    weights, the optimizer state and every MoE layer's ``bias`` and ``load`` as they were before the step (the
+    gradients are cleared).
     """
     if balance_mode not in BALANCE_MODES:
         raise ValueError(f"balance_mode must be one of {BALANCE_MODES}, got {balance_mode!r}")
-    if not micro_batches:
-        raise ValueError("micro_batches is empty: one optimizer step needs at least one batch of tokens")
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
+    for name, value in (("gamma", gamma), ("alpha", alpha), ("seq_alpha", seq_alpha), ("mtp_lambda", mtp_lambda),
+                        ("grad_clip", grad_clip)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if isinstance(micro_batches, torch.Tensor) or not micro_batches:
+        raise ValueError("micro_batches must be a non-empty list of int64 tensors [batch, T + 1]: one optimizer step "
+                         "needs at least one batch of tokens")
+    moes = model.moe_layers()
+    routing_before = [(moe.bias.clone(), moe.load.clone()) for moe in moes]
+    weights_before: list[torch.Tensor] | None = None
+    optimizer_before: dict[str, Any] | None = None
+    try:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        device = next(model.parameters()).device
+        totals = _forward_backward(model, micro_batches, device, balance_mode, alpha, seq_alpha, mtp_lambda, dtype)
+        if not torch.isfinite(totals).all():
+            raise TrainingDiverged(f"the loss is not a finite number (loss {totals[0]:.4g}, main {totals[1]:.4g}, "
+                                   f"MTP {totals[2]:.4g}, balance {totals[3]:.4g})")
+        max_norm = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"the gradient norm is {grad_norm} although the loss {totals[0]:.4g} is finite")
+        weights_before = [p.detach().clone() for p in model.parameters()]
+        optimizer_before = copy.deepcopy(optimizer.state_dict())
+        optimizer.step()
+        loads = torch.stack([moe.load.clone() for moe in moes]).cpu() if moes else torch.zeros(0, 0)
+        for moe in moes:
+            if balance_mode == "loss_free":
+                moe.update_bias(gamma)  # uses and resets moe.load: the whole step's load
+            else:
+                moe.load.zero_()
+    except BaseException:
+        with torch.no_grad():
+            for moe, (bias, load) in zip(moes, routing_before):
+                moe.bias.copy_(bias)
+                moe.load.copy_(load)
+            if weights_before is not None:
+                for p, before in zip(model.parameters(), weights_before):
+                    p.copy_(before)
+        if optimizer_before is not None:
+            optimizer.load_state_dict(optimizer_before)
+        optimizer.zero_grad(set_to_none=True)
+        raise
+    return StepResult(*(float(x) for x in totals), grad_norm, loads)
+
+
+def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], device: torch.device,
+                      balance_mode: str, alpha: float, seq_alpha: float, mtp_lambda: float,
+                      dtype: str) -> torch.Tensor:
+    """Forward and backward of every micro-batch; returns the mean (loss, main, MTP, balance) as float32 [4]."""
     moes = model.moe_layers()
     totals = torch.zeros(4)  # loss, main, mtp, balance
     for tokens in micro_batches:
-        main, mtp = model.losses(tokens, mtp_lambda)
+        with autocast(device, dtype):
+            main, mtp = model.losses(tokens, mtp_lambda)
         balance_term = main.new_zeros(())
         for moe in moes:
             if balance_mode == "aux" and alpha > 0:
@@ -134,21 +222,7 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
         loss = main + mtp + balance_term
         (loss / len(micro_batches)).backward()
         totals += torch.stack([loss, main, mtp, balance_term]).detach().float().cpu() / len(micro_batches)
-    if not torch.isfinite(totals).all():
-        raise TrainingDiverged(f"the loss is not a finite number (loss {totals[0]:.4g}, main {totals[1]:.4g}, "
-                               f"MTP {totals[2]:.4g}, balance {totals[3]:.4g})")
-    max_norm = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    if not math.isfinite(grad_norm):
-        raise TrainingDiverged(f"the gradient norm is {grad_norm} although the loss {totals[0]:.4g} is finite")
-    optimizer.step()
-    loads = torch.stack([moe.load.clone() for moe in moes]).cpu() if moes else torch.zeros(0, 0)
-    for moe in moes:
-        if balance_mode == "loss_free":
-            moe.update_bias(gamma)  # uses and resets moe.load: the whole step's load
-        else:
-            moe.load.zero_()
-    return StepResult(*(float(x) for x in totals), grad_norm, loads)
+    return totals
 
 
 @dataclass
@@ -173,6 +247,48 @@ class History:
         """The loads as float32 [steps, n_moe_layers, n_routed_experts]."""
         return torch.tensor(self.loads, dtype=torch.float32)
 
+    def __repr__(self) -> str:
+        if not self.step:
+            return "History(steps=0)"
+        text = f"History(steps={len(self.step)}, last loss {self.loss[-1]:.4g} at step {self.step[-1]}"
+        if self.val_loss:
+            text += (f", val_loss {self.val_loss[-1]:.4g} at step {self.eval_step[-1]}, "
+                     f"MaxVio_global {self.maxvio_global[-1]:.3g}")
+        return text + f", MaxVio_batch {self.maxvio_batch[-1]:.3g}, {self.tokens_per_s[-1]:,.0f} tokens/s)"
+
+    @classmethod
+    def from_dict(cls, values: Any) -> History:
+        """Build from ``dataclasses.asdict`` output, checking it: ValueError names what is wrong."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(values, dict) or set(values) != set(names):
+            got = sorted(values) if isinstance(values, dict) else type(values).__name__
+            raise ValueError(f"expected a dict with the fields {names}, got {got}")
+        for name in names:
+            column = values[name]
+            if not isinstance(column, list):
+                raise ValueError(f"{name} must be a list, got {type(column).__name__}")
+            if name == "loads" and not all(isinstance(row, list) and all(isinstance(r, list) for r in row)
+                                           for row in column):
+                raise ValueError("loads must be a list (steps) of lists (layers) of lists (experts)")
+            flat = [x for row in column for layer in row for x in layer] if name == "loads" else column
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
+                raise ValueError(f"{name} must hold numbers only")
+        for group in (names[:9], names[9:]):  # per-step columns, per-validation columns
+            lengths = {len(values[name]) for name in group}
+            if len(lengths) > 1:
+                raise ValueError(f"the columns {group} have different lengths {sorted(lengths)}")
+        return cls(**values)
+
+
+def make_optimizer(model: TinyDeepSeek, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on norms' weights); the routing bias is a buffer, not a
+    parameter, so the optimizer never sees it."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95))
+
 
 def mean_maxvio(loads: torch.Tensor) -> float:
     """MaxVio averaged over MoE layers ([LF] reports the layer average). loads: [n_layers, n_experts]."""
@@ -188,6 +304,9 @@ class Trainer:
 
     def __init__(self, model: TinyDeepSeek, corpus: Corpus, cfg: TrainConfig = TrainConfig(),
                  device: str | torch.device = "auto") -> None:
+        if not isinstance(model, TinyDeepSeek) or not isinstance(corpus, Corpus) or not isinstance(cfg, TrainConfig):
+            raise TypeError(f"Trainer(model: TinyDeepSeek, corpus: Corpus, cfg: TrainConfig), got "
+                            f"{type(model).__name__}, {type(corpus).__name__}, {type(cfg).__name__}")
         if corpus.tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(f"the corpus has {corpus.tokenizer.vocab_size} tokens, the model's vocab_size is "
                              f"{model.config.vocab_size}")
@@ -196,14 +315,15 @@ class Trainer:
         self.cfg, self.corpus = cfg, corpus
         self.device = get_device(device)
         self.model = model.to(self.device)
-        matrices = [p for p in model.parameters() if p.dim() >= 2]
-        others = [p for p in model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(0.9, 0.95))
+        self.optimizer = make_optimizer(model, cfg)
         self.data_rng = torch.Generator().manual_seed(cfg.seed)  # its state is the position in the data
         self.step = 0
         self.history = History()
+
+    def __repr__(self) -> str:
+        total, _ = self.model.count_params()
+        return (f"Trainer(step {self.step} of {self.cfg.steps}, {self.cfg.balance} balancing, {self.cfg.dtype} on "
+                f"{self.device}, {total:,} parameters, {self.corpus.tokenizer.vocab_size} tokens)")
 
     # ------------------------------------------------------------------------------------------ training
     def train(self, steps: int | None = None, progress: bool = True) -> History:
@@ -215,6 +335,7 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(total=last - self.step, desc="training", disable=not progress, leave=True)
         while self.step < last:
+            data_position = self.data_rng.get_state()
             batches = [self.corpus.get_batch("train", cfg.batch_size, cfg.seq_len, self.data_rng).to(self.device)
                        for _ in range(cfg.micro_batches)]
             lr = lr_at(self.step, cfg)
@@ -224,9 +345,12 @@ class Trainer:
             try:
                 result = train_step(self.model, self.optimizer, batches, balance_mode=cfg.balance, gamma=cfg.gamma,
                                     alpha=cfg.alpha, seq_alpha=cfg.seq_alpha, mtp_lambda=cfg.mtp_lambda,
-                                    grad_clip=cfg.grad_clip)
-            except TrainingDiverged as error:
+                                    grad_clip=cfg.grad_clip, dtype=cfg.dtype)
+            except BaseException as error:
+                self.data_rng.set_state(data_position)  # the failed step's batches are drawn again next time
                 bar.close()
+                if not isinstance(error, TrainingDiverged):
+                    raise
                 raise TrainingDiverged(
                     f"Training stopped at step {self.step + 1} (learning rate {lr:.3g}): {error}. The weights are "
                     f"those after step {self.step}. Try a lower learning rate (e.g. lr={lr / 3:.2g}), gradient "
@@ -271,7 +395,8 @@ class Trainer:
         main_sum = mtp_sum = 0.0
         windows = 0
         for tokens in self.corpus.eval_batches(cfg.batch_size, cfg.seq_len, max_tokens or cfg.eval_tokens):
-            main, mtp = model.losses(tokens.to(self.device), cfg.mtp_lambda)
+            with autocast(self.device, cfg.dtype):
+                main, mtp = model.losses(tokens.to(self.device), cfg.mtp_lambda)
             main_sum += float(main) * len(tokens)
             mtp_sum += float(mtp) * len(tokens)
             windows += len(tokens)
@@ -347,36 +472,58 @@ class Trainer:
 
         ``model_config``: when given, it must equal the checkpoint's (CheckpointError naming the differences
         otherwise). ``steps``: a new total number of steps (to extend a finished run); the learning-rate schedule
-        follows the new total from here on.
+        follows the new total from here on. Every entry of the file is checked before anything (the global RNG
+        included) is changed: a damaged file raises CheckpointError naming the file and the entry.
         """
-        state = read_checkpoint(path)
-        config = ModelConfig.from_dict(json.loads(state["model_config"]))
+        ckpt = _read(path)
         if model_config is not None:
-            check_same_config(model_config, config, path)
-        meta = json.loads(state["meta"])
+            check_same_config(model_config, ckpt.model_config, path)
+        meta = ckpt.meta
         if meta["chars"] != corpus.tokenizer.chars or (meta["n_train"], meta["n_val"]) != (len(corpus.train),
                                                                                            len(corpus.val)):
             raise CheckpointError(f"{path} was trained on other data ({meta['n_train']} training tokens, "
                                   f"{len(meta['chars'])} characters) than the corpus given ({len(corpus.train)}, "
                                   f"{corpus.tokenizer.vocab_size}): resume it with the same corpus")
-        cfg = TrainConfig(**json.loads(state["train_config"]))
-        if steps is not None:
-            cfg = dataclasses.replace(cfg, steps=steps)
-        trainer = cls(TinyDeepSeek(config), corpus, cfg, device)
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        cfg = ckpt.train_config if steps is None else dataclasses.replace(ckpt.train_config, steps=steps)
+        trainer = cls(ckpt.model, corpus, cfg, device)
+        trainer.optimizer.load_state_dict(ckpt.state["optimizer"])  # checked by _read on a copy
+        trainer.data_rng.set_state(ckpt.state["data_rng"])
+        torch.set_rng_state(ckpt.state["torch_rng"])
+        if ckpt.state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt.state["cuda_rng"])
         trainer.step = meta["step"]
-        trainer.history = History(**meta["history"])
+        trainer.history = ckpt.history
         return trainer
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and validate a checkpoint written by ``Trainer.save`` (tensors and plain values only:
-    ``torch.load(weights_only=True)`` refuses anything else). Raises CheckpointError with the reason."""
+class _Checkpoint(NamedTuple):
+    """A checkpoint whose every entry was checked: the raw state and its parsed parts."""
+
+    state: dict[str, Any]
+    model_config: ModelConfig
+    train_config: TrainConfig
+    meta: dict[str, Any]
+    history: History
+    model: TinyDeepSeek  # with the checkpoint's weights and biases loaded
+
+
+def _entry_error(path: Path, entry: str, reason: str) -> CheckpointError:
+    reason = " ".join(str(reason).split())[:300]  # one line
+    return CheckpointError(f"{path}: the entry {entry!r} is damaged: {reason}")
+
+
+def _json_dict(path: Path, state: dict[str, Any], entry: str) -> dict[str, Any]:
+    try:
+        value = json.loads(state[entry])
+    except (TypeError, ValueError) as error:  # not a string, or malformed JSON
+        raise _entry_error(path, entry, f"not a JSON text ({type(error).__name__}: {error})") from None
+    if not isinstance(value, dict):
+        raise _entry_error(path, entry, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read(path: str | Path) -> _Checkpoint:
+    """Load a checkpoint and check every entry (see ``read_checkpoint``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -385,24 +532,101 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError ... depending on the damage
         raise CheckpointError(
             f"{path} is not a readable checkpoint: it is truncated, corrupt, not written by torch.save, or holds "
-            f"objects other than tensors and plain values ({type(error).__name__}: {str(error)[:200]})") from None
+            f"objects other than tensors and plain values ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this course's tiny model "
                               f"(expected a dict with format={CHECKPOINT_FORMAT!r}; was it written by Trainer.save?)")
     if state.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this code reads version "
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')!r}, this code reads version "
                               f"{CHECKPOINT_VERSION}")
-    missing = {"model_config", "train_config", "meta", "model", "optimizer", "data_rng", "torch_rng"} - set(state)
+    missing = {"model_config", "train_config", "meta", "model", "optimizer", "data_rng", "torch_rng",
+               "cuda_rng"} - set(state)
     if missing:
         raise CheckpointError(f"{path} lacks the entries {sorted(missing)}: it is incomplete")
-    config = ModelConfig.from_dict(json.loads(state["model_config"]))
-    expected = TinyDeepSeek(config).state_dict()
-    found = state["model"]
-    wrong = sorted(set(expected) ^ set(found)) + sorted(
-        k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+
+    try:
+        config = ModelConfig.from_dict(_json_dict(path, state, "model_config"))
+    except (TypeError, ValueError) as error:
+        raise error if isinstance(error, CheckpointError) else _entry_error(path, "model_config", error) from None
+    try:
+        train_config = TrainConfig(**_json_dict(path, state, "train_config"))
+    except (TypeError, ValueError) as error:
+        raise error if isinstance(error, CheckpointError) else _entry_error(path, "train_config", error) from None
+
+    meta = _json_dict(path, state, "meta")
+    if set(meta) != {"step", "chars", "n_train", "n_val", "history"}:
+        raise _entry_error(path, "meta", f"expected the fields step, chars, n_train, n_val, history, got {sorted(meta)}")
+    for name in ("step", "n_train", "n_val"):
+        if isinstance(meta[name], bool) or not isinstance(meta[name], int) or meta[name] < 0:
+            raise _entry_error(path, "meta", f"{name} must be an int >= 0, got {meta[name]!r}")
+    try:
+        tokenizer = CharTokenizer(meta["chars"])
+    except ValueError as error:
+        raise _entry_error(path, "meta", f"chars (the tokenizer's alphabet): {error}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise _entry_error(path, "meta", f"the tokenizer has {tokenizer.vocab_size} characters, the model's "
+                                         f"vocab_size is {config.vocab_size}")
+    try:
+        history = History.from_dict(meta["history"])
+    except ValueError as error:
+        raise _entry_error(path, "meta", f"history: {error}") from None
+    if len(history.step) != meta["step"]:
+        raise _entry_error(path, "meta", f"history has {len(history.step)} steps, the checkpoint says {meta['step']}")
+
+    with torch.random.fork_rng(devices=[]):  # reading a checkpoint leaves the global random state alone
+        model = TinyDeepSeek(config)
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise _entry_error(path, "model", "expected a dict of tensors (a state_dict)")
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(weights)) + sorted(
+        k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
     if wrong:
-        raise CheckpointError(f"{path}: the weights do not fit its own model config (first mismatches: {wrong[:5]})")
-    return state
+        raise _entry_error(path, "model", f"the weights do not fit its own model config (first mismatches: "
+                                          f"{wrong[:5]})")
+    bad = [k for k, v in weights.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
+    if bad:
+        raise _entry_error(path, "model", f"tensors that are not finite floating-point numbers: {bad[:5]}")
+    model.load_state_dict(weights)
+
+    try:  # the optimizer state must fit this model's parameters: load it into a scratch optimizer
+        scratch = make_optimizer(model, train_config)
+        settings = set(scratch.param_groups[0])
+        scratch.load_state_dict(copy.deepcopy(state["optimizer"]))
+        for group in scratch.param_groups:
+            if set(group) != settings:
+                raise ValueError(f"param_groups hold the settings {sorted(group)}, expected {sorted(settings)}")
+            for param in group["params"]:
+                param_state = scratch.state.get(param, {})
+                if param_state and set(param_state) != {"step", "exp_avg", "exp_avg_sq"}:
+                    raise ValueError(f"a parameter's state holds {sorted(param_state)}, expected step, exp_avg, "
+                                     f"exp_avg_sq")
+                for key in ("exp_avg", "exp_avg_sq"):
+                    value = param_state.get(key, param)
+                    if not isinstance(value, torch.Tensor) or value.shape != param.shape:
+                        raise ValueError(f"{key} of a parameter {list(param.shape)} is "
+                                         f"{list(value.shape) if isinstance(value, torch.Tensor) else value!r}")
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as error:
+        raise _entry_error(path, "optimizer", f"{type(error).__name__}: {error}") from None
+
+    for entry in ("data_rng", "torch_rng"):
+        try:
+            torch.Generator().set_state(state[entry])
+        except (TypeError, RuntimeError) as error:
+            raise _entry_error(path, entry, f"not a CPU generator state ({type(error).__name__}: {error})") from None
+    if not isinstance(state["cuda_rng"], list) or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in state["cuda_rng"]):
+        raise _entry_error(path, "cuda_rng", "expected a list of uint8 tensors (CUDA generator states)")
+    return _Checkpoint(state, config, train_config, meta, history, model)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint written by ``Trainer.save`` (tensors and plain values only:
+    ``torch.load(weights_only=True)`` refuses anything else). Every entry is checked (the configs, the metadata
+    with the tokenizer and the history, the weights, the optimizer and RNG states). Returns the checkpoint's
+    dict. Raises CheckpointError with a one-line reason naming the file and the damaged entry."""
+    return _read(path).state
 
 
 def check_same_config(expected: ModelConfig, found: ModelConfig, path: str | Path = "the checkpoint") -> None:
@@ -414,11 +638,10 @@ def check_same_config(expected: ModelConfig, found: ModelConfig, path: str | Pat
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TinyDeepSeek, CharTokenizer]:
-    """The trained model (in eval mode) and its tokenizer from a checkpoint, for generation."""
-    state = read_checkpoint(path)
-    model = TinyDeepSeek(ModelConfig.from_dict(json.loads(state["model_config"])))
-    model.load_state_dict(state["model"])
-    return model.to(get_device(device)).eval(), CharTokenizer(json.loads(state["meta"])["chars"])
+    """The trained model (in eval mode) and its tokenizer from a checkpoint, for generation. Raises
+    CheckpointError for a damaged file."""
+    ckpt = _read(path)
+    return ckpt.model.to(get_device(device)).eval(), CharTokenizer(ckpt.meta["chars"])
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -429,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtp-depth", type=int, default=model_defaults.mtp_depth, help="D, the number of MTP modules")
     p.add_argument("--steps", type=int, default=train_defaults.steps)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=DTYPES, default=train_defaults.dtype,
+                   help="float32, or bfloat16 autocast (the weights and the routing state stay float32)")
     p.add_argument("--seed", type=int, default=train_defaults.seed)
     p.add_argument("--json", type=Path, help="write the final metrics (and the history) to this JSON file")
     p.add_argument("--data", choices=("docs", "synthetic"), default="docs",
@@ -466,15 +691,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     corpus = python_docs() if args.data == "docs" else synthetic_task(seed=args.seed)
-    model_cfg, train_cfg = configs_from_args(args, corpus.tokenizer.vocab_size)
     try:
+        model_cfg, train_cfg = configs_from_args(args, corpus.tokenizer.vocab_size)
         if args.resume:
             trainer = Trainer.resume(args.resume, corpus, args.device, model_config=model_cfg, steps=args.steps)
         else:
             seed_everything(args.seed)
             trainer = Trainer(TinyDeepSeek(model_cfg), corpus, train_cfg, args.device)
-    except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (CheckpointError, ValueError, TypeError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 2
     total, activated = trainer.model.count_params()
     print(f"{args.balance} balancing, MTP depth {model_cfg.mtp_depth}, {total:,} parameters ({activated:,} "
