@@ -90,7 +90,8 @@ class Corpus:
 
     def __repr__(self) -> str:
         domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
-        return (f"Corpus({len(self.train):,} training and {len(self.val):,} validation tokens, "
+        shifted = f" (+ {len(self.val_shifted):,} shifted)" if self.val_shifted is not None else ""
+        return (f"Corpus({len(self.train):,} training and {len(self.val):,}{shifted} validation tokens, "
                 f"vocab_size={self.tokenizer.vocab_size}{domains})")
 
     def split(self, name: str) -> torch.Tensor:

@@ -75,6 +75,7 @@ def test_eval_batches_of_the_shifted_split():
     assert windows.shape[0] == (len(corpus.val_shifted) - 1) // 64
     with pytest.raises(ValueError, match="'train', 'val' or 'val_shifted'"):
         corpus.split("test")
+    assert "shifted" in repr(corpus) and "shifted" not in repr(data.synthetic_task(200))
     synthetic = data.synthetic_task(200)
     with pytest.raises(ValueError, match="'train' or 'val'"):
         synthetic.split("val_shifted")
