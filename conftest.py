@@ -13,11 +13,20 @@ same code is compared in the solution's run, at the size its numbers belong to).
 A solution notebook whose kept outputs do not depend on its size knobs (or that keeps none) may be listed in
 ``SOLUTION_TEST_PARAMETERS``: it runs smaller too, every kept output still compared (one that depends on a knob
 then fails at once). ``--full-size`` runs every notebook at its own sizes.
+
+Every notebook cell that nbval executes (``make test``: solutions/ and notebooks/) is also held to the course's
+limit on text output: a cell whose text (printed streams, and the text of a result that has no richer view)
+runs over ``OUTPUT_LINE_LIMIT`` lines fails, with the number of lines it printed. The limit is checked on the
+outputs nbval has just received, so no notebook is executed a second time for it.
 """
 
 from pathlib import Path
 
 import nbformat
+import pytest
+
+# A screen of JupyterLab shows about 40 lines of output; more than that hides the cells around it.
+OUTPUT_LINE_LIMIT = 40
 
 # Size knobs of the learner notebooks' test run; a notebook not listed here runs at its own sizes.
 LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
@@ -27,9 +36,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "05_tiny_deepseek": {"steps": 40, "synthetic_steps": 20},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
-SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {
-    "06_ablations": {"steps": 30},  # no kept outputs; 14 training runs of 200 steps at full size
-}
+SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {}
 
 
 def pytest_addoption(parser) -> None:
@@ -66,3 +73,32 @@ def pytest_collection_modifyitems(config, items) -> None:
                 solutions[path] = [c.source for c in solution.cells if c.cell_type == "code"]
             if cell.source in solutions[path]:
                 item.options["check"] = False
+
+
+def text_lines(outputs: list) -> int:
+    """The lines of text a list of notebook outputs shows: streams (a carriage return rewrites its line, as in
+    JupyterLab), and text/plain of results and displays that have no richer view (an image, HTML, a widget)."""
+    text = ""
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            text += output.get("text", "")
+        elif output.get("output_type") in ("execute_result", "display_data"):
+            data = output.get("data", {})
+            if set(data) == {"text/plain"}:
+                plain = data["text/plain"]
+                text += plain if plain.endswith("\n") else plain + "\n"
+    return sum(1 for line in text.split("\n") if line.split("\r")[-1].strip()) if text else 0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    result = yield
+    outputs = getattr(item, "test_outputs", None)  # an nbval cell (nbval.plugin.IPyNbCell) after its run
+    if outputs is not None and hasattr(item, "raise_cell_error"):
+        lines = text_lines(outputs)
+        if lines > OUTPUT_LINE_LIMIT:
+            item.raise_cell_error(
+                f"Cell output too long: it shows {lines} lines of text, more than the course's limit of "
+                f"{OUTPUT_LINE_LIMIT} (one screen). Print a summary, give the returned object a short repr, or end "
+                f"the line with ';'.")
+    return result

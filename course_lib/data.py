@@ -2,8 +2,11 @@
 and a synthetic multi-domain task where expert specialisation is easy to see.
 
 - Text: ``pydoc_data.topics``, the help texts of Python's own documentation (``help("if")``), part of the
-  standard library (PSF licence): about 465 KB of English prose with code, on every machine, never downloaded.
-  The split is fixed: the topics sorted by name, the last 10% are the validation set.
+  standard library (PSF licence): about 465 KB of English prose with code, on every machine, never downloaded;
+  about 375 KB once the paragraphs that several topics repeat word for word are kept once. The splits are fixed. Validation text comes from the same distribution as the training text: every 10th block
+  of about 1,000 characters (cut between paragraphs). A second, *shifted* held-out set is the last 10% of the
+  topics sorted by name (``typesseq`` ... ``yield``, richer in code than the average): it measures how the model
+  and its routing carry over to text unlike what they were trained on.
 - Tokenizer: one token per character over a fixed alphabet (newline and the 95 printable ASCII characters), so
   the vocabulary, and with it every parameter count, is the same on every Python version. The few non-ASCII
   characters of the text (typographic quotes and dashes) are mapped to ASCII first.
@@ -82,7 +85,8 @@ class Corpus:
     """Token ids of a training and a validation split, and optional per-token domain labels.
 
     train, val: int64 [n_train], [n_val]; train_domains, val_domains: int64 of the same shapes or None;
-    domain_names: the name of each domain label.
+    domain_names: the name of each domain label; val_shifted: int64 [n_shifted] or None, a second held-out set
+    from a different distribution than the training text.
     """
 
     tokenizer: CharTokenizer
@@ -91,6 +95,7 @@ class Corpus:
     train_domains: torch.Tensor | None = None
     val_domains: torch.Tensor | None = None
     domain_names: tuple[str, ...] = ()
+    val_shifted: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokenizer, CharTokenizer):
@@ -112,12 +117,17 @@ class Corpus:
 
     def __repr__(self) -> str:
         domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
-        return (f"Corpus({len(self.train):,} training and {len(self.val):,} validation tokens, "
+        shifted = f" (+ {len(self.val_shifted):,} shifted)" if self.val_shifted is not None else ""
+        return (f"Corpus({len(self.train):,} training and {len(self.val):,}{shifted} validation tokens, "
                 f"vocab_size={self.tokenizer.vocab_size}{domains})")
 
     def split(self, name: str) -> torch.Tensor:
+        """The token ids of split ``name``: "train", "val" or "val_shifted" (when the corpus has one)."""
+        if name == "val_shifted" and self.val_shifted is not None:
+            return self.val_shifted
         if name not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+            expected = "'train', 'val' or 'val_shifted'" if self.val_shifted is not None else "'train' or 'val'"
+            raise ValueError(f"split must be {expected}, got {name!r}")
         return self.train if name == "train" else self.val
 
     def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
@@ -136,39 +146,82 @@ class Corpus:
             raise ValueError(f"the {split} split has {len(ids)} tokens: too few for windows of {seq_len + 1}")
         starts = torch.randint(len(ids) - seq_len, (batch_size,), generator=generator)  # [batch]
         index = starts[:, None] + torch.arange(seq_len + 1)  # [batch, seq_len + 1]
-        domains = self.train_domains if split == "train" else self.val_domains
+        domains = {"train": self.train_domains, "val": self.val_domains}.get(split)
         return ids[index], (domains[index] if domains is not None else None)
 
-    def eval_batches(self, batch_size: int, seq_len: int, max_tokens: int | None = None) -> Iterator[torch.Tensor]:
-        """Consecutive non-overlapping windows of the validation split, always the same ones:
+    def eval_batches(self, batch_size: int, seq_len: int, max_tokens: int | None = None,
+                     split: str = "val") -> Iterator[torch.Tensor]:
+        """Consecutive non-overlapping windows of a held-out split ("val" or "val_shifted"), always the same ones:
         int64 [<= batch_size, seq_len + 1] each, covering at most ``max_tokens`` predicted tokens."""
         check_int("batch_size", batch_size, 1)
         check_int("seq_len", seq_len, 1)
         if max_tokens is not None:
             check_int("max_tokens", max_tokens, 1)
-        n_windows = (len(self.val) - 1) // seq_len
+        ids = self.split(split)
+        n_windows = (len(ids) - 1) // seq_len
         if max_tokens is not None:
             n_windows = min(n_windows, max(1, max_tokens // seq_len))
         if n_windows < 1:
-            raise ValueError(f"the validation split has {len(self.val)} tokens: too few for one window of {seq_len + 1}")
+            raise ValueError(f"the {split} split has {len(ids)} tokens: too few for one window of {seq_len + 1}")
         index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)  # [windows, seq_len + 1]
         for first in range(0, n_windows, batch_size):
-            yield self.val[index[first:first + batch_size]]
+            yield ids[index[first:first + batch_size]]
 
 
-def python_docs(val_fraction: float = 0.1, tokenizer: CharTokenizer | None = None) -> Corpus:
-    """The help texts of Python's documentation (``pydoc_data.topics``), split by topic: the last
-    ``val_fraction`` of the topics sorted by name are the validation set."""
+def _blocks(text: str, block_chars: int) -> list[str]:
+    """``text`` cut between paragraphs into consecutive blocks of at least ``block_chars`` characters (the last
+    one may be shorter)."""
+    blocks, current = [], []
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        if sum(len(p) + 2 for p in current) >= block_chars:
+            blocks.append("\n\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n\n".join(current))
+    return blocks
+
+
+def python_docs(val_fraction: float = 0.1, tokenizer: CharTokenizer | None = None, shifted_fraction: float = 0.1,
+                block_chars: int = 1_000) -> Corpus:
+    """The help texts of Python's documentation (``pydoc_data.topics``), each paragraph kept once (the first time it
+    appears, topics sorted by name), in three fixed parts:
+
+    - ``val_shifted``: the last ``shifted_fraction`` of the topics sorted by name, held out whole (a different
+      distribution: ``typesseq``, ``while``, ``with``, ``yield``, ... are richer in code than the average);
+    - ``val``: of the other topics' text, cut between paragraphs into blocks of about ``block_chars`` characters,
+      a ``val_fraction`` of the blocks spread evenly through it (every 10th by default): the same distribution as
+      the training text;
+    - ``train``: the rest.
+    """
     from pydoc_data.topics import topics
 
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    for name, fraction in (("val_fraction", val_fraction), ("shifted_fraction", shifted_fraction)):
+        if not 0 < fraction < 1:
+            raise ValueError(f"{name} must lie strictly between 0 and 1, got {fraction}")
+    if block_chars < 1:
+        raise ValueError(f"block_chars must be >= 1, got {block_chars}")
     tokenizer = tokenizer or CharTokenizer()
     names = sorted(topics)
-    n_val = max(1, round(len(names) * val_fraction))
-    text = {split: to_ascii("\n\n".join(topics[n].strip() for n in part))
-            for split, part in (("train", names[:-n_val]), ("val", names[-n_val:]))}
-    return Corpus(tokenizer, tokenizer.encode(text["train"]), tokenizer.encode(text["val"]))
+    # A fifth of the documentation repeats paragraphs of other topics word for word: keep each paragraph once, so
+    # no held-out paragraph is also trained on.
+    seen: set[str] = set()
+    unique = {}
+    for name in names:
+        paragraphs = [p for p in to_ascii(topics[name].strip()).split("\n\n") if not (p in seen or seen.add(p))]
+        unique[name] = "\n\n".join(paragraphs)
+    n_shifted = max(1, round(len(names) * shifted_fraction))
+    blocks = _blocks("\n\n".join(unique[n] for n in names[:-n_shifted] if unique[n]), block_chars)
+    # Block i is a validation block when the running count of i * val_fraction steps up: evenly spread.
+    is_val = [int((i + 1) * val_fraction) > int(i * val_fraction) for i in range(len(blocks))]
+    if not any(is_val) or all(is_val):
+        raise ValueError(f"val_fraction={val_fraction} leaves no validation or no training block "
+                         f"out of {len(blocks)}: use smaller blocks (block_chars) or another fraction")
+    train_text = "\n\n".join(b for b, v in zip(blocks, is_val) if not v)
+    val_text = "\n\n".join(b for b, v in zip(blocks, is_val) if v)
+    shifted_text = "\n\n".join(unique[n] for n in names[-n_shifted:] if unique[n])
+    return Corpus(tokenizer, tokenizer.encode(train_text), tokenizer.encode(val_text),
+                  val_shifted=tokenizer.encode(shifted_text))
 
 
 # ------------------------------------------------------------------------------------------ synthetic task

@@ -2,13 +2,15 @@
 
 Starts JupyterLab on 127.0.0.1 with the course kernel, on a copy of the notebooks and a fresh workspace, drives
 Debian's chromium through Playwright (which never downloads a browser of its own), runs every cell of each
-learner notebook that has widgets, and checks: no error output, the figures render, and the widgets are attached
-and respond to a changed value. One solution notebook is run too, to see the checkers' success lines.
+learner notebook that has widgets, and checks: no error output, the figures render, the widgets are attached, their
+first render is drawn (a figure of full size whose pixels are not all one colour, labels not cut), and they respond
+to a changed value. One solution notebook is run too, to see the checkers' success lines.
 Screenshots go to artifacts/browser/ (not committed). Skipped when chromium or playwright is missing.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,7 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from PIL import Image
 
 from course_lib.checks._core import PASS_MARK, TODO_MARK
 from course_lib.make_notebooks import REPO_ROOT
@@ -150,6 +154,22 @@ def assert_no_errors_and_figures_render(page, path: str, root: Path) -> None:
     assert not tracebacks, f"{path}: saved notebook holds errors: {[t['ename'] + ': ' + t['evalue'] for t in tracebacks]}"
 
 
+def assert_first_render_is_drawn(cell, path: str, index: int) -> None:
+    """The widget's figure is there on its first render, at full size and not blank, and its labels are not cut."""
+    images = cell.locator(".jp-OutputArea img")
+    assert images.count() >= 1, f"{path}: widget {index + 1} shows no figure on its first render"
+    image = images.first
+    natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    box = image.bounding_box()
+    assert natural[0] >= 300 and natural[1] >= 100, f"{path}: widget {index + 1}'s figure is {natural} pixels"
+    assert box and box["width"] >= 300 and box["height"] >= 100, f"{path}: widget {index + 1}'s figure is clipped: {box}"
+    pixels = np.asarray(Image.open(io.BytesIO(image.screenshot())).convert("L"), dtype=float)
+    assert pixels.std() > 10, f"{path}: widget {index + 1}'s figure is blank (pixel std {pixels.std():.1f})"
+    cut = cell.locator(".widget-slider .widget-label").evaluate_all(
+        "labels => labels.filter(l => l.scrollWidth > l.clientWidth + 1).map(l => l.textContent)")
+    assert not cut, f"{path}: slider labels cut off: {cut}"
+
+
 def driven_content(cell) -> list[str]:
     """What a widget cell shows besides its controls: the figures' sources and the printed text."""
     return cell.locator(".jp-OutputArea img, .jp-OutputArea pre").evaluate_all(
@@ -168,6 +188,7 @@ def test_learner_notebook_runs_and_its_widgets_respond(lab, browser, name):
     assert widget_cells.count() > 0, f"{path}: no slider widget is attached"
     for index in range(widget_cells.count()):
         cell = widget_cells.nth(index)
+        assert_first_render_is_drawn(cell, path, index)
         before = driven_content(cell)
         handle = cell.locator(".noUi-handle").first
         handle.focus()

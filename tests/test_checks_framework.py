@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from course_lib.checks import Case, Mistake, call_learner, check_function, checker, expect
+from course_lib.checks import outcome, Case, Mistake, call_learner, check_function, checker, expect
 from course_lib.checks._core import compare
 
 
@@ -21,7 +21,7 @@ def check_double(fn) -> bool:
 
 
 def test_correct_function_passes_and_prints_success(capsys):
-    assert check_double(lambda x: x + x) is True
+    assert outcome(check_double, lambda x: x + x) is True
     assert "✅ double is correct" in capsys.readouterr().out
 
 
@@ -29,7 +29,7 @@ def test_stub_returns_false_with_friendly_line(capsys):
     def stub(x):
         raise NotImplementedError()
 
-    assert check_double(stub) is False
+    assert outcome(check_double, stub) is False
     out = capsys.readouterr().out
     assert "not implemented yet" in out and "reference implementation" in out
 
@@ -84,8 +84,8 @@ def test_checker_decorator_handles_stub_and_success(capsys):
     def stub(x):
         raise NotImplementedError
 
-    assert check_module(lambda x: 2 * x) is True
-    assert check_module(stub) is False
+    assert outcome(check_module, lambda x: 2 * x) is True
+    assert outcome(check_module, stub) is False
     with pytest.raises(AssertionError, match="expected 6, got 4"):
         check_module(lambda x: x + 1)
     assert "not implemented yet" in capsys.readouterr().out
@@ -120,12 +120,64 @@ def test_torch_not_implemented_for_a_dtype_is_a_bug_not_the_stub():
                        cases=[Case((torch.tensor([0, 2, 3]),))])
 
 
-def test_a_failed_check_renders_as_its_message_alone():
-    from course_lib.checks import check_function
-    from course_lib.checks._core import CheckFailed
+# ------------------------------------------------------------------ what a learner sees in a notebook
+def test_a_wrong_answer_shows_the_message_alone_in_ipython(capsys):
+    """No traceback through the course's code, the learner's own line when their code raised, no True echoed."""
+    from IPython.core.interactiveshell import InteractiveShell
 
-    with pytest.raises(CheckFailed) as info:
-        check_function(lambda x: x + 1, name="double", reference=lambda x: 2 * x, cases=[Case((3,))])
-    lines = info.value._render_traceback_()
-    assert lines[0].endswith("double is not right yet:") and "should be 6" in "\n".join(lines)
-    assert len(lines) < 6
+    shell = InteractiveShell.instance()
+    shell.user_ns.update(check_double=check_double, torch=torch)
+    result = shell.run_cell("check_double(lambda x: x ** 2)")
+    out = capsys.readouterr().out
+    assert not result.success
+    assert "❌ For the input x = [1, 2, 3]" in out and "you squared x" in out, out
+    assert "Traceback" not in out and "_core.py" not in out and "course_lib" not in out, out
+    assert len(out.strip().splitlines()) <= 3, out
+
+    result = shell.run_cell("def buggy(x):\n    return x @ torch.ones(5)\ncheck_double(buggy)")
+    out = capsys.readouterr().out
+    assert "raised RuntimeError" in out and "return x @ torch.ones(5)" in out and "_core.py" not in out, out
+
+    result = shell.run_cell("check_double(lambda x: x + x)")
+    out = capsys.readouterr().out
+    assert result.success and result.result is None and "✅ double is correct" in out and "True" not in out
+
+
+def test_outcome_gives_tests_a_boolean():
+    from course_lib.checks import CheckFailed
+
+    def stub(x):
+        raise NotImplementedError
+
+    assert outcome(check_double, lambda x: x + x) is True
+    assert outcome(check_double, stub) is False
+    assert check_double(lambda x: x + x) is None
+    with pytest.raises(CheckFailed):
+        outcome(check_double, lambda x: x ** 2)
+    with pytest.raises(RuntimeError, match="not a checker"):
+        outcome(lambda fn: None, stub)
+
+
+# ------------------------------------------------------------------ gradients
+def check_double_with_grad(fn) -> None:
+    return check_function(fn, name="double", reference=reference_double, cases=CASES, mistakes=MISTAKES,
+                          differentiable=(0,), gradient_hint="the factor 2 must reach the gradient.")
+
+
+@pytest.mark.parametrize("wrong, phrase", [
+    (lambda x: (2 * x).detach(), "carries no gradient"),
+    (lambda x: torch.tensor((2 * x).tolist()), "carries no gradient"),
+    (lambda x: 2 * x.detach() + 0 * x, "carries no gradient"),
+    (lambda x: x + x.detach(), "0.5 times the reference's"),
+    (lambda x: 3 * x - x.detach(), "1.5 times the reference's"),
+    (lambda x: x * x.detach() / x.detach() * 2 + (x ** 2 - (x ** 2).detach()), "the factor 2 must reach"),
+])
+def test_right_value_with_wrong_gradient_is_named(wrong, phrase):
+    with pytest.raises(AssertionError, match=phrase) as info:
+        check_double_with_grad(wrong)
+    assert "gives the right value" in str(info.value)
+
+
+def test_gradient_checked_and_reported_on_success(capsys):
+    check_double_with_grad(lambda x: x + x)
+    assert "agrees with the reference, values and gradients, on all 2 cases" in capsys.readouterr().out

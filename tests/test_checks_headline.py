@@ -3,7 +3,7 @@ learner writes it) is rejected with its own hint."""
 
 import pytest
 
-from course_lib.checks import check_gpu_utilisation, check_moe_ffn_params
+from course_lib.checks import outcome, check_gpu_utilisation, check_moe_ffn_params
 from course_lib.compute import gpu_utilisation
 from course_lib.param_count import moe_ffn_params
 
@@ -13,13 +13,13 @@ def stub(*args):
 
 
 def test_references_pass():
-    assert check_moe_ffn_params(moe_ffn_params) is True
-    assert check_gpu_utilisation(gpu_utilisation) is True
+    assert outcome(check_moe_ffn_params, moe_ffn_params) is True
+    assert outcome(check_gpu_utilisation, gpu_utilisation) is True
 
 
 def test_stubs_return_false(capsys):
-    assert check_moe_ffn_params(stub) is False
-    assert check_gpu_utilisation(stub) is False
+    assert outcome(check_moe_ffn_params, stub) is False
+    assert outcome(check_gpu_utilisation, stub) is False
     assert capsys.readouterr().out.count("not implemented yet") == 2
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import mtp
-from course_lib.checks import check_mtp_depth_loss, check_mtp_forward, check_mtp_loss
+from course_lib.checks import outcome, check_mtp_depth_loss, check_mtp_forward, check_mtp_loss
 
 
 def stub(*args):
@@ -23,15 +23,15 @@ def rejected_with(check, fn, *phrases):
 
 
 def test_references_pass():
-    assert check_mtp_depth_loss(mtp.mtp_depth_loss) is True
-    assert check_mtp_loss(mtp.mtp_loss) is True
-    assert check_mtp_forward(mtp.mtp_forward) is True
+    assert outcome(check_mtp_depth_loss, mtp.mtp_depth_loss) is True
+    assert outcome(check_mtp_loss, mtp.mtp_loss) is True
+    assert outcome(check_mtp_forward, mtp.mtp_forward) is True
 
 
 def test_stubs_return_false(capsys):
-    assert check_mtp_depth_loss(stub) is False
-    assert check_mtp_loss(stub) is False
-    assert check_mtp_forward(stub) is False
+    assert outcome(check_mtp_depth_loss, stub) is False
+    assert outcome(check_mtp_loss, stub) is False
+    assert outcome(check_mtp_forward, stub) is False
     assert capsys.readouterr().out.count("not implemented yet") == 3
 
 
@@ -53,8 +53,8 @@ def depth_loss_with_loops(logits, tokens, k):
 
 
 def test_correct_depth_losses_pass():
-    assert check_mtp_depth_loss(depth_loss_with_cross_entropy) is True
-    assert check_mtp_depth_loss(depth_loss_with_loops) is True
+    assert outcome(check_mtp_depth_loss, depth_loss_with_cross_entropy) is True
+    assert outcome(check_mtp_depth_loss, depth_loss_with_loops) is True
 
 
 def targets_one_too_few(logits, tokens, k):
@@ -158,7 +158,7 @@ def total_with_mean(depth_logits, tokens, lam):
 
 
 def test_correct_totals_pass():
-    assert check_mtp_loss(total_with_mean) is True
+    assert outcome(check_mtp_loss, total_with_mean) is True
 
 
 def total_without_lambda(depth_logits, tokens, lam):
@@ -237,8 +237,8 @@ def forward_with_split_projection(h_prev, emb, k, norm_h, norm_e, proj, block):
 
 
 def test_correct_forwards_pass():
-    assert check_mtp_forward(forward_with_module_calls) is True
-    assert check_mtp_forward(forward_with_split_projection) is True
+    assert outcome(check_mtp_forward, forward_with_module_calls) is True
+    assert outcome(check_mtp_forward, forward_with_split_projection) is True
 
 
 def forward_without_norms(h_prev, emb, k, norm_h, norm_e, proj, block):
@@ -328,3 +328,41 @@ def test_forward_returning_a_tuple_is_explained():
         return forward_with_module_calls(h_prev, emb, k, norm_h, norm_e, proj, block), None
 
     rejected_with(check_mtp_forward, returns_tuple, "torch tensor of shape [2, 5, 8] was expected")
+
+
+# ------------------------------------------------------------------ right values, wrong gradients
+def depth_loss_from_item(logits, tokens, k):
+    return torch.tensor(mtp.mtp_depth_loss(logits, tokens, k).item())
+
+
+def depth_loss_detached_normaliser(logits, tokens, k):
+    total = -F.log_softmax(logits, -1).gather(-1, tokens[:, k + 1:, None]).sum()
+    count = total.detach() / mtp.mtp_depth_loss(logits, tokens, k).detach()  # "B * T, read off the result"
+    return total / count + total - total.detach()
+
+
+def mtp_loss_of_floats(depth_logits, tokens, lam):
+    D = len(depth_logits)
+    return torch.tensor(lam / D * sum(mtp.mtp_depth_loss(l, tokens, k).item() for k, l in enumerate(depth_logits, 1)))
+
+
+def forward_detached_history(h_prev, emb, k, norm_h, norm_e, proj, block):
+    T = emb.shape[1]
+    return block(proj(torch.cat([norm_h(h_prev[:, :T - k].detach()), norm_e(emb[:, k:])], -1)))
+
+
+@pytest.mark.parametrize("check, wrong, phrase", [
+    (check_mtp_depth_loss, depth_loss_from_item, "carries no gradient"),
+    (check_mtp_depth_loss, depth_loss_detached_normaliser, "times the reference's"),
+    (check_mtp_loss, mtp_loss_of_floats, "carries no gradient"),
+    (check_mtp_forward, forward_detached_history, "its gradient differs"),
+])
+def test_wrong_gradients_are_named(check, wrong, phrase):
+    message = rejected_with(check, wrong, phrase)
+    assert "gives the right value" in message
+
+
+def test_forward_says_what_is_wrong_first_in_one_line():
+    message = rejected_with(check_mtp_forward, forward_norms_swapped, "norm_h and norm_e are swapped")
+    first = message.splitlines()[0]
+    assert "swapped" in first and "[[" not in first and len(message.splitlines()) <= 3, message

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import balance, routing
-from course_lib.checks import (check_balance_loss, check_expert_load, check_max_violation,
+from course_lib.checks import (outcome, check_balance_loss, check_expert_load, check_max_violation,
                                check_sequence_balance_loss, check_topk_route, check_update_bias)
 
 
@@ -23,20 +23,20 @@ def rejected_with(check, fn, phrase, **kwargs):
 
 
 def test_references_pass():
-    assert check_topk_route(routing.topk_route) is True
-    assert check_topk_route(lambda scores, k: routing.topk_route(scores, k), bias=False) is True
-    assert check_expert_load(balance.expert_load) is True
-    assert check_max_violation(balance.max_violation) is True
-    assert check_update_bias(balance.update_bias) is True
-    assert check_balance_loss(balance.balance_loss) is True
-    assert check_sequence_balance_loss(balance.sequence_balance_loss) is True
+    assert outcome(check_topk_route, routing.topk_route) is True
+    assert outcome(check_topk_route, lambda scores, k: routing.topk_route(scores, k), bias=False) is True
+    assert outcome(check_expert_load, balance.expert_load) is True
+    assert outcome(check_max_violation, balance.max_violation) is True
+    assert outcome(check_update_bias, balance.update_bias) is True
+    assert outcome(check_balance_loss, balance.balance_loss) is True
+    assert outcome(check_sequence_balance_loss, balance.sequence_balance_loss) is True
 
 
 def test_stubs_return_false(capsys):
     checks = [check_topk_route, check_expert_load, check_max_violation, check_update_bias, check_balance_loss,
               check_sequence_balance_loss]
-    assert all(check(stub) is False for check in checks)
-    assert check_topk_route(stub, bias=False) is False
+    assert all(outcome(check, stub) is False for check in checks)
+    assert outcome(check_topk_route, stub, bias=False) is False
     assert capsys.readouterr().out.count("not implemented yet") == len(checks) + 1
 
 
@@ -49,6 +49,7 @@ def route_sorted_ascending(scores, k, bias):
 
 
 def route_with_loop_and_sort(scores, k, bias):
+    # Right values, but the weights are rebuilt from Python floats: no gradient reaches the router.
     weights, indices = [], []
     for token_scores in scores:
         chosen = sorted(range(len(token_scores)), key=lambda i: float(token_scores[i] + bias[i]))[-k:]
@@ -59,8 +60,9 @@ def route_with_loop_and_sort(scores, k, bias):
 
 
 def test_correct_variants_pass():
-    assert check_topk_route(route_sorted_ascending) is True
-    assert check_topk_route(route_with_loop_and_sort) is True
+    assert outcome(check_topk_route, route_sorted_ascending) is True
+    with pytest.raises(AssertionError, match="carries no gradient"):
+        check_topk_route(route_with_loop_and_sort)
 
 
 def biased_weights(scores, k, bias):
@@ -212,7 +214,7 @@ def test_expert_load_loop_version_passes():
             for e in row:
                 load[e] += 1
         return load
-    assert check_expert_load(loop) is True
+    assert outcome(check_expert_load, loop) is True
 
 
 # ------------------------------------------------------------------ max_violation
@@ -230,7 +232,7 @@ def test_max_violation_mistakes_are_named(wrong, phrase):
 
 
 def test_max_violation_may_return_a_tensor():
-    assert check_max_violation(lambda load: (load.max() - load.mean()) / load.mean()) is True
+    assert outcome(check_max_violation, lambda load: (load.max() - load.mean()) / load.mean()) is True
 
 
 # ------------------------------------------------------------------ update_bias
@@ -376,7 +378,7 @@ def test_balance_loss_loop_version_passes():
             p = sum(row[i] / row.sum() for row in scores) / t
             total = total + n / (k * t) * hits * p
         return alpha * total
-    assert check_balance_loss(loop) is True
+    assert outcome(check_balance_loss, loop) is True
 
 
 def seq_over_whole_batch(scores, k, alpha):
@@ -423,4 +425,61 @@ def test_sequence_balance_loss_vectorised_variant_passes():
         f = n / (k * t) * counts
         p = (scores / scores.sum(-1, keepdim=True)).mean(dim=1)
         return alpha * (f * p).sum(-1).mean()
-    assert check_sequence_balance_loss(vectorised) is True
+    assert outcome(check_sequence_balance_loss, vectorised) is True
+
+
+# ------------------------------------------------------------------ right values, wrong gradients
+def balance_loss_detached(scores, k, alpha):
+    scores = scores.detach()  # "the loss only reads the scores"
+    return balance.balance_loss(scores, k, alpha)
+
+
+def balance_loss_soft_counts(scores, k, alpha):
+    T, N = scores.shape
+    top = scores.topk(k, dim=-1)
+    hits = torch.zeros_like(scores).scatter(-1, top.indices, top.values / top.values.detach())  # 1.0 where chosen
+    f = N / (k * T) * hits.sum(0)
+    P = (scores / scores.sum(-1, keepdim=True)).mean(0)
+    return alpha * (f * P).sum()
+
+
+def balance_loss_straight_through_counts(scores, k, alpha):
+    T, N = scores.shape
+    hits = torch.zeros_like(scores).scatter(-1, scores.topk(k, dim=-1).indices, 1.0)
+    hits = hits + scores - scores.detach()  # "so that the counts stay in the graph"
+    P = (scores / scores.sum(-1, keepdim=True)).mean(0)
+    return alpha * (N / (k * T) * hits.sum(0) * P).sum()
+
+
+def balance_loss_from_item(scores, k, alpha):
+    return torch.tensor(balance.balance_loss(scores, k, alpha).item())
+
+
+def sequence_loss_detached(scores, k, alpha):
+    return torch.stack([balance.balance_loss(seq.detach(), k, alpha) for seq in scores]).mean()
+
+
+def route_detached_weights(scores, k, bias):
+    indices = (scores + bias).topk(k, dim=-1).indices
+    chosen = scores.detach().gather(1, indices)
+    return chosen / chosen.sum(-1, keepdim=True), indices
+
+
+@pytest.mark.parametrize("check, wrong, phrase", [
+    (check_balance_loss, balance_loss_detached, "carries no gradient"),
+    (check_balance_loss, balance_loss_from_item, "carries no gradient"),
+    (check_balance_loss, balance_loss_soft_counts, "hit counts f"),
+    (check_balance_loss, balance_loss_straight_through_counts, "hit counts f carry a gradient"),
+    (check_sequence_balance_loss, sequence_loss_detached, "carries no gradient"),
+    (check_topk_route, route_detached_weights, "carries no gradient"),
+])
+def test_wrong_gradients_are_named(check, wrong, phrase):
+    message = rejected_with(check, wrong, phrase)
+    assert "gives the right value" in message
+
+
+def test_route_hint_without_bias_does_not_mention_the_bias():
+    """Notebook 01 meets topk_route before notebook 03 introduces the bias."""
+    message = rejected_with(check_topk_route, lambda scores, k: (scores.topk(k).values * 2, scores.topk(k).indices),
+                            "Hint:", bias=False)
+    assert "bias" not in message.split("Hint:")[1]

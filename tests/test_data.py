@@ -1,5 +1,6 @@
-"""The tiny model's data: the tokenizer round-trips, the split is fixed, batches are seeded windows, the synthetic
-task labels every character with its domain."""
+"""The tiny model's data: the tokenizer round-trips, the splits are fixed (validation from the training text's
+distribution, a shifted second held-out set), batches are seeded windows, the synthetic task labels every character
+with its domain."""
 
 import pytest
 import torch
@@ -33,10 +34,51 @@ def test_to_ascii_maps_typography():
 
 def test_python_docs_split_is_fixed_and_disjoint():
     a, b = data.python_docs(), data.python_docs()
-    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val) and torch.equal(a.val_shifted, b.val_shifted)
     assert len(a.train) > 300_000 and 20_000 < len(a.val) < len(a.train) / 5
+    assert 20_000 < len(a.val_shifted) < len(a.train) / 5
     text = a.tokenizer.decode(a.val[:2000])
     assert "statement" in text or "sequence" in text  # English prose about Python
+    train_text = a.tokenizer.decode(a.train)
+    for part in (a.val, a.val_shifted):  # no held-out paragraph of some length is in the training text
+        paragraphs = [p for p in a.tokenizer.decode(part).split("\n\n") if len(p) > 400]
+        assert paragraphs and not any(p in train_text for p in paragraphs)
+
+
+def _char_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Total variation distance between the character frequencies of two token sequences."""
+    freq = [torch.bincount(ids, minlength=96).double() / len(ids) for ids in (x, y)]
+    return 0.5 * float((freq[0] - freq[1]).abs().sum())
+
+
+def test_validation_text_comes_from_the_training_distribution():
+    """Validation blocks are spread through the training topics, so their characters are distributed like the
+    training text's; the shifted set (the last topics by name) is measurably unlike it (more code)."""
+    corpus = data.python_docs()
+    same, shifted = _char_distance(corpus.val, corpus.train), _char_distance(corpus.val_shifted, corpus.train)
+    assert same < 0.06 and shifted > 3 * same
+
+
+def test_split_fractions_are_checked():
+    with pytest.raises(ValueError, match="val_fraction must lie strictly between 0 and 1"):
+        data.python_docs(val_fraction=0)
+    with pytest.raises(ValueError, match="shifted_fraction must lie strictly between 0 and 1"):
+        data.python_docs(shifted_fraction=1.5)
+    with pytest.raises(ValueError, match="no validation or no training block"):
+        data.python_docs(val_fraction=0.001, block_chars=10**6)
+
+
+def test_eval_batches_of_the_shifted_split():
+    corpus = data.python_docs()
+    windows = torch.cat(list(corpus.eval_batches(8, 64, split="val_shifted")))
+    assert torch.equal(windows[0], corpus.val_shifted[:65])
+    assert windows.shape[0] == (len(corpus.val_shifted) - 1) // 64
+    with pytest.raises(ValueError, match="'train', 'val' or 'val_shifted'"):
+        corpus.split("test")
+    assert "shifted" in repr(corpus) and "shifted" not in repr(data.synthetic_task(200))
+    synthetic = data.synthetic_task(200)
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        synthetic.split("val_shifted")
 
 
 def test_batches_are_seeded_windows_of_consecutive_tokens():
@@ -63,7 +105,7 @@ def test_eval_batches_cover_the_validation_split_in_order():
 def test_bad_batch_requests():
     corpus = data.python_docs()
     g = torch.Generator().manual_seed(0)
-    with pytest.raises(ValueError, match="'train' or 'val'"):
+    with pytest.raises(ValueError, match="split must be 'train', 'val' or 'val_shifted', got 'test'"):
         corpus.get_batch("test", 2, 8, g)
     with pytest.raises(ValueError, match="too few"):
         corpus.get_batch("val", 2, len(corpus.val), g)

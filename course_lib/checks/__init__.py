@@ -1,10 +1,12 @@
 """Exercise checkers: ``check_<exercise>(fn)`` for every exercise of the course.
 
-Each returns True when the learner's code is right, prints a friendly line and returns False while it is
-still the stub, and raises AssertionError naming the mistake otherwise (see ``_core`` for the contract).
+Each prints a success line when the learner's code is right (values and, for a differentiable quantity,
+gradients), prints a friendly line while it is still the stub, and raises ``CheckFailed`` naming the mistake
+otherwise; a notebook shows that message alone. Checkers return None; ``outcome(check, fn)`` gives tests
+True (passed) or False (stub). See ``_core`` for the contract.
 """
 
-from course_lib.checks._core import Case, Mistake, call_learner, check_function, checker, expect
+from course_lib.checks._core import CheckFailed, Case, Mistake, call_learner, check_function, checker, expect, outcome
 from course_lib.checks.headline import check_gpu_utilisation, check_moe_ffn_params
 from course_lib.checks.routing import (check_balance_loss, check_expert_load, check_max_violation,
                                       check_sequence_balance_loss, check_topk_route, check_update_bias)

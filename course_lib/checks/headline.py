@@ -20,8 +20,8 @@ _MOE_CASES = [
 ]
 
 _MOE_MISTAKES = [
-    Mistake("two matrices per expert. A SwiGLU expert has THREE: W_gate and W_up (dim x expert_dim each) and "
-            "W_down (expert_dim x dim), so 3 * dim * expert_dim parameters.",
+    Mistake("two matrices per expert. A SwiGLU expert has THREE: W_gate and W_up (expert_dim x dim each) and "
+            "W_down (dim x expert_dim), so 3 * dim * expert_dim parameters.",
             lambda d, h, n, s, k: ((n + s) * 2 * d * h + n * d, (k + s) * 2 * d * h + n * d)),
     Mistake("the router is missing. Its centroids (n_routed x dim) are parameters too, and every token uses all "
             "of them to compute its affinity scores, so they count in both numbers.",
@@ -43,7 +43,7 @@ _MOE_MISTAKES = [
 ]
 
 
-def check_moe_ffn_params(fn) -> bool:
+def check_moe_ffn_params(fn) -> None:
     """Check ``fn(dim, expert_dim, n_routed, n_shared, top_k) -> (total, activated)`` for one MoE layer's FFN."""
     return check_function(
         fn, name="moe_ffn_params", reference=param_count.moe_ffn_params, cases=_MOE_CASES, mistakes=_MOE_MISTAKES,
@@ -81,7 +81,7 @@ _UTIL_MISTAKES = [
 ]
 
 
-def check_gpu_utilisation(fn) -> bool:
+def check_gpu_utilisation(fn) -> None:
     """Check ``fn(activated_params, tokens, gpu_hours, peak_flops) -> utilisation`` (a fraction)."""
     return check_function(
         fn, name="gpu_utilisation", reference=compute.gpu_utilisation, cases=_UTIL_CASES, mistakes=_UTIL_MISTAKES,

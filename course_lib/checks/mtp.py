@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import mtp
-from course_lib.checks._core import (Case, Mistake, call_learner, check_function, checker, clone_args, compare,
-                                     diagnose)
+from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, check_function, checker, clone_args,
+                                     compare, diagnose, gradient_problem)
 from course_lib.layers import RMSNorm
 from course_lib.transformer import TransformerBlock
 
 
-def _with_crash_hints(run: Callable[[], bool], crash_hints: Sequence[tuple[str, str]]) -> bool:
+def _with_crash_hints(run: Callable[[], None], crash_hints: Sequence[tuple[str, str]]) -> None:
     """Run a check; when it fails because the learner's code raised an error whose text contains one of the
     patterns, add that pattern's hint to the explanation."""
     try:
@@ -31,7 +31,7 @@ def _with_crash_hints(run: Callable[[], bool], crash_hints: Sequence[tuple[str, 
         message = str(error)
         for pattern, hint in crash_hints:
             if " raised " in message and pattern in message:
-                raise AssertionError(f"{message}\nLikely cause: {hint}") from None
+                raise CheckFailed(f"{message}\nLikely cause: {hint}") from None
         raise
 
 
@@ -131,12 +131,14 @@ _DEPTH_CRASH_HINTS = [
 ]
 
 
-def check_mtp_depth_loss(fn: Callable[..., Any]) -> bool:
+def check_mtp_depth_loss(fn: Callable[..., Any]) -> None:
     """Check ``fn(logits, tokens, k) -> scalar``: -(1/T) sum_j log softmax(logits[:, j])[tokens[:, j + k + 1]],
     averaged over the batch ([V3] eq. 24)."""
     return _with_crash_hints(lambda: check_function(
         fn, name="mtp_depth_loss", reference=mtp.mtp_depth_loss, cases=_DEPTH_CASES, mistakes=_DEPTH_LOSS_MISTAKES,
-        compare_fn=_compare_loss,
+        compare_fn=_compare_loss, differentiable=(0,),
+        gradient_hint="every log-probability must keep its gradient with respect to the logits: no .detach(), "
+                      ".item() or torch.tensor(...) on the way, and the divisor T a plain number.",
         generic_hint="targets = tokens[:, k + 1:]; log_probs = F.log_softmax(logits, -1); pick each target's "
                      "log-probability with .gather, sum over the positions, divide by T = tokens.shape[1] - 1, "
                      "average over the batch, and negate."), _DEPTH_CRASH_HINTS)
@@ -201,12 +203,14 @@ _TOTAL_CRASH_HINTS = [
 ]
 
 
-def check_mtp_loss(fn: Callable[..., Any]) -> bool:
+def check_mtp_loss(fn: Callable[..., Any]) -> None:
     """Check ``fn(depth_logits, tokens, lam) -> scalar``: (lam / D) * sum_k mtp_depth_loss(depth_logits[k - 1],
     tokens, k) ([V3] eq. 25)."""
     return _with_crash_hints(lambda: check_function(
         fn, name="mtp_loss", reference=mtp.mtp_loss, cases=_TOTAL_CASES, mistakes=_TOTAL_MISTAKES,
-        compare_fn=_compare_loss,
+        compare_fn=_compare_loss, differentiable=(0,),
+        gradient_hint="each depth's loss must keep its gradient with respect to that depth's logits: add the depth "
+                      "losses as tensors (sum(...) or torch.stack(...).sum()), never as floats.",
         generic_hint="D = len(depth_logits); return lam / D * the sum over k = 1..D of "
                      "mtp_depth_loss(depth_logits[k - 1], tokens, k)."), _TOTAL_CRASH_HINTS)
 
@@ -301,27 +305,35 @@ _FORWARD_CASES = [_forward_case(2, 6, 8, k=1, seed=40), _forward_case(2, 7, 8, k
                   _forward_case(1, 9, 16, k=3, seed=42)]
 
 
-def check_mtp_forward(fn: Callable[..., Any]) -> bool:
+def check_mtp_forward(fn: Callable[..., Any]) -> None:
     """Check ``fn(h_prev, emb, k, norm_h, norm_e, proj, block) -> h^k [batch, T - k, dim]``:
     block(proj(cat([norm_h(h_prev[:, :T - k]), norm_e(emb[:, k:])], -1))) ([V3] eqs. 21-22)."""
 
     @checker("mtp_forward")
     def body() -> str:
         for case in _FORWARD_CASES:
+            k = case.args[2]
             got = call_learner(fn, *clone_args(case.args), name="Your mtp_forward", label=case.describe())
             with torch.no_grad():
                 expected = mtp.mtp_forward(*clone_args(case.args))
                 problem = compare(got, expected, rtol=1e-4, atol=1e-5, what="your h^k")
-                if problem is None:
-                    continue
-                message = f"For the input {case.describe()}: {problem}."
-                if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] != expected.shape[1]:
-                    message += (f"\nDepth k = {case.args[2]} has T - k = {expected.shape[1]} positions: trim h_prev "
-                                f"to its first T - k positions and read the embeddings emb[:, k:].")
-                cause = diagnose(got, case, _FORWARD_MISTAKES)
-            raise AssertionError(f"{message}\nLikely cause: {cause}" if cause else
-                                 f"{message}\nHint: h = norm_h(h_prev[:, :T - k]); e = norm_e(emb[:, k:]); "
-                                 f"return block(proj(torch.cat([h, e], dim=-1))).")
-        return f"it agrees with the reference on all {len(_FORWARD_CASES)} cases"
+                cause = diagnose(got, case, _FORWARD_MISTAKES) if problem else None
+            if problem is None:
+                problem = gradient_problem(fn, mtp.mtp_forward, case, (0, 1), name="mtp_forward",
+                                           mistakes=_FORWARD_MISTAKES)
+                if problem:
+                    raise CheckFailed(problem)
+                continue
+            # What is wrong first, on one line; the numbers after it.
+            if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] != expected.shape[1]:
+                first = (f"Your h^k has {got.shape[1]} positions, but depth k = {k} has T - k = {expected.shape[1]} "
+                         f"positions: trim h_prev to its first T - k positions and read the embeddings emb[:, k:].")
+            elif cause:
+                first = f"Your h^k is wrong; likely cause: {cause}"
+            else:
+                first = ("Your h^k differs from the reference. Hint: h = norm_h(h_prev[:, :T - k]); "
+                         "e = norm_e(emb[:, k:]); return block(proj(torch.cat([h, e], dim=-1))).")
+            raise CheckFailed(f"{first}\nSeen for the input {case.describe()} (depth k = {k}): {problem}.")
+        return f"it agrees with the reference, values and gradients, on all {len(_FORWARD_CASES)} cases"
 
     return _with_crash_hints(body, _FORWARD_CRASH_HINTS)

@@ -1,7 +1,10 @@
 """Checkers for notebooks 01-03: the top-k route, load counting, MaxVio, the bias update and the balance losses.
 
 The catalogue of mistakes comes from the course's own teaching and from bugs fixed in public implementations
-(weights taken from the biased scores, dropped groups masked with 0, the bias treated as learnable, ...).
+(weights taken from the biased scores, dropped groups masked with 0, the bias treated as learnable, ...). The
+differentiable ones (the gate weights, the balance losses) are checked on their gradient with respect to the
+scores too; their catalogues hold the mistakes of the gradient alone (hit counts f that carry a gradient, a
+detached normalising sum) next to the mistakes of the value.
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ _ROUTE_MISTAKES = [
             _routed(lambda s, b, k: (s - b).topk(k, dim=-1).indices, _normalised)),
     Mistake("you chose the k LOWEST scores (topk with largest=False, or an ascending sort). Take the k highest.",
             _routed(lambda s, b, k: (s + b).topk(k, dim=-1, largest=False).indices, _normalised)),
+    Mistake("the sum that normalises the weights is detached (or rebuilt from numbers): the value is right, but "
+            "the gradient misses how each weight depends on the other chosen scores. Divide by "
+            "chosen.sum(-1, keepdim=True) itself.",
+            _routed(_top, lambda s, b, i: s.gather(1, i) / s.gather(1, i).sum(-1, keepdim=True).detach())),
 ]
 
 
@@ -127,19 +134,35 @@ def _route_compare(got: Any, expected: Any) -> str | None:
             f"but they should be {format_numbers(exp_weights[t])}")
 
 
-def check_topk_route(fn: Callable[..., Any], *, bias: bool = True) -> bool:
-    """Check ``fn(scores, k, bias) -> (weights, indices)`` (``fn(scores, k)`` with ``bias=False``).
+def _route_objective(output: Any) -> Any:
+    """A scalar of the gate weights that does not depend on the order of a token's k experts: each weight times
+    a fixed number of its (token, expert) pair."""
+    if not isinstance(output, (tuple, list)) or len(output) != 2:
+        return output
+    weights, indices = output
+    tokens = torch.arange(indices.shape[0])[:, None]
+    return (weights * torch.sin(1.7 * indices + 0.31 * tokens + 0.5).to(weights.dtype)).sum()
+
+
+def check_topk_route(fn: Callable[..., Any], *, bias: bool = True) -> None:
+    """Check ``fn(scores, k, bias) -> (weights, indices)`` (``fn(scores, k)`` with ``bias=False``), and the gate
+    weights' gradient with respect to the scores (the router learns through it).
 
     scores: [tokens, n_experts] sigmoid affinities; the experts may come in any order within a token.
     """
     def reference(scores: torch.Tensor, k: int, b: torch.Tensor | None = None):
         return routing.topk_route(scores, k, b)
 
+    generic_hint = ("choose the k largest of scores + bias, gather the UNBIASED scores of those experts and divide "
+                    "them by their sum over the k chosen ones." if bias else
+                    "choose the k largest scores of each token, gather them and divide them by their sum over the "
+                    "k chosen ones.")
     return check_function(
         fn, name="topk_route", reference=reference, cases=_route_cases(bias), mistakes=_ROUTE_MISTAKES,
-        compare_fn=_route_compare,
-        generic_hint="choose the k largest of scores + bias, gather the UNBIASED scores of those experts and "
-                     "divide them by their sum over the k chosen ones.",
+        compare_fn=_route_compare, generic_hint=generic_hint, differentiable=(0,), objective=_route_objective,
+        gradient_hint="the gate weights must carry the router's gradient: gather them from the scores tensor you "
+                      "were given (not from a .detach()ed copy or a rebuilt tensor), and divide by their sum "
+                      "without detaching it.",
     )
 
 
@@ -175,7 +198,7 @@ _LOAD_MISTAKES = [
 ]
 
 
-def check_expert_load(fn: Callable[..., Any]) -> bool:
+def check_expert_load(fn: Callable[..., Any]) -> None:
     """Check ``fn(indices [tokens, k], n_experts) -> float32 [n_experts]`` assignments per expert."""
     return check_function(
         fn, name="expert_load", reference=balance.expert_load, cases=_LOAD_CASES, mistakes=_LOAD_MISTAKES,
@@ -218,7 +241,7 @@ _MAXVIO_MISTAKES = [
 ]
 
 
-def check_max_violation(fn: Callable[..., Any]) -> bool:
+def check_max_violation(fn: Callable[..., Any]) -> None:
     """Check ``fn(load [n_experts]) -> float`` MaxVio = (max - mean) / mean."""
     return check_function(
         fn, name="max_violation", reference=balance.max_violation, cases=_MAXVIO_CASES, mistakes=_MAXVIO_MISTAKES,
@@ -283,7 +306,7 @@ def _bias_compare(got: Any, expected: Any) -> str | None:
     return compare(got, expected, what="your new bias")
 
 
-def check_update_bias(fn: Callable[..., Any]) -> bool:
+def check_update_bias(fn: Callable[..., Any]) -> None:
     """Check ``fn(bias, load, gamma) -> new bias`` = bias + gamma * sign(mean(load) - load), without gradient."""
     return check_function(
         fn, name="update_bias", reference=balance.update_bias, cases=_BIAS_CASES, mistakes=_BIAS_MISTAKES,
@@ -293,16 +316,24 @@ def check_update_bias(fn: Callable[..., Any]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- balance losses
-def _f_p(scores: torch.Tensor, k: int, *, f_scale: str = "N/KT", top: int | None = None, p: str = "normalised"):
-    """f and P of a wrong balance loss: a different scale for f, a different k for the count, another P."""
+def _f_p(scores: torch.Tensor, k: int, *, f_scale: str = "N/KT", top: int | None = None, p: str = "normalised",
+         f_grad: bool = False):
+    """f and P of a wrong balance loss: a different scale for f, a different k for the count, another P, hit
+    counts that carry a gradient (``f_grad``: a soft count whose value is the hard one), or P's normalising sum
+    detached (``p="detached sum"``)."""
     tokens, n = scores.shape[-2], scores.shape[-1]
     chosen = scores.topk(top or k, dim=-1).indices
-    counts = torch.zeros_like(scores).scatter(-1, chosen, 1.0).sum(-2)
+    hits = torch.zeros_like(scores).scatter(-1, chosen, 1.0)
+    if f_grad:
+        hits = hits + scores - scores.detach()
+    counts = hits.sum(-2)
     scale = {"N/KT": n / (k * tokens), "none": 1.0, "1/T": 1 / tokens, "1/KT": 1 / (k * tokens), "N/T": n / tokens}
     if p == "raw":
         probs = scores.mean(-2)
     elif p == "softmax":
         probs = torch.softmax(scores, -1).mean(-2)
+    elif p == "detached sum":
+        probs = (scores / scores.sum(-1, keepdim=True).detach()).mean(-2)
     else:
         probs = (scores / scores.sum(-1, keepdim=True)).mean(-2)
     return counts * scale[f_scale], probs
@@ -336,6 +367,14 @@ def _loss_mistakes(wrap: Callable[[Callable[..., torch.Tensor]], Callable[..., t
                 "expert i, with K = k.", wrap(_batch_loss(top=1))),
         Mistake("alpha is missing: the loss is alpha * sum_i f_i P_i.",
                 wrap(lambda s, k, a: _batch_loss()(s, k, 1.0))),
+        # mistakes of the gradient alone (the value is right)
+        Mistake("the hit counts f carry a gradient. f_i counts the tokens that chose expert i: a constant in the "
+                "loss (the top-k choice is not differentiable). Only P_i carries the gradient, which is what "
+                "pushes the scores of busy experts down ([V3] eqs. 17-20). Build f from the top-k indices "
+                "(scatter 1.0 into zeros, or one_hot), or .detach() it.", wrap(_batch_loss(f_grad=True))),
+        Mistake("the sum that normalises the scores in P is detached: s'_{i,t} = s_{i,t} / sum_j s_{j,t} must "
+                "keep its gradient through the sum too. Divide by scores.sum(-1, keepdim=True) itself.",
+                wrap(_batch_loss(p="detached sum"))),
     ]
 
 
@@ -355,11 +394,18 @@ def _loss_compare(got: Any, expected: Any) -> str | None:
     return compare(got, expected, what="your loss")
 
 
-def check_balance_loss(fn: Callable[..., Any]) -> bool:
-    """Check ``fn(scores [tokens, n_experts], k, alpha) -> scalar`` the batch-wise balance loss alpha * sum f_i P_i."""
+_LOSS_GRADIENT_HINT = ("the gradient must flow through P alone: the hit counts f are constants (counts of top-k "
+                       "choices), and P_i = mean over tokens of s_{i,t} / sum_j s_{j,t} keeps its whole gradient. "
+                       "Check what you .detach() and what you rebuild from numbers.")
+
+
+def check_balance_loss(fn: Callable[..., Any]) -> None:
+    """Check ``fn(scores [tokens, n_experts], k, alpha) -> scalar`` the batch-wise balance loss alpha * sum f_i P_i,
+    and its gradient with respect to the scores."""
     return check_function(
         fn, name="balance_loss", reference=balance.balance_loss, cases=_LOSS_CASES,
         mistakes=_loss_mistakes(lambda wrong: wrong), compare_fn=_loss_compare,
+        differentiable=(0,), gradient_hint=_LOSS_GRADIENT_HINT,
         generic_hint="f_i = N / (K T) * (tokens whose top-k contains i), P_i = mean over tokens of "
                      "s_{i,t} / sum_j s_{j,t}; the loss is alpha * sum_i f_i P_i.",
     )
@@ -393,11 +439,12 @@ _SEQ_MISTAKES = [
 ]
 
 
-def check_sequence_balance_loss(fn: Callable[..., Any]) -> bool:
-    """Check ``fn(scores [batch, T, n_experts], k, alpha) -> scalar`` V3's sequence-wise balance loss."""
+def check_sequence_balance_loss(fn: Callable[..., Any]) -> None:
+    """Check ``fn(scores [batch, T, n_experts], k, alpha) -> scalar`` V3's sequence-wise balance loss, and its
+    gradient with respect to the scores."""
     return check_function(
         fn, name="sequence_balance_loss", reference=balance.sequence_balance_loss, cases=_SEQ_CASES,
-        mistakes=_SEQ_MISTAKES, compare_fn=_loss_compare,
+        mistakes=_SEQ_MISTAKES, compare_fn=_loss_compare, differentiable=(0,), gradient_hint=_LOSS_GRADIENT_HINT,
         generic_hint="for each sequence b: f_i = N / (K T) * (its tokens whose top-k contains i), P_i = mean over "
                      "its T tokens of s_{i,t} / sum_j s_{j,t}, loss_b = alpha * sum_i f_i P_i; return the mean "
                      "of loss_b over the batch.",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from course_lib import train
-from course_lib.checks._core import call_learner, checker, expect, format_numbers
+from course_lib.checks._core import CheckFailed, call_learner, checker, expect, format_numbers
 from course_lib.model import ModelConfig, TinyDeepSeek
 
 _CONFIG = ModelConfig(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4,
@@ -118,7 +118,7 @@ def check_train_step(fn: Callable[..., float]) -> str:
         ref_biases = torch.stack([moe.bias for moe in reference.moe_layers()])
         counters = torch.stack([moe.load.clone() for moe in moes])
         if not torch.allclose(biases, ref_biases, atol=1e-6):
-            raise AssertionError(_explain_bias(biases, before, ref_biases, previous_ref, loads, counters, step))
+            raise CheckFailed(_explain_bias(biases, before, ref_biases, previous_ref, loads, counters, step))
         expect(float(counters.sum()) == 0,
                f"After step {step} the biases are right, but moe.load still holds {format_numbers(counters[0])}. The "
                f"count must start from zero at every step: moe.update_bias(gamma) resets it (if you wrote the rule "
@@ -128,7 +128,7 @@ def check_train_step(fn: Callable[..., float]) -> str:
                f"Your train_step returned {got!r:.60}; return the step's mean loss as a float (loss.item()).")
         got = float(got)
         if abs(got - expected.loss * len(micro_batches)) < 1e-4 and len(micro_batches) > 1:
-            raise AssertionError(f"At step {step} you returned {got:.4f}, the SUM of the micro-batch losses; return "
+            raise CheckFailed(f"At step {step} you returned {got:.4f}, the SUM of the micro-batch losses; return "
                                  f"their mean, {expected.loss:.4f}.")
         expect(abs(got - expected.loss) < 1e-4,
                f"At step {step} you returned {got:.4f}, but the mean loss over the micro-batches is {expected.loss:.4f}.")
@@ -145,16 +145,16 @@ def _expect_same_weights(learner: TinyDeepSeek, reference: TinyDeepSeek, before:
     got_delta = torch.cat([(g - b).flatten() for g, b in zip(got, before)])
     want_delta = torch.cat([(w - b).flatten() for w, b in zip(want, before)])
     if float(got_delta.abs().max()) == 0:
-        raise AssertionError(f"After step {step} the weights did not change: call optimizer.step() after the "
+        raise CheckFailed(f"After step {step} the weights did not change: call optimizer.step() after the "
                              f"backward passes.")
     if torch.allclose(got_delta, n_micro * want_delta, atol=1e-5):
-        raise AssertionError(f"At step {step} your weights moved {n_micro}x too far: the gradient is the SUM over the "
+        raise CheckFailed(f"At step {step} your weights moved {n_micro}x too far: the gradient is the SUM over the "
                              f"{n_micro} micro-batches. Divide each micro-batch's loss by len(micro_batches) before "
                              f"backward(), so the step follows the mean.")
     if step > 1:
-        raise AssertionError(f"Step {step} moved the weights differently from the reference although the earlier "
+        raise CheckFailed(f"Step {step} moved the weights differently from the reference although the earlier "
                              f"steps were right: gradients left over from the previous step were added. Call "
                              f"optimizer.zero_grad() at the start of every step.")
-    raise AssertionError(f"After step {step} your weights differ from the reference's. One optimizer.step() per "
+    raise CheckFailed(f"After step {step} your weights differ from the reference's. One optimizer.step() per "
                          f"training step, after the backward passes of all micro-batches; the loss is main + MTP "
                          f"from model.losses(tokens).")
