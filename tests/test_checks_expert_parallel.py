@@ -4,8 +4,9 @@ way a learner writes it, is rejected with its own hint; a learner's crash is exp
 import pytest
 import torch
 
+
 from course_lib import expert_parallel
-from course_lib.checks import check_send_splits
+from course_lib.checks import check_send_splits, outcome
 from course_lib.checks.expert_parallel import _MISTAKES, EXAMPLE_INDICES
 
 
@@ -16,15 +17,15 @@ def rejected_with(fn, phrase):
 
 
 def test_reference_and_other_right_answers_pass():
-    assert check_send_splits(expert_parallel.send_splits) is True
-    assert check_send_splits(lambda i, e, w: torch.bincount((i // (e // w)).flatten(), minlength=w)) is True
-    assert check_send_splits(lambda i, e, w: tuple(float(x) for x in expert_parallel.send_splits(i, e, w))) is True
+    assert outcome(check_send_splits, expert_parallel.send_splits) is True
+    assert outcome(check_send_splits, lambda i, e, w: torch.bincount((i // (e // w)).flatten(), minlength=w)) is True
+    assert outcome(check_send_splits, lambda i, e, w: tuple(float(x) for x in expert_parallel.send_splits(i, e, w))) is True
 
 
 def test_stub_returns_false(capsys):
     def stub(indices, n_experts, world_size):
         raise NotImplementedError()
-    assert check_send_splits(stub) is False
+    assert outcome(check_send_splits, stub) is False
     assert "not implemented yet" in capsys.readouterr().out
 
 

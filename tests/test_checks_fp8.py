@@ -4,8 +4,9 @@ written the way a learner writes it, is rejected with its own hint."""
 import pytest
 import torch
 
+
 from course_lib import fp8
-from course_lib.checks import check_quantize_per_tile
+from course_lib.checks import check_quantize_per_tile, outcome
 
 E4M3 = torch.float8_e4m3fn
 
@@ -44,8 +45,8 @@ def rejected_with(q, d, *phrases):
 
 
 def test_right_answers_pass():
-    assert check_quantize_per_tile(quantize, dequantize) is True
-    assert check_quantize_per_tile(reference_quantize, reference_dequantize) is True
+    assert outcome(check_quantize_per_tile, quantize, dequantize) is True
+    assert outcome(check_quantize_per_tile, reference_quantize, reference_dequantize) is True
 
 
 def test_multiplying_by_the_inverse_passes():
@@ -54,11 +55,11 @@ def test_multiplying_by_the_inverse_passes():
         amax = tiles.abs().max(dim=2).values
         x_fp8 = torch.clamp(tiles * (448.0 / amax)[:, :, None], -448.0, 448.0).to(E4M3)
         return x_fp8.reshape(x.shape), amax / 448.0
-    assert check_quantize_per_tile(by_inverse, dequantize) is True
+    assert outcome(check_quantize_per_tile, by_inverse, dequantize) is True
 
 
 def test_stub_returns_false(capsys):
-    assert check_quantize_per_tile(stub, stub) is False
+    assert outcome(check_quantize_per_tile, stub, stub) is False
     assert "not implemented yet" in capsys.readouterr().out
 
 
