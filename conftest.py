@@ -34,6 +34,10 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "03_aux_loss_free": {"steps": 60, "sim_steps": 50},
     "04_multi_token_prediction": {"steps": 40},
     "05_tiny_deepseek": {"steps": 40, "synthetic_steps": 20},
+    "07_multi_head_latent_attention": {"steps": 20, "decode_tokens": 16},
+    "08_speculative_decoding": {"steps": 30, "new_tokens": 24},
+    "09_expert_parallelism": {"steps": 10},
+    "10_fp8_training": {"steps": 10},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
 SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {}
