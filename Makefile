@@ -52,7 +52,7 @@ browser:
 	  else echo "chromium not found: the browser test will be skipped (Debian/Ubuntu: sudo apt-get install chromium)"; fi; }
 
 test: setup-test browser
-	$(BIN)/python -m pytest tests notebooks solutions $(NBVAL_FLAGS)
+	$(BIN)/python -m pytest tests notebooks solutions $(NBVAL_FLAGS) --durations=30
 
 test-quick: setup-test
 	$(BIN)/python -m pytest -m "not slow" tests $(NBVAL_FLAGS) \
