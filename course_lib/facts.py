@@ -1,7 +1,7 @@
 """The published numbers the course cites, each with its source.
 
 [V3]: DeepSeek-V3 Technical Report, arXiv 2412.19437. Hardware peaks: NVIDIA's data sheets (dense, without
-sparsity). The blog post's table is quoted from the seed text of the course (shared/seed/) to be examined,
+sparsity). The blog post's table is quoted from the seed text of the course (docs/BLOG_POST.md) to be examined,
 not trusted.
 """
 
@@ -43,7 +43,7 @@ class BlogRow:
     gpu_hours: float
 
 
-# shared/seed: "Key Features Comparison" (names as the blog spells them).
+# docs/BLOG_POST.md: "Key Features Comparison" (names as the blog spells them).
 BLOG_TABLE = (
     BlogRow("DeepSeek V3", 5.6e6, 14.8e12, 671e9, 37e9, 2.788e6),
     BlogRow("DeepAI GPT-4", 5e9, 10e12, 175e9, 175e9, 5e6),
