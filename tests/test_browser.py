@@ -10,7 +10,6 @@ Screenshots go to artifacts/browser/ (not committed). Skipped when chromium or p
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -24,9 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
-from PIL import Image
 
 from course_lib.checks._core import PASS_MARK, TODO_MARK
 from course_lib.make_notebooks import REPO_ROOT
@@ -154,6 +151,26 @@ def assert_no_errors_and_figures_render(page, path: str, root: Path) -> None:
     assert not tracebacks, f"{path}: saved notebook holds errors: {[t['ename'] + ': ' + t['evalue'] for t in tracebacks]}"
 
 
+PIXEL_SPREAD_JS = """async img => {
+    await img.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.fillStyle = "white";  // a transparent figure is seen on the page's white
+    context.fillRect(0, 0, canvas.width, canvas.height);
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let n = 0, sum = 0, squares = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        const grey = (data[i] + data[i + 1] + data[i + 2]) / 3;
+        n += 1; sum += grey; squares += grey * grey;
+    }
+    const mean = sum / n;
+    return Math.sqrt(Math.max(0, squares / n - mean * mean));
+}"""
+
+
 def assert_first_render_is_drawn(cell, path: str, index: int) -> None:
     """The widget's figure is there on its first render, at full size and not blank, and its labels are not cut."""
     images = cell.locator(".jp-OutputArea img")
@@ -163,8 +180,10 @@ def assert_first_render_is_drawn(cell, path: str, index: int) -> None:
     box = image.bounding_box()
     assert natural[0] >= 300 and natural[1] >= 100, f"{path}: widget {index + 1}'s figure is {natural} pixels"
     assert box and box["width"] >= 300 and box["height"] >= 100, f"{path}: widget {index + 1}'s figure is clipped: {box}"
-    pixels = np.asarray(Image.open(io.BytesIO(image.screenshot())).convert("L"), dtype=float)
-    assert pixels.std() > 10, f"{path}: widget {index + 1}'s figure is blank (pixel std {pixels.std():.1f})"
+    # The spread of the figure's grey levels as the browser decoded it (on a canvas: a screenshot can be taken
+    # before the image is painted, and then shows white whatever the figure holds).
+    spread = image.evaluate(PIXEL_SPREAD_JS)
+    assert spread > 10, f"{path}: widget {index + 1}'s figure is blank (pixel std {spread:.1f})"
     cut = cell.locator(".widget-slider .widget-label").evaluate_all(
         "labels => labels.filter(l => l.scrollWidth > l.clientWidth + 1).map(l => l.textContent)")
     assert not cut, f"{path}: slider labels cut off: {cut}"
