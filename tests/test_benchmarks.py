@@ -10,6 +10,7 @@ from course_lib.make_notebooks import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 FIGURES = {
+    "bench_generate.py": ["FIGURE generate_cache threads=1:"],
     "bench_moe_vs_dense.py": ["FIGURE moe_vs_dense threads=1:"],
     "bench_moe_vs_hf.py": ["FIGURE moe_vs_hf_grouped_mm threads=1:"],
     "bench_train.py": ["FIGURE train_moe_vs_dense threads=1:"],
