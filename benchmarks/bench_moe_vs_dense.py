@@ -40,13 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         candidates["DeepSeekMoE, grouped GEMMs"] = lambda: with_dispatch(moe, "grouped_mm")(x)
     candidates["DeepSeekMoE, expert loop"] = lambda: with_dispatch(moe, "loop")(x)
     timing.header(moe_layer.describe(x))
-    results = timing.per_thread_count(args.threads, lambda: timing.interleaved(candidates, rounds))
-    for threads, times in results.items():
-        print(f"{threads} thread(s):")
-        timing.print_table(times, "dense SwiGLU")
-    for threads, times in results.items():
-        timing.figure("moe_vs_dense", threads, timing.ratio(times, "DeepSeekMoE (auto)", "dense SwiGLU"),
-                      "MoE layer / dense FFN with the activated parameters", "<= 1.25x at 2 threads", rounds)
+    timing.compare_and_report(args.threads, candidates, rounds, "dense SwiGLU", "DeepSeekMoE (auto)", "moe_vs_dense",
+                              "MoE layer / dense FFN with the activated parameters", "<= 1.25x at 2 threads")
 
 
 if __name__ == "__main__":

@@ -32,15 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         candidates[f"transformers DeepseekV3MoE ({implementation})"] = (
             lambda hf=hf: moe_layer.forward_backward(hf, x))
     timing.header(moe_layer.describe(x))
-    results = timing.per_thread_count(args.threads, lambda: timing.interleaved(candidates, rounds))
-    for threads, times in results.items():
-        print(f"{threads} thread(s):")
-        timing.print_table(times, "transformers DeepseekV3MoE (grouped_mm)")
-    for threads, times in results.items():
-        timing.figure("moe_vs_hf_grouped_mm", threads,
-                      timing.ratio(times, "course_lib DeepSeekMoE", "transformers DeepseekV3MoE (grouped_mm)"),
-                      "course_lib MoE layer / transformers DeepseekV3MoE with grouped_mm", "<= 0.8x at 2 threads",
-                      rounds)
+    timing.compare_and_report(args.threads, candidates, rounds, "transformers DeepseekV3MoE (grouped_mm)",
+                              "course_lib DeepSeekMoE", "moe_vs_hf_grouped_mm",
+                              "course_lib MoE layer / transformers DeepseekV3MoE with grouped_mm", "<= 0.8x at 2 threads")
 
 
 if __name__ == "__main__":

@@ -82,5 +82,17 @@ def figure(name: str, threads: int, value: float, what: str, goal: str, rounds: 
           f"goal {goal})")
 
 
+def compare_and_report(threads: Sequence[int], candidates: dict[str, Callable[[], object]], rounds: int,
+                       baseline: str, numerator: str, name: str, what: str, goal: str) -> None:
+    """Time ``candidates`` in turns at each thread count, print a table per thread count (ratios to ``baseline``),
+    then the FIGURE line of numerator / baseline for each thread count."""
+    results = per_thread_count(threads, lambda: interleaved(candidates, rounds))
+    for count, times in results.items():
+        print(f"{count} thread(s):")
+        print_table(times, baseline)
+    for count, times in results.items():
+        figure(name, count, ratio(times, numerator, baseline), what, goal, rounds)
+
+
 def header(text: str) -> None:
     print(f"{text}; torch {torch.__version__}, CPU")
