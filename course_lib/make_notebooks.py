@@ -175,7 +175,7 @@ def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
     nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
     executed = copy.deepcopy(nb)
     kernel = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentEnvSpecs())
-    NotebookClient(executed, km=kernel, timeout=timeout,
+    NotebookClient(executed, km=kernel, timeout=timeout, coalesce_streams=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell, run in zip(nb.cells, executed.cells):
         if is_kept(cell):
