@@ -60,20 +60,15 @@ class ModelConfig:
     v_head_dim: int = 32  # per-head value size
 
     def __post_init__(self) -> None:
+        minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
+                                 "expert_dim", "n_groups", "topk_groups", "max_seq_len"), 1)
+        minimum.update(dict.fromkeys(("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"), 0))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{f.name} must be an int, got {value!r}")
+            if f.type in ("int", int):
+                check_int(f.name, value, minimum.get(f.name))
             if f.type in ("str", str) and not isinstance(value, str):
                 raise TypeError(f"{f.name} must be a string, got {value!r}")
-        positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k", "expert_dim",
-                    "n_groups", "topk_groups", "max_seq_len")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
         if self.attention not in ("mha", "mla"):
@@ -84,8 +79,7 @@ class ModelConfig:
             raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
         if self.attention == "mla":
             for name in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-                if getattr(self, name) < 1:
-                    raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                check_int(name, getattr(self, name), 1)
             if self.qk_rope_head_dim % 2:
                 raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         if self.top_k > self.n_routed_experts:
@@ -147,7 +141,7 @@ class ModelCache:
         return sum(cache.nbytes for cache in self.blocks + self.mtp)
 
     def truncate(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+        if not 0 <= check_int("length", length) <= self.length:
             raise ValueError(f"truncate expects an int length in [0, {self.length}] (the tokens cached), "
                              f"got {length!r}")
         for cache in self.blocks + self.mtp:

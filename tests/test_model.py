@@ -232,7 +232,7 @@ def test_generate_with_the_cache_samples_as_recomputing(config, context, top_k):
 @pytest.mark.parametrize("change, message", [
     (dict(attention="gqa"), "attention must be 'mha' or 'mla'"),
     (dict(attention="mla", qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
-    (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank must be >= 1"),
+    (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank must be an int >= 1"),
     (dict(dim=36, n_heads=4), "head_dim = dim / n_heads = 9 must be even"),
 ])
 def test_bad_attention_configs(change, message):
