@@ -53,6 +53,12 @@ def mtp_depth_loss(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.
     The sum has T - k terms but is divided by T, as in the report (not a mean over the T - k positions).
     Computed with log_softmax, so huge logits give finite losses.
     """
+    _check_depth_inputs(logits, tokens, k)
+    return _depth_loss_unchecked(logits, tokens, k)
+
+
+def _check_depth_inputs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> None:
+    """The checks of ``mtp_depth_loss``; the target ids' range costs a host sync on a GPU."""
     T = _check_tokens(tokens)
     if not 0 <= check_int("k (the MTP depth)", k) < T:
         raise ValueError(f"k (the MTP depth) must satisfy 0 <= k < T = {T} (tokens has T + 1 = {T + 1} columns), "
@@ -69,6 +75,13 @@ def mtp_depth_loss(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.
     if targets.min() < 0 or targets.max() >= vocab:
         raise ValueError(f"target token ids must lie in [0, vocab) = [0, {vocab}) for logits [..., {vocab}], "
                          f"got ids from {int(targets.min())} to {int(targets.max())}: is the vocabulary the same?")
+
+
+def _depth_loss_unchecked(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """``mtp_depth_loss`` of inputs already checked (``TinyDeepSeek._losses``: the model checks its tokens once
+    per call and makes the logits itself)."""
+    T = tokens.shape[1] - 1
+    targets = tokens[:, k + 1:]  # [batch, T - k]: t_{k+2} .. t_{T+1}
     log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [b, T-k, vocab]
     target_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [batch, T - k]
     return -(target_log_probs.sum(dim=1) / T).mean()
@@ -86,11 +99,18 @@ def mtp_loss(depth_logits: Sequence[torch.Tensor], tokens: torch.Tensor, lam: fl
     if len(depth_logits) == 0:
         raise ValueError("depth_logits is empty: with D = 0 MTP depths there is no MTP loss (and no 1 / D)")
     check_number("lam (lambda, the weight of the MTP loss)", lam, 0)
-    losses = [mtp_depth_loss(logits, tokens, k) for k, logits in enumerate(depth_logits, start=1)]
+    for k, logits in enumerate(depth_logits, start=1):
+        _check_depth_inputs(logits, tokens, k)
     if len({logits.shape[-1] for logits in depth_logits}) > 1:
         raise ValueError(f"every depth shares the output head, so every depth's logits need the same vocab size; "
                          f"got {[list(logits.shape) for logits in depth_logits]}")
-    return lam / len(depth_logits) * sum(losses)
+    return _mtp_loss_unchecked(depth_logits, tokens, lam)
+
+
+def _mtp_loss_unchecked(depth_logits: Sequence[torch.Tensor], tokens: torch.Tensor, lam: float) -> torch.Tensor:
+    """``mtp_loss`` of inputs already checked (``TinyDeepSeek._losses``)."""
+    return lam / len(depth_logits) * sum(_depth_loss_unchecked(logits, tokens, k)
+                                         for k, logits in enumerate(depth_logits, start=1))
 
 
 def mtp_forward(h_prev: torch.Tensor, emb: torch.Tensor, k: int, norm_h: nn.Module, norm_e: nn.Module,

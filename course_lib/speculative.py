@@ -123,6 +123,7 @@ def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int
     if prompt.numel() + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context max_seq_len={model.config.max_seq_len}")
+    model.check_tokens(prompt[None])  # the ids, once: the decoding loops feed the model its own tokens unchecked
     check_number("temperature", temperature, 0)  # 0 = greedy
 
 
@@ -151,7 +152,7 @@ def plain_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: in
     device = next(model.parameters()).device
     tokens, new = prompt.to(device), prompt.to(device)
     for _ in range(max_new_tokens):
-        choice = _choose(model(new[None], cache)[0, -1:], temperature, generator)  # [1]
+        choice = _choose(model._logits(new[None], cache)[0, -1:], temperature, generator)  # [1]
         tokens, new = torch.cat([tokens, choice]), choice
     stats.forwards = stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
@@ -194,7 +195,7 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     carry: list[torch.Tensor | None] = [None] * (depth + 1)  # carry[k]: h^k at the position depth k + 1 needs next
     while len(tokens) < target:
         n, d, read_from = len(tokens), len(drafts), cache.length
-        h = model.hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
+        h = model._hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
         logits = model.head(model.norm(h[:, -(d + 1):]))[0]  # [d + 1, V]: predict positions n..n+d
         stats.forwards += 1
         draft_tensor = torch.tensor(drafts, dtype=torch.int64, device=device)

@@ -143,7 +143,8 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
     """One optimizer step over ``micro_batches`` (each int64 [batch, T + 1]), then the balancing update.
 
     ``dtype``: "float32", or "bfloat16" to run the forward passes under bfloat16 autocast (``TrainConfig.dtype``).
-    Raises TrainingDiverged when the loss or the gradient norm is not finite, ValueError for bad settings. Any
+    Raises TrainingDiverged when the loss or the gradient norm is not finite, TypeError / ValueError for bad
+    settings and micro-batches (checked once per step, ``TinyDeepSeek.check_tokens``). Any
     exception raised during the step (TrainingDiverged, an error in a hook, KeyboardInterrupt, ...) leaves the
     weights, the optimizer state and every MoE layer's ``bias`` and ``load`` as they were before the step (the
     gradients are cleared).
@@ -156,6 +157,8 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
     if isinstance(micro_batches, torch.Tensor) or not micro_batches:
         raise ValueError("micro_batches must be a non-empty list of int64 tensors [batch, T + 1]: one optimizer step "
                          "needs at least one batch of tokens")
+    for tokens in micro_batches:  # once per step, here: the forward passes below skip the check
+        model.check_tokens(tokens, windows=True)
     moes = model.moe_layers()
     routing_before = [(moe.bias.clone(), moe.load.clone()) for moe in moes]
     weights_before: list[torch.Tensor] | None = None
@@ -204,7 +207,7 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
     totals = torch.zeros(4)  # loss, main, mtp, balance
     for tokens in micro_batches:
         with autocast(device, dtype):
-            main, mtp = model.losses(tokens, mtp_lambda)
+            main, mtp = model._losses(tokens, mtp_lambda)  # tokens and mtp_lambda checked by train_step
         balance_term = main.new_zeros(())
         for moe in moes:
             if balance_mode == "aux" and alpha > 0:
