@@ -28,7 +28,13 @@ def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     flat = indices.reshape(-1).long()
     if flat.numel() and (flat.min() < 0 or flat.max() >= n_experts):
         raise ValueError(f"indices must lie in [0, {n_experts - 1}], got values from {int(flat.min())} to {int(flat.max())}")
-    return torch.bincount(flat, minlength=n_experts).to(torch.float32)
+    return _expert_load_unchecked(flat, n_experts)
+
+
+def _expert_load_unchecked(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """``expert_load`` of indices known to lie in [0, n_experts) (an MoE layer's own top-k choices, counted in
+    every forward): without the range check, which reads the indices back to the host (a sync on a GPU)."""
+    return torch.bincount(indices.reshape(-1).long(), minlength=n_experts).to(torch.float32)
 
 
 def max_violation(load: torch.Tensor) -> float:

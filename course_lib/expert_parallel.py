@@ -304,7 +304,7 @@ class ExpertParallelMoE(nn.Module):
         self._check_group()
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
-        load = balance.expert_load(indices, self.n_routed_experts)
+        load = balance._expert_load_unchecked(indices, self.n_routed_experts)  # topk_route's own choices
         if self.training and torch.is_grad_enabled():
             self.load += load.to(self.load.device)
         self.last_indices = indices.view(*x.shape[:-1], -1)

@@ -132,7 +132,7 @@ class DeepSeekMoE(nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
-        load = balance.expert_load(indices, self.n_routed_experts)
+        load = balance._expert_load_unchecked(indices, self.n_routed_experts)  # topk_route's own choices
         if self.training and torch.is_grad_enabled():
             self.load += load
         self.last_scores = scores.view(*lead, -1)
