@@ -108,9 +108,8 @@ class KVCache:
             raise ValueError(f"kind must be a non-empty string such as 'mha' or 'mla', got {kind!r}")
         if not entries or any(not shape or min(shape) < 1 for shape in entries.values()):
             raise ValueError(f"entries must map names to non-empty shapes of positive sizes, got {entries!r}")
-        for name, value in (("batch_size", batch_size), ("max_len", max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("max_len", max_len, 1)
         if not dtype.is_floating_point:
             raise TypeError(f"a KV cache holds floating-point tensors, got dtype {dtype}")
         self.kind, self.entries = kind, {name: tuple(shape) for name, shape in entries.items()}
@@ -154,7 +153,7 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Drop the cached positions >= length (a rejected draft, say); 0 empties the cache."""
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self._length:
+        if not 0 <= check_int("length", length) <= self._length:
             raise ValueError(f"truncate expects an int length in [0, {self._length}] (the tokens cached), "
                              f"got {length!r}")
         self._length = length
@@ -308,8 +307,7 @@ class MultiHeadLatentAttention(nn.Module):
                      qk_nope_head_dim=qk_nope_head_dim, qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim,
                      max_seq_len=max_seq_len)
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MultiHeadLatentAttention: {name} must be an int >= 1, got {value!r}")
+            check_int(name, value, 1)
         if qk_rope_head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of features: qk_rope_head_dim must be even, got {qk_rope_head_dim}")
         self.dim, self.n_heads, self.max_seq_len, self.absorb = dim, n_heads, max_seq_len, absorb

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.validation import check_number
+from course_lib.validation import check_int, check_number
 
 
 def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
@@ -22,14 +22,19 @@ def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     indices: integer tensor of any shape, e.g. [tokens, k] from ``topk_route`` -> float32 [n_experts]. A token
     routed to k experts counts once for each of them, so the loads sum to indices.numel().
     """
-    if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
-        raise ValueError(f"n_experts must be a positive int, got {n_experts!r}")
+    check_int("n_experts", n_experts, 1)
     if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.dtype == torch.bool:
         raise TypeError(f"indices must be an integer tensor of expert ids (e.g. int64 from topk), got {indices!r:.80}")
     flat = indices.reshape(-1).long()
     if flat.numel() and (flat.min() < 0 or flat.max() >= n_experts):
         raise ValueError(f"indices must lie in [0, {n_experts - 1}], got values from {int(flat.min())} to {int(flat.max())}")
-    return torch.bincount(flat, minlength=n_experts).to(torch.float32)
+    return _expert_load_unchecked(flat, n_experts)
+
+
+def _expert_load_unchecked(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """``expert_load`` of indices known to lie in [0, n_experts) (an MoE layer's own top-k choices, counted in
+    every forward): without the range check, which reads the indices back to the host (a sync on a GPU)."""
+    return torch.bincount(indices.reshape(-1).long(), minlength=n_experts).to(torch.float32)
 
 
 def max_violation(load: torch.Tensor) -> float:
@@ -98,7 +103,7 @@ def _check_loss_inputs(scores: torch.Tensor, k: int, alpha: float, dims: int, la
         raise ValueError(f"scores must be {dims}-D {layout}, got shape {list(scores.shape)}")
     if scores.numel() == 0:
         raise ValueError(f"scores is empty (shape {list(scores.shape)}), expected {layout} with no zero size")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= scores.shape[-1]:
+    if not 1 <= check_int("k", k) <= scores.shape[-1]:
         raise ValueError(f"k must be an int in [1, n_experts={scores.shape[-1]}], got {k!r}")
     if not bool(((scores >= 0) & (scores < float("inf"))).all()):
         raise ValueError("scores must be finite affinities >= 0 (sigmoid outputs), without NaN or inf")

@@ -8,17 +8,16 @@ sequence-length term, so the utilisation it implies is a slight underestimate.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+
+from course_lib.validation import check_number
 
 FLOPS_PER_PARAM_PER_TOKEN = 6  # forward 2 + backward 4
 SECONDS_PER_HOUR = 3600
 
 
 def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return float(check_number(name, value, 0, strict=True))
 
 
 def training_flops(activated_params: float, tokens: float) -> float:

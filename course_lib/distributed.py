@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from course_lib.validation import check_int
+
 BACKENDS = ("gloo", "nccl")
 
 
@@ -135,8 +137,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend
     waiting longer for a peer raises); ``deadline_s`` bounds the whole launch. Raises DistributedRunError when a
     rank raised or was still running at the deadline (then it is killed): never hangs.
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    check_int("world_size", world_size, 1)
     if not (timeout_s > 0 and deadline_s > 0):
         raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
     check_backend(backend)

@@ -47,14 +47,15 @@ from course_lib.layers import swiglu
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.moe import DeepSeekMoE
 from course_lib.train import TrainingDiverged
+from course_lib.validation import check_int
 
 
 # --------------------------------------------------------------------------------------------- placement
 def check_placement(n_experts: int, world_size: int, ranks_per_node: int = 1) -> None:
-    """Raise ValueError unless ``n_experts`` split evenly over ``world_size`` ranks in nodes of ``ranks_per_node``."""
+    """Raise TypeError for a size that is not an int, ValueError unless ``n_experts`` split evenly over
+    ``world_size`` ranks in nodes of ``ranks_per_node``."""
     for name, value in (("n_experts", n_experts), ("world_size", world_size), ("ranks_per_node", ranks_per_node)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, value, 1)
     if n_experts % world_size:
         raise ValueError(f"n_experts={n_experts} must be divisible by world_size={world_size}: every rank holds "
                          f"the same number of experts")
@@ -176,13 +177,12 @@ def traffic(indices: torch.Tensor, source_rank: torch.Tensor, n_experts: int, wo
 
     indices: int64 [tokens, top_k] chosen experts; source_rank: int64 [tokens], the rank each token lives on;
     row_bytes: bytes of one row (e.g. dim * 4 for float32, dim * 1 for V3's FP8 dispatch).
-    Raises TypeError for non-integer indices or source ranks, ValueError for wrong shapes, values out of range or
-    row_bytes not a positive int.
+    Raises TypeError for non-integer indices, source ranks or row_bytes, ValueError for wrong shapes, values out
+    of range or row_bytes < 1.
     """
     check_placement(n_experts, world_size, ranks_per_node)
     _check_indices(indices, n_experts)
-    if isinstance(row_bytes, bool) or not isinstance(row_bytes, int) or row_bytes < 1:
-        raise ValueError(f"row_bytes must be a positive int (bytes of one row), got {row_bytes!r}")
+    check_int("row_bytes", row_bytes, 1)
     if not isinstance(source_rank, torch.Tensor) or source_rank.is_floating_point() or source_rank.dtype == torch.bool:
         raise TypeError(f"source_rank must be an integer tensor [tokens] of ranks, got {source_rank!r:.80}")
     if indices.dim() != 2 or source_rank.shape != indices.shape[:1]:
@@ -304,7 +304,7 @@ class ExpertParallelMoE(nn.Module):
         self._check_group()
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
-        load = balance.expert_load(indices, self.n_routed_experts)
+        load = balance._expert_load_unchecked(indices, self.n_routed_experts)  # topk_route's own choices
         if self.training and torch.is_grad_enabled():
             self.load += load.to(self.load.device)
         self.last_indices = indices.view(*x.shape[:-1], -1)

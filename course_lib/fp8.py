@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.validation import check_int
+
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
 FP8_DTYPES = (E4M3, E5M2)
@@ -277,7 +279,7 @@ def round_mantissa(x: torch.Tensor, mantissa_bits: int, rounding: str = "nearest
     below the last kept one are dropped). x: float64 [...] -> float64 [...]."""
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if isinstance(mantissa_bits, bool) or not isinstance(mantissa_bits, int) or not 0 <= mantissa_bits <= 52:
+    if not 0 <= check_int("mantissa_bits", mantissa_bits) <= 52:
         raise ValueError(f"mantissa_bits must be an int in 0..52, got {mantissa_bits!r}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"round_mantissa expects a float tensor (float64), got {x!r:.80}")
@@ -300,11 +302,10 @@ def accumulate(products: torch.Tensor, mantissa_bits: int = 13, promote_every: i
     """
     if products.dim() < 1 or products.shape[-1] == 0:
         raise ValueError(f"accumulate expects products [..., K] with K >= 1, got shape {list(products.shape)}")
-    if not 1 <= mantissa_bits <= 52:
+    if not 1 <= check_int("mantissa_bits", mantissa_bits) <= 52:
         raise ValueError(f"mantissa_bits must lie in 1..52, got {mantissa_bits}")
-    if promote_every is not None and (isinstance(promote_every, bool) or not isinstance(promote_every, int)
-                                      or promote_every < 1):
-        raise ValueError(f"promote_every must be >= 1 or None, got {promote_every}")
+    if promote_every is not None:
+        check_int("promote_every", promote_every, 1)
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if not torch.isfinite(products).all():

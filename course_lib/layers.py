@@ -42,25 +42,20 @@ def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: to
 
     x: [..., dim]; w_gate, w_up: [hidden, dim]; w_down: [dim, hidden] (nn.Linear's layout) -> [..., dim].
     ``linear(x, w)`` computes the three GEMMs (``fp8.fp8_linear`` to simulate FP8 training).
-    Raises TypeError for tensors that are not floating point, ValueError for shapes that do not fit.
+
+    Checks nothing: it runs once per expert per MoE layer and once per dense layer in every forward, so the
+    callers validate their input once, at their boundary (``SwiGLU.forward``, ``moe.DeepSeekMoE.forward``,
+    ``TinyDeepSeek``'s entry points); the weights are the modules' own. Called directly with tensors that do not
+    fit, it fails in ``linear`` (torch's RuntimeError on mismatched shapes or dtypes).
     """
-    tensors = {"x": x, "w_gate": w_gate, "w_up": w_up, "w_down": w_down}
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"swiglu: {name} must be a floating-point tensor, got {t!r:.80}")
-    hidden, dim = w_gate.shape if w_gate.dim() == 2 else (-1, -1)
-    for name, shape in (("w_gate", [hidden, dim]), ("w_up", [hidden, dim]), ("w_down", [dim, hidden])):
-        if list(tensors[name].shape) != shape or hidden < 1 or x.dim() < 1 or x.shape[-1] != dim:
-            raise ValueError(f"swiglu expects x [..., dim], w_gate and w_up [hidden, dim], w_down [dim, hidden]; got "
-                             f"x {list(x.shape)}, w_gate {list(w_gate.shape)}, w_up {list(w_up.shape)}, "
-                             f"w_down {list(w_down.shape)}")
     return linear(F.silu(linear(x, w_gate)) * linear(x, w_up), w_down)
 
 
 class SwiGLU(nn.Module):
     """A SwiGLU feed-forward network without biases, as in DeepSeek-V3's dense layers and experts.
 
-    x: [..., dim] -> [..., dim]; parameters: 3 * dim * hidden.
+    x: float [..., dim] -> [..., dim]; parameters: 3 * dim * hidden. forward raises TypeError for an x that is not
+    a floating-point tensor, ValueError for a last dimension other than dim (``swiglu`` itself checks nothing).
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
@@ -73,4 +68,9 @@ class SwiGLU(nn.Module):
         self.linear = F.linear  # the GEMM of the three projections (fp8.to_fp8 swaps in fp8_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.w_gate.in_features
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"SwiGLU expects a floating-point tensor [..., {dim}], got {x!r:.80}")
+        if x.dim() < 1 or x.shape[-1] != dim:
+            raise ValueError(f"SwiGLU expects inputs [..., {dim}], got {list(x.shape)}")
         return swiglu(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, self.linear)

@@ -60,20 +60,15 @@ class ModelConfig:
     v_head_dim: int = 32  # per-head value size
 
     def __post_init__(self) -> None:
+        minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
+                                 "expert_dim", "n_groups", "topk_groups", "max_seq_len"), 1)
+        minimum.update(dict.fromkeys(("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"), 0))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{f.name} must be an int, got {value!r}")
+            if f.type in ("int", int):
+                check_int(f.name, value, minimum.get(f.name))
             if f.type in ("str", str) and not isinstance(value, str):
                 raise TypeError(f"{f.name} must be a string, got {value!r}")
-        positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k", "expert_dim",
-                    "n_groups", "topk_groups", "max_seq_len")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
         if self.attention not in ("mha", "mla"):
@@ -84,8 +79,7 @@ class ModelConfig:
             raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
         if self.attention == "mla":
             for name in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-                if getattr(self, name) < 1:
-                    raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                check_int(name, getattr(self, name), 1)
             if self.qk_rope_head_dim % 2:
                 raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         if self.top_k > self.n_routed_experts:
@@ -147,7 +141,7 @@ class ModelCache:
         return sum(cache.nbytes for cache in self.blocks + self.mtp)
 
     def truncate(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.length:
+        if not 0 <= check_int("length", length) <= self.length:
             raise ValueError(f"truncate expects an int length in [0, {self.length}] (the tokens cached), "
                              f"got {length!r}")
         for cache in self.blocks + self.mtp:
@@ -210,14 +204,39 @@ class TinyDeepSeek(nn.Module):
         L..L+T-1 (L + T <= max_seq_len); every block appends them to its cache. Raises TypeError/ValueError for
         bad tokens, a cache of another model or of another batch size, and L + T > max_seq_len.
         """
+        self.check_tokens(tokens)
+        return self._hidden_states(tokens, cache)
+
+    def check_tokens(self, tokens: torch.Tensor, windows: bool = False) -> None:
+        """Raise TypeError unless ``tokens`` is an int64 tensor [B, T], ValueError unless B >= 1,
+        1 <= T <= max_seq_len and every id lies in [0, vocab_size). ``windows``: tokens are training windows
+        [B, T + 1] (t_1 .. t_{T+1}, ``losses``' input), so T + 1 >= 2 columns.
+
+        The public entry points (forward, hidden_states, losses, generate, ``train.train_step``,
+        ``speculative``'s decoders) call it once on the tokens they are given; the steps inside them that read
+        the model's own samples skip it. The id range costs one host sync on a GPU (an embedding lookup of a bad
+        id would otherwise fail with an opaque IndexError on the CPU and a device-side assert on CUDA).
+        """
         if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
-            raise TypeError(f"tokens must be an int64 tensor [batch, T], got {tokens!r:.80}")
-        if tokens.shape[0] == 0 or not 1 <= tokens.shape[1] <= self.config.max_seq_len:
-            raise ValueError(f"tokens must be [batch >= 1, 1 <= T <= {self.config.max_seq_len}], "
-                             f"got shape {list(tokens.shape)}")
-        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) (the vocabulary), got ids from "
-                             f"{int(tokens.min())} to {int(tokens.max())}")
+            layout = "[batch, T + 1] (t_1 .. t_{T+1})" if windows else "[batch, T]"
+            raise TypeError(f"tokens must be an int64 tensor {layout}, got {tokens!r:.80}")
+        T = tokens.shape[1] - windows
+        if tokens.shape[0] == 0 or not 1 <= T <= self.config.max_seq_len:
+            layout = "[batch >= 1, T + 1] with" if windows else "[batch >= 1, T] with"
+            raise ValueError(f"tokens must be {layout} 1 <= T <= {self.config.max_seq_len}, got shape "
+                             f"{list(tokens.shape)}")
+        self._check_ids(tokens)
+
+    def _check_ids(self, tokens: torch.Tensor, what: str = "token ids") -> None:
+        """Raise ValueError unless every id of the non-empty ``tokens`` lies in [0, vocab_size)."""
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one transfer to the host
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"{what} must lie in [0, {self.config.vocab_size}) (the vocabulary), got ids from "
+                             f"{low} to {high}")
+
+    def _hidden_states(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
+        """``hidden_states`` for tokens already checked (``check_tokens``) or sampled by the model itself: the
+        per-step path of the decoders. The cache is still checked (in Python, no host sync)."""
         if cache is not None:
             self._check_cache(cache, *tokens.shape)
         h = self.embed(tokens)
@@ -237,8 +256,13 @@ class TinyDeepSeek(nn.Module):
                              f"model's context max_seq_len={self.config.max_seq_len}")
 
     def forward(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
-        """tokens [B, T] int64 (the new ones when a cache is given) -> logits [B, T, vocab_size]."""
+        """tokens [B, T] int64 (the new ones when a cache is given) -> logits [B, T, vocab_size]. Raises as
+        ``hidden_states``."""
         return self.head(self.norm(self.hidden_states(tokens, cache)))
+
+    def _logits(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
+        """``forward`` for tokens already checked or sampled by the model (``_hidden_states``)."""
+        return self.head(self.norm(self._hidden_states(tokens, cache)))
 
     def losses(self, tokens: torch.Tensor, mtp_lambda: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
         """(main loss, weighted MTP loss) of a batch of windows tokens [B, T + 1] (t_1 .. t_{T+1}).
@@ -251,19 +275,22 @@ class TinyDeepSeek(nn.Module):
         ``train.train_step`` reports it as TrainingDiverged).
         """
         check_number("mtp_lambda", mtp_lambda, 0)
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[1] < 2:
-            raise ValueError(f"tokens must be windows [batch, T + 1] with T + 1 >= 2 (t_1 .. t_{{T+1}}), got "
-                             f"{list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+        self.check_tokens(tokens, windows=True)
+        return self._losses(tokens, mtp_lambda)
+
+    def _losses(self, tokens: torch.Tensor, mtp_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``losses`` for windows and a lambda already checked (``train.train_step`` checks its micro-batches
+        once per step): the same numbers, without reading the token ids again."""
         inputs = tokens[:, :-1]  # [B, T]
-        h = self.hidden_states(inputs)
-        main = mtp.mtp_depth_loss(self.head(self.norm(h)), tokens, 0)
+        h = self._hidden_states(inputs)
+        main = mtp._depth_loss_unchecked(self.head(self.norm(h)), tokens, 0)
         if not self.mtp_modules:
             return main, main.new_zeros(())
         depth_logits = []
         for module in self.mtp_modules:
             h, logits = module(h, inputs)  # h: [B, T - k, dim]; logits [B, T - k, vocab] predict t_{k+2}..t_{T+1}
             depth_logits.append(logits)
-        return main, mtp.mtp_loss(depth_logits, tokens, mtp_lambda)
+        return main, mtp._mtp_loss_unchecked(depth_logits, tokens, mtp_lambda)
 
     # ------------------------------------------------------------------------------------------ counting
     def param_breakdown(self) -> dict[str, tuple[int, int]]:
@@ -316,9 +343,7 @@ class TinyDeepSeek(nn.Module):
         if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0
                 or prompt.dtype != torch.long):
             raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
-        if prompt.min() < 0 or prompt.max() >= self.config.vocab_size:
-            raise ValueError(f"prompt token ids must lie in [0, {self.config.vocab_size}), got ids from "
-                             f"{int(prompt.min())} to {int(prompt.max())}")
+        self._check_ids(prompt, "prompt token ids")  # once: the loop below feeds the model its own samples
         check_int("max_new_tokens", max_new_tokens, 0)
         check_number("temperature", temperature, 0, strict=True)
         if top_k is not None:
@@ -333,7 +358,7 @@ class TinyDeepSeek(nn.Module):
         cache = self.new_cache(1) if use_cache else None
         new = tokens[-context:]  # what the cache has not read yet
         for step in range(max_new_tokens):
-            logits = self(new[None], cache)[0, -1].float().cpu() / temperature  # [vocab]
+            logits = self._logits(new[None], cache)[0, -1].float().cpu() / temperature  # [vocab]
             if top_k is not None:
                 kth = logits.topk(min(top_k, logits.numel())).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -36,6 +36,7 @@ from torch import nn
 from course_lib import balance, dispatch
 from course_lib.layers import SwiGLU
 from course_lib.routing import check_route_config, check_route_scale, topk_route
+from course_lib.validation import check_int
 
 ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 
@@ -56,12 +57,9 @@ class DeepSeekMoE(nn.Module):
         super().__init__()
         check_route_config(n_routed_experts, top_k, n_groups, topk_groups)
         check_route_scale(route_scale)
-        for name, value in (("dim", dim), ("expert_dim", expert_dim), ("n_shared_experts", n_shared_experts)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"DeepSeekMoE needs an int {name}, got {value!r}")
-        if dim < 1 or expert_dim < 1 or n_shared_experts < 0:
-            raise ValueError(f"DeepSeekMoE needs dim >= 1, expert_dim >= 1 and n_shared_experts >= 0, got dim={dim}, "
-                             f"expert_dim={expert_dim}, n_shared_experts={n_shared_experts}")
+        check_int("dim", dim, 1)
+        check_int("expert_dim", expert_dim, 1)
+        check_int("n_shared_experts", n_shared_experts, 0)
         self.dim, self.expert_dim = dim, expert_dim
         self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
         self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
@@ -134,7 +132,7 @@ class DeepSeekMoE(nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
-        load = balance.expert_load(indices, self.n_routed_experts)
+        load = balance._expert_load_unchecked(indices, self.n_routed_experts)  # topk_route's own choices
         if self.training and torch.is_grad_enabled():
             self.load += load
         self.last_scores = scores.view(*lead, -1)

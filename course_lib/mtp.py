@@ -30,6 +30,7 @@ from torch import nn
 
 from course_lib.attention import KVCache
 from course_lib.layers import RMSNorm
+from course_lib.validation import check_int, check_number
 
 
 def _check_tokens(tokens: torch.Tensor) -> int:
@@ -52,10 +53,14 @@ def mtp_depth_loss(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.
     The sum has T - k terms but is divided by T, as in the report (not a mean over the T - k positions).
     Computed with log_softmax, so huge logits give finite losses.
     """
+    _check_depth_inputs(logits, tokens, k)
+    return _depth_loss_unchecked(logits, tokens, k)
+
+
+def _check_depth_inputs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> None:
+    """The checks of ``mtp_depth_loss``; the target ids' range costs a host sync on a GPU."""
     T = _check_tokens(tokens)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k (the MTP depth) must be an int, got {k!r}")
-    if not 0 <= k < T:
+    if not 0 <= check_int("k (the MTP depth)", k) < T:
         raise ValueError(f"k (the MTP depth) must satisfy 0 <= k < T = {T} (tokens has T + 1 = {T + 1} columns), "
                          f"got k = {k}")
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
@@ -70,6 +75,13 @@ def mtp_depth_loss(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.
     if targets.min() < 0 or targets.max() >= vocab:
         raise ValueError(f"target token ids must lie in [0, vocab) = [0, {vocab}) for logits [..., {vocab}], "
                          f"got ids from {int(targets.min())} to {int(targets.max())}: is the vocabulary the same?")
+
+
+def _depth_loss_unchecked(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """``mtp_depth_loss`` of inputs already checked (``TinyDeepSeek._losses``: the model checks its tokens once
+    per call and makes the logits itself)."""
+    T = tokens.shape[1] - 1
+    targets = tokens[:, k + 1:]  # [batch, T - k]: t_{k+2} .. t_{T+1}
     log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [b, T-k, vocab]
     target_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [batch, T - k]
     return -(target_log_probs.sum(dim=1) / T).mean()
@@ -86,13 +98,19 @@ def mtp_loss(depth_logits: Sequence[torch.Tensor], tokens: torch.Tensor, lam: fl
                         f"index k - 1), got {type(depth_logits).__name__}")
     if len(depth_logits) == 0:
         raise ValueError("depth_logits is empty: with D = 0 MTP depths there is no MTP loss (and no 1 / D)")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < float("inf"):
-        raise ValueError(f"lam (lambda, the weight of the MTP loss) must be a finite number >= 0, got {lam!r}")
-    losses = [mtp_depth_loss(logits, tokens, k) for k, logits in enumerate(depth_logits, start=1)]
+    check_number("lam (lambda, the weight of the MTP loss)", lam, 0)
+    for k, logits in enumerate(depth_logits, start=1):
+        _check_depth_inputs(logits, tokens, k)
     if len({logits.shape[-1] for logits in depth_logits}) > 1:
         raise ValueError(f"every depth shares the output head, so every depth's logits need the same vocab size; "
                          f"got {[list(logits.shape) for logits in depth_logits]}")
-    return lam / len(depth_logits) * sum(losses)
+    return _mtp_loss_unchecked(depth_logits, tokens, lam)
+
+
+def _mtp_loss_unchecked(depth_logits: Sequence[torch.Tensor], tokens: torch.Tensor, lam: float) -> torch.Tensor:
+    """``mtp_loss`` of inputs already checked (``TinyDeepSeek._losses``)."""
+    return lam / len(depth_logits) * sum(_depth_loss_unchecked(logits, tokens, k)
+                                         for k, logits in enumerate(depth_logits, start=1))
 
 
 def mtp_forward(h_prev: torch.Tensor, emb: torch.Tensor, k: int, norm_h: nn.Module, norm_e: nn.Module,
@@ -106,8 +124,7 @@ def mtp_forward(h_prev: torch.Tensor, emb: torch.Tensor, k: int, norm_h: nn.Modu
     hidden state; block: TRM_k, [batch, T - k, dim] -> same.
     -> h^k: [batch, T - k, dim]; position i (0-indexed) combines h^{k-1}_i with Emb(t_{i+k}), i.e. emb[:, i + k].
     """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k (the MTP depth) must be an int, got {k!r}")
+    check_int("k (the MTP depth)", k)
     if emb.dim() != 3 or h_prev.dim() != 3 or emb.shape[2] != h_prev.shape[2] or emb.shape[0] != h_prev.shape[0]:
         raise ValueError(f"expected h_prev [batch, L, dim] and emb [batch, T, dim] with the same batch and dim, got "
                          f"h_prev {list(h_prev.shape)} and emb {list(emb.shape)}")
@@ -139,8 +156,7 @@ class MTPModule(nn.Module):
 
     def __init__(self, depth: int, embed: nn.Embedding, head: nn.Module, block: nn.Module) -> None:
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth (k) must be an int >= 1 (depth 0 is the main model), got {depth!r}")
+        check_int("depth (k; 0 is the main model)", depth, 1)
         if not isinstance(embed, nn.Embedding):
             raise TypeError(f"embed must be the main model's nn.Embedding, got {type(embed).__name__}")
         dim = embed.embedding_dim

@@ -43,8 +43,7 @@ class ModelSizes:
                 continue
             if f.name == "q_lora_rank" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if f.name == "q_lora_rank" else 0):
-                raise ValueError(f"{f.name} must be a non-negative int (q_lora_rank: None or >= 1), got {value!r}")
+            check_int(f.name, value, 1 if f.name == "q_lora_rank" else 0)  # q_lora_rank: None or >= 1
         if self.first_k_dense_replace > self.num_hidden_layers:
             raise ValueError(f"first_k_dense_replace ({self.first_k_dense_replace}) exceeds num_hidden_layers "
                              f"({self.num_hidden_layers})")

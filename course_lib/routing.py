@@ -16,9 +16,9 @@ by its two best, with or without a bias, as V3 and transformers' DeepseekV3TopkR
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from course_lib.validation import check_int, check_number
 
 
 def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -45,10 +45,7 @@ def check_route_config(n_experts: int, k: int, n_groups: int = 1, topk_groups: i
     """Raise ValueError/TypeError unless top-k of ``n_experts`` over ``topk_groups`` of ``n_groups`` groups is
     possible (shared by ``topk_route`` and the MoE layer's constructor)."""
     for name, value in (("n_experts", n_experts), ("k", k), ("n_groups", n_groups), ("topk_groups", topk_groups)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+        check_int(name, value, 1)
     if k > n_experts:
         raise ValueError(f"k={k} experts per token, but there are only n_experts={n_experts}: k <= n_experts expected")
     if n_experts % n_groups:
@@ -63,10 +60,7 @@ def check_route_config(n_experts: int, k: int, n_groups: int = 1, topk_groups: i
 
 def check_route_scale(route_scale: float) -> None:
     """Raise unless ``route_scale`` (the gate multiplier, V3: 2.5) is a finite number > 0."""
-    if isinstance(route_scale, bool) or not isinstance(route_scale, (int, float)):
-        raise TypeError(f"route_scale must be a number (V3: 2.5), got {route_scale!r}")
-    if not (math.isfinite(route_scale) and route_scale > 0):
-        raise ValueError(f"route_scale must be a finite number > 0 (V3: 2.5), got {route_scale}")
+    check_number("route_scale", route_scale, 0, strict=True)
 
 
 def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:

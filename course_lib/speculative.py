@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.model import ModelCache, TinyDeepSeek
+from course_lib.validation import check_int, check_number
 
 
 # ------------------------------------------------------------------------------------------ the accept rules
@@ -118,13 +119,12 @@ def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int
         raise TypeError(f"prompt must be an int64 tensor [T0] of token ids, got {prompt!r:.80}")
     if prompt.numel() == 0:
         raise ValueError("the prompt is empty: give at least one token (the model predicts from a context)")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     if prompt.numel() + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context max_seq_len={model.config.max_seq_len}")
-    if not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    model.check_tokens(prompt[None])  # the ids, once: the decoding loops feed the model its own tokens unchecked
+    check_number("temperature", temperature, 0)  # 0 = greedy
 
 
 def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -152,7 +152,7 @@ def plain_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: in
     device = next(model.parameters()).device
     tokens, new = prompt.to(device), prompt.to(device)
     for _ in range(max_new_tokens):
-        choice = _choose(model(new[None], cache)[0, -1:], temperature, generator)  # [1]
+        choice = _choose(model._logits(new[None], cache)[0, -1:], temperature, generator)  # [1]
         tokens, new = torch.cat([tokens, choice]), choice
     stats.forwards = stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
@@ -178,7 +178,7 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     if trained == 0:
         raise ValueError("the model has no MTP modules (mtp_depth=0): nothing can draft. Train with mtp_depth >= 1")
     depth = trained if depth is None else depth
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= trained:
+    if not 1 <= check_int("depth (D, drafts per step)", depth) <= trained:
         raise ValueError(f"depth (D, drafts per step) must be an int in [1, {trained}] (the model's trained MTP "
                          f"depths), got {depth!r}")
     was_training = model.training
@@ -195,7 +195,7 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     carry: list[torch.Tensor | None] = [None] * (depth + 1)  # carry[k]: h^k at the position depth k + 1 needs next
     while len(tokens) < target:
         n, d, read_from = len(tokens), len(drafts), cache.length
-        h = model.hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
+        h = model._hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
         logits = model.head(model.norm(h[:, -(d + 1):]))[0]  # [d + 1, V]: predict positions n..n+d
         stats.forwards += 1
         draft_tensor = torch.tensor(drafts, dtype=torch.int64, device=device)

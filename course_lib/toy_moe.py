@@ -166,10 +166,7 @@ def train_toy_moe(
     """
     if mode not in BALANCE_MODES:
         raise ValueError(f"mode must be one of {BALANCE_MODES}, got {mode!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not (alpha >= 0 and gamma >= 0):
-        raise ValueError(f"alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}")
+    check_int("steps", steps, 1)
     check_number("alpha", alpha, 0)
     check_number("gamma", gamma, 0)
     check_int("n_eval_tokens", n_eval_tokens, 1)
@@ -274,8 +271,7 @@ def simulate_bias_balancing(
 
     Nothing is trained: the score distribution stays skewed, and the bias alone has to balance the load.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_int("steps", steps, 1)
     check_number("gamma", gamma, 0)
     check_number("skew", skew)
     check_int("n_tokens", n_tokens, 1)

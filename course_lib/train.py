@@ -50,7 +50,7 @@ from course_lib import balance
 from course_lib.data import CharTokenizer, Corpus, python_docs, synthetic_task
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.runtime import get_device, seed_everything
-from course_lib.validation import check_int
+from course_lib.validation import check_int, check_number
 
 BALANCE_MODES = ("none", "aux", "loss_free")
 DTYPES = ("float32", "bfloat16")  # TrainConfig.dtype: float32, or bfloat16 autocast
@@ -86,19 +86,13 @@ class TrainConfig:
             raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES} (bfloat16 = autocast), got {self.dtype!r}")
-        for f in dataclasses.fields(self):
+        positive = ("steps", "batch_size", "seq_len", "micro_batches", "eval_interval", "eval_tokens")
+        for f in dataclasses.fields(self):  # every other number (lr, ..., warmup_steps, seed) is >= 0
             value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{f.name} must be an int, got {value!r}")
-            if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TypeError(f"{f.name} must be a number, got {value!r}")
-        for name in ("steps", "batch_size", "seq_len", "micro_batches", "eval_interval", "eval_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "alpha", "gamma", "seq_alpha", "mtp_lambda",
-                     "warmup_steps", "seed"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+            if f.type in ("int", int):
+                check_int(f.name, value, 1 if f.name in positive else 0)
+            if f.type in ("float", float):
+                check_number(f.name, value, 0)
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,8 +113,7 @@ def autocast(device: torch.device, dtype: str = "float32") -> torch.autocast:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine decay to ``min_lr``."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an int >= 0 (0-based optimizer step), got {step!r}")
+    check_int("step", step, 0)  # 0-based optimizer step
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
@@ -150,7 +143,8 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
     """One optimizer step over ``micro_batches`` (each int64 [batch, T + 1]), then the balancing update.
 
     ``dtype``: "float32", or "bfloat16" to run the forward passes under bfloat16 autocast (``TrainConfig.dtype``).
-    Raises TrainingDiverged when the loss or the gradient norm is not finite, ValueError for bad settings. Any
+    Raises TrainingDiverged when the loss or the gradient norm is not finite, TypeError / ValueError for bad
+    settings and micro-batches (checked once per step, ``TinyDeepSeek.check_tokens``). Any
     exception raised during the step (TrainingDiverged, an error in a hook, KeyboardInterrupt, ...) leaves the
     weights, the optimizer state and every MoE layer's ``bias`` and ``load`` as they were before the step (the
     gradients are cleared).
@@ -159,11 +153,12 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
         raise ValueError(f"balance_mode must be one of {BALANCE_MODES}, got {balance_mode!r}")
     for name, value in (("gamma", gamma), ("alpha", alpha), ("seq_alpha", seq_alpha), ("mtp_lambda", mtp_lambda),
                         ("grad_clip", grad_clip)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_number(name, value, 0)
     if isinstance(micro_batches, torch.Tensor) or not micro_batches:
         raise ValueError("micro_batches must be a non-empty list of int64 tensors [batch, T + 1]: one optimizer step "
                          "needs at least one batch of tokens")
+    for tokens in micro_batches:  # once per step, here: the forward passes below skip the check
+        model.check_tokens(tokens, windows=True)
     moes = model.moe_layers()
     routing_before = [(moe.bias.clone(), moe.load.clone()) for moe in moes]
     weights_before: list[torch.Tensor] | None = None
@@ -212,7 +207,7 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
     totals = torch.zeros(4)  # loss, main, mtp, balance
     for tokens in micro_batches:
         with autocast(device, dtype):
-            main, mtp = model.losses(tokens, mtp_lambda)
+            main, mtp = model._losses(tokens, mtp_lambda)  # tokens and mtp_lambda checked by train_step
         balance_term = main.new_zeros(())
         for moe in moes:
             if balance_mode == "aux" and alpha > 0:
@@ -570,8 +565,10 @@ def _read(path: str | Path) -> _Checkpoint:
         raise _entry_error(path, "meta", f"expected the fields step, chars, n_train, n_val, history, got "
                                          f"{sorted(meta)}")
     for name in ("step", "n_train", "n_val"):
-        if isinstance(meta[name], bool) or not isinstance(meta[name], int) or meta[name] < 0:
-            raise _entry_error(path, "meta", f"{name} must be an int >= 0, got {meta[name]!r}")
+        try:
+            check_int(name, meta[name], 0)
+        except (TypeError, ValueError) as error:
+            raise _entry_error(path, "meta", str(error)) from None
     try:
         tokenizer = CharTokenizer(meta["chars"])
     except ValueError as error:

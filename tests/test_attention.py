@@ -166,8 +166,11 @@ def test_cache_truncate_rolls_back():
         assert cache.length == 6 and cache.nbytes == 6 * cache.bytes_per_token
         rest = m(x[:, 6:], cache)
     torch.testing.assert_close(rest, m(x)[:, 6:], rtol=1e-10, atol=1e-10)
-    for bad in (-1, 11, 2.0, True):
+    for bad in (-1, 11):
         with pytest.raises(ValueError, match="truncate"):
+            cache.truncate(bad)
+    for bad in (2.0, True):
+        with pytest.raises(TypeError, match="length must be an int"):
             cache.truncate(bad)
 
 
@@ -217,11 +220,15 @@ def test_cache_bad_use():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
     (dict(kv_lora_rank=0), "kv_lora_rank must be an int >= 1"),
-    (dict(n_heads=2.0), "n_heads must be an int"),
 ])
 def test_mla_bad_sizes(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiHeadLatentAttention(**{**SIZES, **kwargs})
+
+
+def test_mla_size_of_a_wrong_type():
+    with pytest.raises(TypeError, match="n_heads must be an int"):
+        MultiHeadLatentAttention(**{**SIZES, "n_heads": 2.0})
 
 
 def test_attention_bad_input():

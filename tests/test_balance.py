@@ -55,7 +55,8 @@ def test_expert_load_any_leading_shape():
     (torch.tensor([[0.0, 1.0]]), 3, TypeError, "integer tensor"),
     (torch.tensor([[0, 3]]), 3, ValueError, "[0, 2]"),
     (torch.tensor([[-1, 0]]), 3, ValueError, "[0, 2]"),
-    (torch.tensor([[0, 1]]), 0, ValueError, "positive int"),
+    (torch.tensor([[0, 1]]), 0, ValueError, "n_experts must be an int >= 1"),
+    (torch.tensor([[0, 1]]), 2.0, TypeError, "n_experts must be an int"),
 ])
 def test_expert_load_bad_input(indices, n, error, phrase):
     with pytest.raises(error, match=phrase.replace("[", r"\[").replace("]", r"\]")):

@@ -31,9 +31,17 @@ def test_v3_utilisation_is_about_a_third_of_bf16_peak():
     assert achieved_flops_per_gpu(37e9, 14.8e12, 2.664e6) == pytest.approx(342.6e12, rel=1e-3)
 
 
-@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf, "1e9", True])
+@pytest.mark.parametrize("bad", [0, -1, math.nan, math.inf])
 def test_bad_numbers_are_rejected(bad):
-    with pytest.raises(ValueError, match="positive finite number"):
+    with pytest.raises(ValueError, match="must be > 0 and finite"):
         training_flops(bad, 1e9)
-    with pytest.raises(ValueError, match="positive finite number"):
+    with pytest.raises(ValueError, match="must be > 0 and finite"):
+        gpu_utilisation(1e9, 1e9, 1.0, bad)
+
+
+@pytest.mark.parametrize("bad", ["1e9", True])
+def test_a_value_that_is_not_a_number_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="activated_params must be a number"):
+        training_flops(bad, 1e9)
+    with pytest.raises(TypeError, match="peak_flops must be a number"):
         gpu_utilisation(1e9, 1e9, 1.0, bad)

@@ -212,9 +212,11 @@ def test_placement_helpers_reject_bad_indices():
     indices, source = torch.tensor([[0, 1], [2, 3]]), torch.tensor([0, 1])
     with pytest.raises(TypeError, match="source_rank"):
         ep.traffic(indices, source.float(), 8, 4)
-    for row_bytes in (0, -4, 0.5):
-        with pytest.raises(ValueError, match="row_bytes"):
+    for row_bytes in (0, -4):
+        with pytest.raises(ValueError, match="row_bytes must be an int >= 1"):
             ep.traffic(indices, source, 8, 4, 1, row_bytes)
+    with pytest.raises(TypeError, match="row_bytes must be an int"):
+        ep.traffic(indices, source, 8, 4, 1, 0.5)
 
 
 def _nested_worker_factory():
@@ -227,7 +229,7 @@ def test_run_ranks_rejects_what_a_new_process_cannot_import():
     for fn in (lambda rank, world_size: rank, _nested_worker_factory()):
         with pytest.raises(ValueError, match="cannot be found that way"):
             distributed.run_ranks(fn, 2)
-    with pytest.raises(ValueError, match="world_size"):
+    with pytest.raises(TypeError, match="world_size must be an int"):
         distributed.run_ranks(ep.layer_worker, 2.0)
     with pytest.raises(ValueError, match="timeout_s"):
         distributed.run_ranks(ep.layer_worker, 2, timeout_s=0)

@@ -292,8 +292,10 @@ def test_helpers_reject_bad_input():
         fp8.round_mantissa(torch.ones(2, dtype=torch.float64), -1)
     with pytest.raises(TypeError, match="float tensor"):
         fp8.round_mantissa(torch.ones(2, dtype=torch.long), 3)
-    with pytest.raises(ValueError, match="promote_every"):
+    with pytest.raises(TypeError, match="promote_every must be an int"):
         fp8.accumulate(torch.ones(3, 4), 13, 2.0)
+    with pytest.raises(ValueError, match="promote_every must be an int >= 1"):
+        fp8.accumulate(torch.ones(3, 4), 13, 0)
     with pytest.raises(ValueError, match=r"a \[M, K\] and b \[N, K\]"):
         fp8.fp8_products(torch.randn(2, 4), torch.randn(3, 1))  # would broadcast silently
     with pytest.raises(ValueError, match="one shape"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import mtp
+from course_lib import mtp, train
 from course_lib.layers import SwiGLU
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.moe import DeepSeekMoE
@@ -232,9 +232,36 @@ def test_generate_with_the_cache_samples_as_recomputing(config, context, top_k):
 @pytest.mark.parametrize("change, message", [
     (dict(attention="gqa"), "attention must be 'mha' or 'mla'"),
     (dict(attention="mla", qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
-    (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank must be >= 1"),
+    (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank must be an int >= 1"),
     (dict(dim=36, n_heads=4), "head_dim = dim / n_heads = 9 must be even"),
 ])
 def test_bad_attention_configs(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **change)
+
+
+def count_id_checks(monkeypatch):
+    """Count the reads of token ids (``TinyDeepSeek._check_ids``: one host sync each on a GPU)."""
+    calls = []
+    real = TinyDeepSeek._check_ids
+    monkeypatch.setattr(TinyDeepSeek, "_check_ids", lambda self, *args: calls.append(1) or real(self, *args))
+    return calls
+
+
+def test_token_ids_are_checked_once_per_call_not_per_decoded_token(monkeypatch):
+    torch.manual_seed(0)
+    model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=1))
+    calls = count_id_checks(monkeypatch)
+    model.generate(torch.tensor([1, 2, 3]), 6)
+    assert len(calls) == 1
+    model.generate(torch.tensor([1, 2, 3]), 6, use_cache=False, context=4)  # the window slides: re-reads
+    assert len(calls) == 2
+    model.losses(tokens(length=9))
+    assert len(calls) == 3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    train.train_step(model, optimizer, [tokens(length=9, seed=1), tokens(length=9, seed=2)])
+    assert len(calls) == 5  # one per micro-batch, at the step's entry
+    bad = tokens(length=9)
+    bad[1, -1] = 20  # a target id outside the vocabulary
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):  # still checked, before anything is computed
+        train.train_step(model, optimizer, [bad])

@@ -157,8 +157,8 @@ def test_bias_steers_routing_toward_underloaded_experts():
     ({"top_k": 9}, "k <= n_experts"),
     ({"n_groups": 3}, "divisible"),
     ({"n_groups": 4, "topk_groups": 1, "top_k": 3}, "kept group(s)"),
-    ({"dim": 0}, "dim >= 1"),
-    ({"n_shared_experts": -1}, "n_shared_experts >= 0"),
+    ({"dim": 0}, "dim must be an int >= 1"),
+    ({"n_shared_experts": -1}, "n_shared_experts must be an int >= 0"),
 ])
 def test_bad_config(kwargs, phrase):
     with pytest.raises(ValueError) as info:

@@ -135,7 +135,7 @@ def test_affinity_scores_match_loop():
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("call, error, phrase", [
     (lambda s: topk_route(s, 9), ValueError, "k <= n_experts"),
-    (lambda s: topk_route(s, 0), ValueError, "at least 1"),
+    (lambda s: topk_route(s, 0), ValueError, "k must be an int >= 1"),
     (lambda s: topk_route(s, 2.0), TypeError, "must be an int"),
     (lambda s: topk_route(s, 2, torch.zeros(7)), ValueError, "shape [8]"),
     (lambda s: topk_route(s[0], 2), ValueError, "2-D"),

@@ -203,3 +203,20 @@ def test_bad_input():
         speculative_generate(model, torch.tensor([1.0]), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         plain_generate(model, prompt, 0)
+    vocab = model.config.vocab_size
+    for decode in (plain_generate, speculative_generate):  # checked once, at the entry (not per decoded token)
+        with pytest.raises(ValueError, match=rf"\[0, {vocab}\)"):
+            decode(model, torch.tensor([1, vocab]), 3)
+        with pytest.raises(TypeError, match="temperature must be a number"):
+            decode(model, prompt, 3, temperature="0")
+
+
+def test_the_prompt_is_checked_once_not_per_step(monkeypatch):
+    model = tiny_model(2)
+    calls = []
+    real = TinyDeepSeek._check_ids
+    monkeypatch.setattr(TinyDeepSeek, "_check_ids", lambda self, *args: calls.append(1) or real(self, *args))
+    for decode in (plain_generate, speculative_generate):
+        calls.clear()
+        decode(model, prompt_of(4, 7, 0), 10)
+        assert len(calls) == 1, decode.__name__

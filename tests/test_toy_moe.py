@@ -92,8 +92,8 @@ def test_smooth_is_a_trailing_mean():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(mode="balanced"), "mode must be one of"),
-    (dict(steps=0), "steps must be a positive int"),
-    (dict(alpha=-1.0), "alpha and gamma must be >= 0"),
+    (dict(steps=0), "steps must be an int >= 1"),
+    (dict(alpha=-1.0), "alpha must be >= 0"),
 ])
 def test_bad_arguments_are_explained(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -190,7 +190,7 @@ def test_nan_loss_stops_with_the_step_and_what_to_try(corpus):
 def test_bad_training_settings():
     with pytest.raises(ValueError, match="balance must be one of"):
         train.TrainConfig(balance="auxfree")
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
         train.TrainConfig(steps=0)
     with pytest.raises(ValueError, match="max_seq_len"):
         train.Trainer(TinyDeepSeek(TINY), data.python_docs(), train.TrainConfig(seq_len=64), "cpu")
