@@ -60,7 +60,7 @@ def check_route_config(n_experts: int, k: int, n_groups: int = 1, topk_groups: i
 
 def check_route_scale(route_scale: float) -> None:
     """Raise unless ``route_scale`` (the gate multiplier, V3: 2.5) is a finite number > 0."""
-    check_number("route_scale", route_scale, 0, strict=True)
+    check_number("route_scale (V3: 2.5)", route_scale, 0, strict=True)
 
 
 def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:

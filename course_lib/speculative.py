@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from course_lib.model import ModelCache, TinyDeepSeek
+from course_lib.model import TinyDeepSeek
 from course_lib.validation import check_int, check_number
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from course_lib.attention import KVCache, MultiHeadAttention
 from course_lib.layers import RMSNorm, SwiGLU
-from course_lib.validation import check_int, check_number
+from course_lib.validation import check_int
 
 
 class TransformerBlock(nn.Module):
