@@ -1,9 +1,10 @@
 """Shared test settings: torch's threads, and the device of the device tests (``--device``, ``make test-gpu``).
 
 Threads: importing course_lib has already given torch the threads this process may use (``runtime.THREADS``:
-the CPU quota, the affinity mask, or COURSE_NUM_THREADS / OMP_NUM_THREADS). The tests use at most 2 of them, so
-that timings and float sums are the same from run to run and from a laptop to a CI machine; an explicit setting
-in the environment is used as it is.
+the CPU quota, the affinity mask, or COURSE_NUM_THREADS / OMP_NUM_THREADS). ``make test`` sets
+COURSE_NUM_THREADS=1 (``TEST_THREADS`` in the Makefile: two spinning threads per process make a shared machine
+several times slower); run by hand without it, the tests use at most 2, so that timings and float sums are the
+same from run to run and from a laptop to a CI machine. An explicit setting in the environment is used as it is.
 
 Device: a test that takes the ``device`` fixture runs its tensors on that device and compares them with a CPU
 reference. Without ``--device`` every test runs, the device tests on the CPU. ``pytest tests --device cuda``
