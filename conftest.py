@@ -3,6 +3,11 @@
 A learner notebook without exercises is byte-for-byte its solution notebook; executing both would only double
 the time of the notebook tests, so only the solution is executed.
 
+A learner notebook is executed as solutions/ generates it, never as a learner saved it: JupyterLab saves a
+learner's outputs and answers into notebooks/, and the course's tests judge the course, not that work (a wrong
+answer there must not fail ``make test``). ``out_of_step`` (tests/test_make_notebooks.py) checks that the
+committed notebooks/ is what solutions/ generates.
+
 A learner notebook with exercises differs from its solution only in the exercise cells (stubs that raise
 NotImplementedError, and the checkers below them that must explain, not crash). The solution notebook is run at
 full size and its kept outputs compared; the learner notebook is run with the smaller sizes of
@@ -21,9 +26,13 @@ outputs nbval has just received, so no notebook is executed a second time for it
 """
 
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
-import nbformat
+import nbval.plugin
 import pytest
+
+from course_lib.make_notebooks import clean, dumps, learner_notebook, learner_version, read
 
 # A screen of JupyterLab shows about 40 lines of output; more than that hides the cells around it.
 OUTPUT_LINE_LIMIT = 40
@@ -48,12 +57,40 @@ def pytest_addoption(parser) -> None:
                      help="run the notebooks at their own sizes (not LEARNER_ or SOLUTION_TEST_PARAMETERS)")
 
 
+def _solution_of(path: Path) -> Path | None:
+    """solutions/NAME for a notebook notebooks/NAME that has a source, else None."""
+    if path.suffix != ".ipynb" or path.parent.name != "notebooks":
+        return None
+    solution = path.parent.parent / "solutions" / path.name
+    return solution if solution.exists() else None
+
+
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
-    if collection_path.suffix == ".ipynb" and collection_path.parent.name == "notebooks":
-        solution = collection_path.parent.parent / "solutions" / collection_path.name
-        if solution.exists() and solution.read_bytes() == collection_path.read_bytes():
+    solution = _solution_of(collection_path)
+    if solution is not None:
+        nb = read(solution)
+        if dumps(learner_version(nb, solution.name)) == dumps(clean(nb, solution.name)):  # no exercises
             return True
     return None
+
+
+class GeneratedLearnerNotebook(nbval.plugin.IPyNbFile):
+    """nbval's notebook, read as solutions/ generates it rather than from the file a learner may have saved."""
+
+    def collect(self):
+        generated = learner_notebook(_solution_of(Path(str(self.fspath))))
+        reader = SimpleNamespace(read=lambda *args, **kwargs: generated)
+        with mock.patch.object(nbval.plugin, "nbformat", reader):  # nbval reads the file once, at the top
+            yield from super().collect()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path: Path, parent):
+    collected = yield
+    if _solution_of(file_path) is None:
+        return collected
+    return [GeneratedLearnerNotebook.from_parent(parent, path=file_path)
+            if type(node) is nbval.plugin.IPyNbFile else node for node in collected]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -73,7 +110,7 @@ def pytest_collection_modifyitems(config, items) -> None:
                 f"{name} = {value!r}\n" for name, value in sizes.items())
         elif learner:
             if path not in solutions:
-                solution = nbformat.read(path.parent.parent / "solutions" / path.name, as_version=4)
+                solution = read(path.parent.parent / "solutions" / path.name)
                 solutions[path] = [c.source for c in solution.cells if c.cell_type == "code"]
             if cell.source in solutions[path]:
                 item.options["check"] = False

@@ -146,8 +146,9 @@ def check_notebooks() -> Finding:
     problems = out_of_step(REPO_ROOT)
     if problems:
         return Finding("notebooks", False, f"{len(problems)} out of step with solutions/, e.g. {problems[0]}",
-                       "expected once you have written answers in notebooks/. Instructors: `make notebooks` "
-                       "regenerates notebooks/ from solutions/ (it overwrites answers written there)", advisory=True)
+                       "your own answers in notebooks/ never cause this (the check reads git's committed copy). "
+                       "Instructors: `make notebooks` regenerates notebooks/ from solutions/; it stops, writing "
+                       "nothing, where a notebook holds work saved in Jupyter", advisory=True)
     return Finding("notebooks", True, f"notebooks/ is in step with solutions/ ({len(solution_paths(REPO_ROOT))} notebooks)")
 
 

@@ -17,6 +17,11 @@ Usage (from the repository root)::
     python -m course_lib.make_notebooks --check          # exit 1 if anything is out of step (used by the tests)
     python -m course_lib.make_notebooks --refresh-kept-outputs 00_headline_numbers
                                                          # run a solution notebook, store its kept outputs
+
+A learner works in notebooks/ and JupyterLab saves there (outputs, answers). The course's checks judge the course
+as committed, never that work: ``out_of_step`` accepts a learner notebook with local changes when git's committed
+copy is what solutions/ generates, the notebook tests execute the generated version (the root conftest.py), and
+``generate`` refuses to overwrite a notebook that Jupyter has saved (``SavedWorkError``) unless forced.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +48,18 @@ KEPT_CELL_METADATA = ("tags", "keep_output", "jupyter")
 
 class NotebookFormatError(ValueError):
     """A source notebook breaks a convention of the course (unmatched solution markers, a check without output)."""
+
+
+class SavedWorkError(RuntimeError):
+    """``generate`` would overwrite learner notebooks that Jupyter has saved (outputs, answers); nothing was written.
+    ``paths``: those notebooks."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        names = ", ".join(f"notebooks/{p.name}" for p in paths)
+        super().__init__(f"{names} hold(s) work saved in Jupyter (outputs or answers) and would be overwritten, so "
+                         f"nothing was written. Move them out of notebooks/ (for example to out/) and run again, or "
+                         f"pass --force to overwrite them.")
 
 
 def strip_solution_blocks(source: str, where: str = "a cell") -> str:
@@ -123,20 +141,55 @@ def solution_paths(root: Path = REPO_ROOT) -> list[Path]:
     return sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb"))
 
 
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+
+
+def learner_notebook(solution: Path) -> nbformat.NotebookNode:
+    """The learner notebook that ``solution`` (a path in solutions/) generates: what the tests execute, whatever a
+    learner has saved in notebooks/."""
+    return learner_version(read(solution), solution.name)
+
+
+def saved_by_jupyter(text: str) -> bool:
+    """Whether a notebook's stored text holds what a Jupyter save adds and the generator strips: outputs, execution
+    counts, kernel metadata. Text that is not a notebook at all counts as not saved (nothing to keep)."""
+    try:
+        return dumps(clean(nbformat.reads(text, as_version=4))) != text
+    except Exception:  # noqa: BLE001 - unreadable JSON, a cell that breaks a convention: not a learner's saved work
+        return False
+
+
+def committed_text(path: Path, root: Path = REPO_ROOT) -> str | None:
+    """The text of ``path`` in git's HEAD commit, or None (no git, not a repository, not committed)."""
+    try:
+        result = subprocess.run(["git", "show", f"HEAD:{path.relative_to(root).as_posix()}"], cwd=root,
+                                capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.decode("utf-8") if result.returncode == 0 else None
+
+
 def out_of_step(root: Path = REPO_ROOT) -> list[str]:
-    """Problems that ``--check`` reports: unstripped solutions, learner notebooks missing, stale or extra."""
+    """Problems that ``--check`` reports: unstripped solutions, learner notebooks missing, stale or extra.
+
+    Judged on the course as committed: a notebook whose working copy has local changes (a learner's outputs and
+    answers, a solution run and saved) is in step when git's HEAD copy is, and the change is only that.
+    """
     problems = []
     expected_learner = set()
     for path in solution_paths(root):
         text = path.read_text(encoding="utf-8")
         nb = nbformat.reads(text, as_version=4)
-        if dumps(clean(nb, path.name)) != text:
+        stripped = dumps(clean(nb, path.name))
+        if stripped != text and committed_text(path, root) != stripped:
             problems.append(f"solutions/{path.name} holds outputs or metadata that should be stripped")
         learner = root / "notebooks" / path.name
         expected_learner.add(learner.name)
+        expected = dumps(learner_version(nb, path.name))
         if not learner.exists():
             problems.append(f"notebooks/{path.name} is missing")
-        elif learner.read_text(encoding="utf-8") != dumps(learner_version(nb, path.name)):
+        elif learner.read_text(encoding="utf-8") != expected and committed_text(learner, root) != expected:
             problems.append(f"notebooks/{path.name} is not what solutions/{path.name} generates")
     for extra in sorted((root / "notebooks").glob("*.ipynb")):
         if extra.name not in expected_learner:
@@ -144,18 +197,27 @@ def out_of_step(root: Path = REPO_ROOT) -> list[str]:
     return problems
 
 
-def generate(root: Path = REPO_ROOT) -> list[Path]:
-    """Strip every solution notebook in place and write its learner version; return the files written."""
-    written = []
+def generate(root: Path = REPO_ROOT, force: bool = False) -> list[Path]:
+    """Strip every solution notebook in place and write its learner version; return the files written.
+
+    Raises SavedWorkError, before writing anything, when a learner notebook to be rewritten was saved by Jupyter
+    (outputs, answers) and ``force`` is False.
+    """
     (root / "notebooks").mkdir(exist_ok=True)
+    changes = []
     for path in solution_paths(root):
-        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        nb = read(path)
         for target, text in ((path, dumps(clean(nb, path.name))),
                              (root / "notebooks" / path.name, dumps(learner_version(nb, path.name)))):
             if not target.exists() or target.read_text(encoding="utf-8") != text:
-                target.write_text(text, encoding="utf-8")
-                written.append(target)
-    return written
+                changes.append((target, text))
+    saved = [t for t, _ in changes if t.parent.name == "notebooks" and t.exists()
+             and saved_by_jupyter(t.read_text(encoding="utf-8"))]
+    if saved and not force:
+        raise SavedWorkError(saved)
+    for target, text in changes:
+        target.write_text(text, encoding="utf-8")
+    return [target for target, _ in changes]
 
 
 def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
@@ -172,7 +234,7 @@ def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
             return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
                                           **ipykernel.kernelspec.get_kernel_dict())
 
-    nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+    nb = read(path)
     executed = copy.deepcopy(nb)
     kernel = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentEnvSpecs())
     NotebookClient(executed, km=kernel, timeout=timeout, coalesce_streams=True,
@@ -198,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="report what is out of step; change nothing")
     parser.add_argument("--refresh-kept-outputs", nargs="+", metavar="NOTEBOOK",
                         help="execute these solution notebooks and store the outputs of their kept cells")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite learner notebooks that hold work saved in Jupyter (outputs, answers)")
     args = parser.parse_args(argv)
     try:
         if args.check:
@@ -205,15 +269,16 @@ def main(argv: list[str] | None = None) -> int:
             for problem in problems:
                 print(problem)
             if problems:
-                print("Run `python -m course_lib.make_notebooks` (or `make notebooks`) to fix.")
+                print("Run `python -m course_lib.make_notebooks` (or `make notebooks`) to regenerate notebooks/ "
+                      "from solutions/: it stops, without writing, where a learner notebook holds saved work.")
             return 1 if problems else 0
         for name in args.refresh_kept_outputs or []:
             path = _find_solution(name)
             print(f"executing {path.relative_to(REPO_ROOT)} ...")
             refresh_kept_outputs(path)
-        for path in generate():
+        for path in generate(force=args.force):
             print(f"wrote {path.relative_to(REPO_ROOT)}")
-    except NotebookFormatError as error:
+    except (NotebookFormatError, SavedWorkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -26,7 +26,7 @@ import nbformat
 import pytest
 
 from course_lib.checks._core import PASS_MARK, TODO_MARK
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.make_notebooks import REPO_ROOT, dumps, learner_notebook, solution_paths
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -43,7 +43,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 def notebooks_with_widgets() -> list[str]:
-    return sorted(p.name for p in (REPO_ROOT / "notebooks").glob("*.ipynb") if "ipywidgets" in p.read_text())
+    return sorted(p.name for p in solution_paths() if "ipywidgets" in p.read_text())
 
 
 def _free_port() -> int:
@@ -54,10 +54,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab server on a copy of notebooks/ and solutions/; yields (base url, its root folder)."""
+    """A JupyterLab server on solutions/ and the learner notebooks they generate (not a learner's saved copies);
+    yields (base url, its root folder)."""
     root = tmp_path_factory.mktemp("lab")
-    for folder in ("notebooks", "solutions"):
-        shutil.copytree(REPO_ROOT / folder, root / folder)
+    shutil.copytree(REPO_ROOT / "solutions", root / "solutions")
+    (root / "notebooks").mkdir()
+    for solution in solution_paths():
+        (root / "notebooks" / solution.name).write_text(dumps(learner_notebook(solution)), encoding="utf-8")
     user_settings = {  # no news popup; every cell in the DOM (no windowing), so every output can be checked
         "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
         "notebook-extension/tracker": {"windowingMode": "none"},

@@ -1,6 +1,5 @@
 """The notebook tests really compare the kept numbers, and papermill's parameters really take effect."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +7,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT, is_kept
+from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT, dumps, is_kept, learner_notebook
 
-NOTEBOOK = REPO_ROOT / "notebooks" / "00_headline_numbers.ipynb"
+SOLUTION = REPO_ROOT / "solutions" / "00_headline_numbers.ipynb"
 pytestmark = pytest.mark.slow
 
 
@@ -23,13 +22,13 @@ def _nbval(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_changed_number_fails_the_notebook_test(tmp_path):
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = learner_notebook(SOLUTION)  # the learner notebook, as generated
     kept = [c for c in nb.cells if is_kept(c)]
     assert kept, "notebook 00 should keep the outputs of its key numbers"
     stream = kept[0].outputs[0]
     assert "5.576M" in stream["text"]
     stream["text"] = stream["text"].replace("5.576M", "5.577M")
-    changed = tmp_path / NOTEBOOK.name
+    changed = tmp_path / SOLUTION.name
     nbformat.write(nb, changed)
     result = _nbval(changed)
     assert result.returncode != 0, result.stdout[-2000:]
@@ -38,8 +37,8 @@ def test_a_changed_number_fails_the_notebook_test(tmp_path):
 
 def test_papermill_parameters_take_effect(tmp_path):
     papermill = pytest.importorskip("papermill")
-    source = tmp_path / NOTEBOOK.name
-    shutil.copy(NOTEBOOK, source)
+    source = tmp_path / SOLUTION.name
+    source.write_text(dumps(learner_notebook(SOLUTION)), encoding="utf-8")
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(source), str(out), kernel_name=KERNEL_NAME, cwd=str(tmp_path),
                                parameters={"price_per_gpu_hour": 3.0, "n_tokens": 512, "seed": 7},
