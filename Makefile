@@ -16,6 +16,15 @@ FAST_NOTEBOOKS ?= 00_headline_numbers 01_mixture_of_experts 02_load_balance 03_a
 NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 # JupyterLab refuses to start as root (a Docker container, a workshop VM) unless it is told it may.
 LAB_FLAGS   := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+# The lab's terminals work in the course environment, as the notebooks' commands expect (`torchrun ...`): the server
+# runs with .venv/bin first on PATH, and its terminals start the user's shell as it is (not a login shell, whose
+# /etc/profile would put the system's PATH back; JupyterLab picks one when it has no terminal of its own). Its
+# launcher offers the course kernel alone, not ipykernel's second "Python 3" one.
+LAB_ENV     := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
+LAB_CONFIG  := --ServerApp.terminado_settings=shell_command="$${SHELL:-/bin/sh}" \
+               --KernelSpecManager.allowed_kernelspecs=$(KERNEL_NAME)
+# More JupyterLab options, for example `make lab LAB_ARGS="--port 8890 --no-browser"`.
+LAB_ARGS    ?=
 
 .PHONY: setup setup-test browser lab test test-quick test-gpu gpu-check notebooks clean
 
@@ -41,7 +50,7 @@ setup: $(VENV)/.course-installed | out
 setup-test: $(VENV)/.test-installed | out
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/ $(LAB_FLAGS)
+	$(LAB_ENV) $(BIN)/jupyter lab notebooks/ $(LAB_FLAGS) $(LAB_CONFIG) $(LAB_ARGS)
 
 # The browser test drives Debian's chromium (never a browser that Playwright downloads). Install it when we can
 # (root with apt-get, as in CI); elsewhere the test is skipped with a message that says how to install it.
