@@ -168,18 +168,23 @@ def run_checks() -> list[Finding]:
     return findings
 
 
-def report() -> bool:
-    """Print every check's line and a verdict; True when nothing needs fixing (NOTEs are fine)."""
-    findings = run_checks()
+def report() -> None:
+    """Print every check's line and a verdict (a notebook's first cell calls it: it returns nothing to echo)."""
+    print_findings(run_checks())
+
+
+def print_findings(findings: list[Finding]) -> None:
     for finding in findings:
         print(finding.line())
     broken = [f for f in findings if f.status == "FIX"]
     print("All good: the course is ready." if not broken else f"{len(broken)} thing(s) to fix: see the lines marked FIX.")
-    return not broken
 
 
 def main() -> int:
-    return 0 if report() else 1
+    """``python -m course_lib.doctor``: exit status 0 when nothing needs fixing (NOTEs are fine), else 1."""
+    findings = run_checks()
+    print_findings(findings)
+    return 1 if any(f.status == "FIX" for f in findings) else 0
 
 
 if __name__ == "__main__":

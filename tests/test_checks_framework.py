@@ -22,7 +22,7 @@ def check_double(fn) -> bool:
 
 def test_correct_function_passes_and_prints_success(capsys):
     assert outcome(check_double, lambda x: x + x) is True
-    assert "✅ double is correct" in capsys.readouterr().out
+    assert "✓ double is correct" in capsys.readouterr().out
 
 
 def test_stub_returns_false_with_friendly_line(capsys):
@@ -130,7 +130,7 @@ def test_a_wrong_answer_shows_the_message_alone_in_ipython(capsys):
     result = shell.run_cell("check_double(lambda x: x ** 2)")
     out = capsys.readouterr().out
     assert not result.success
-    assert "❌ For the input x = [1, 2, 3]" in out and "you squared x" in out, out
+    assert "✗ For the input x = [1, 2, 3]" in out and "you squared x" in out, out
     assert "Traceback" not in out and "_core.py" not in out and "course_lib" not in out, out
     assert len(out.strip().splitlines()) <= 3, out
 
@@ -140,7 +140,7 @@ def test_a_wrong_answer_shows_the_message_alone_in_ipython(capsys):
 
     result = shell.run_cell("check_double(lambda x: x + x)")
     out = capsys.readouterr().out
-    assert result.success and result.result is None and "✅ double is correct" in out and "True" not in out
+    assert result.success and result.result is None and "✓ double is correct" in out and "True" not in out
 
 
 def test_outcome_gives_tests_a_boolean():

@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
-PASS_MARK = "✅"
-TODO_MARK = "⏳"
-FAIL_MARK = "❌"
+PASS_MARK = "✓"
+TODO_MARK = "○"
+FAIL_MARK = "✗"
 
 
 class LearnerNotImplemented(Exception):

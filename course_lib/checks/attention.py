@@ -137,7 +137,7 @@ def _call(fn: Callable[..., Any], *args: Any, name: str, label: str) -> Any:
         raise
 
 
-def check_mla_forward(fn: Callable[..., Any]) -> bool:
+def check_mla_forward(fn: Callable[..., Any]) -> None:
     """Check ``fn(attn, h) -> (u [B, T, dim], (c_kv [B, T, d_c], k_rope [B, T, d_h^R]))``: [V3] eqs. 1-11 on a
     ``MultiHeadLatentAttention``'s weights, with the RMSNorms on the latents, from position 0, and the cache."""
 
@@ -166,7 +166,7 @@ def check_mla_forward(fn: Callable[..., Any]) -> bool:
     return body()
 
 
-def check_attend_absorbed(fn: Callable[..., Any]) -> bool:
+def check_attend_absorbed(fn: Callable[..., Any]) -> None:
     """Check ``fn(attn, q_nope, q_rope, c_kv, k_rope) -> o [B, H, T, d_v]`` (causal, positions from 0) against the
     naive form ``attn.attend_naive``."""
 

@@ -109,7 +109,7 @@ def _random_indices(tokens: int, n_experts: int, k: int, seed: int) -> torch.Ten
 EXAMPLE_INDICES = torch.tensor([[2, 3], [0, 5], [7, 1], [1, 0], [6, 4]])  # 5 tokens, top_k = 2, 8 experts
 
 
-def check_send_splits(fn: Callable[[torch.Tensor, int, int], Any]) -> bool:
+def check_send_splits(fn: Callable[[torch.Tensor, int, int], Any]) -> None:
     """Check ``send_splits(indices, n_experts, world_size) -> list[int]`` (one entry per rank, rank order, one row
     per (token, expert) pair) against ``expert_parallel.send_splits``."""
     cases = [Case((EXAMPLE_INDICES, 8, 4), label="the example above: indices [[2, 3], [0, 5], [7, 1], [1, 0], "

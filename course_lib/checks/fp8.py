@@ -207,7 +207,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
     return f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel"
 
 
-def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> bool:
+def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> None:
     """Check ``quantize_fn(x) -> (x_fp8, scales)`` and ``dequantize_fn(x_fp8, scales) -> x`` for per-tile
     (1 x 128) E4M3 quantisation of x float32 [tokens, channels] ([V3] 3.3.2; reference ``fp8.quantize(x, "tile")``).
     Names the scale taken from the whole tensor, tiles along the wrong axis, a missing clamp to 448, and dividing

@@ -93,7 +93,7 @@ def _compare_tokens(got: Any, expected: torch.Tensor) -> str | None:
     return compare(got, expected, what="your emitted tokens")
 
 
-def check_accept_greedy(fn: Callable[..., Any]) -> bool:
+def check_accept_greedy(fn: Callable[..., Any]) -> None:
     """Check ``fn(drafts [d], main_tokens [d + 1]) -> int64 [m + 1]``: the leading m drafts equal to the main
     model's argmax tokens, then main_tokens[m] ([V3] 5.4.3; greedy speculative decoding)."""
     return check_function(
