@@ -1,12 +1,14 @@
-"""Diagrams the notebooks draw with matplotlib: the DeepSeekMoE layer, sort-and-dispatch, the bias timeline.
+"""Diagrams the notebooks draw with matplotlib: the DeepSeekMoE layer, sort-and-dispatch, the bias timeline; and
+``log_axis``, a logarithmic axis labelled in plain numbers.
 
-Each function returns a matplotlib Figure (the notebook shows it); nothing is read from image files.
+Each diagram function returns a matplotlib Figure (the notebook shows it); nothing is read from image files.
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
@@ -14,6 +16,18 @@ _ROUTED = "#9ecae1"  # a chosen routed expert
 _IDLE = "#e6e6e6"  # a routed expert this token does not use
 _SHARED = "#a1d99b"
 _ROUTER = "#fdd0a2"
+
+
+def log_axis(ax: plt.Axes, which: str = "y", base: float = 10) -> None:
+    """Make the ``which`` ("x" or "y") axis of ``ax`` logarithmic in ``base``, labelled in plain numbers: 2, 3, 10,
+    1000 (matplotlib's default writes 2x10^0 on an axis that spans less than a decade). Raises ValueError for
+    another ``which``."""
+    if which not in ("x", "y"):
+        raise ValueError(f"which must be 'x' or 'y', got {which!r}")
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=base)
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    axis.set_major_formatter(ticker.LogFormatter(base=base))
+    axis.set_minor_formatter(ticker.LogFormatter(base=base))  # labels minor ticks only where few decades are shown
 
 
 def _box(ax: plt.Axes, x: float, y: float, w: float, h: float, text: str, colour: str, size: int = 9) -> None:

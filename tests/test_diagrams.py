@@ -7,7 +7,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from course_lib.diagrams import bias_timeline_diagram, dispatch_diagram, moe_layer_diagram  # noqa: E402
+import pytest  # noqa: E402
+
+from course_lib.diagrams import bias_timeline_diagram, dispatch_diagram, log_axis, moe_layer_diagram  # noqa: E402
+from course_lib.make_notebooks import read, solution_paths  # noqa: E402
 
 
 def _texts(fig) -> str:
@@ -35,3 +38,29 @@ def test_bias_timeline_says_which_loads_the_bias_comes_from():
     fig = bias_timeline_diagram()
     assert "step t comes from the loads of step t - 1" in _texts(fig)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("low, high", [(2, 7), (0.5, 40), (1e-3, 1e3), (2000, 9000)])
+def test_log_axis_labels_plain_numbers(low, high):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [low, high])
+    log_axis(ax, "y")
+    fig.canvas.draw()
+    labels = [t.get_text() for minor in (False, True) for t in ax.get_yticklabels(minor=minor) if t.get_text()]
+    plt.close(fig)
+    assert labels and not any("times" in label or "^" in label for label in labels), labels
+
+
+def test_log_axis_refuses_a_third_axis():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="'x' or 'y'"):
+        log_axis(ax, "z")
+    plt.close(fig)
+
+
+def test_every_log_axis_of_the_notebooks_is_labelled_plainly():
+    """A log scale set directly keeps matplotlib's 2x10^0 labels: the notebooks go through log_axis."""
+    for path in solution_paths():
+        for index, cell in enumerate(read(path).cells):
+            for direct in ('scale("log"', 'scale="log"'):
+                assert direct not in cell.source, f"{path.name} cell {index}: use course_lib.diagrams.log_axis"
