@@ -110,3 +110,12 @@ def test_a_lab_terminal_runs_the_notebooks_commands(lab):
 def test_the_launcher_offers_the_course_kernel_alone(lab):
     specs = _get(f"{lab}/api/kernelspecs")
     assert sorted(specs["kernelspecs"]) == [KERNEL_NAME], sorted(specs["kernelspecs"])
+
+
+def test_notebook_09s_command_runs_in_a_lab_terminal(lab):
+    """The command notebook 09 shows, exactly as written but shorter (--steps 2), typed into a lab terminal."""
+    command = "torchrun --nproc-per-node 4 -m course_lib.expert_parallel --steps 2"
+    # the quotes keep the marker "exit-status-" out of the typed text that the terminal echoes
+    screen = asyncio.run(_type_in_a_terminal(lab, f'{command}; echo "exit-status"-$?', "exit-status-", timeout_s=240))
+    assert "exit-status-0" in screen, f"the command failed in the lab's terminal:\n{screen[-3000:]}"
+    assert "step    2" in screen, screen[-3000:]
