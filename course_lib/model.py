@@ -287,8 +287,9 @@ class TinyDeepSeek(nn.Module):
         MTP: (mtp_lambda / D) * sum_k L_k ([V3] eq. 25), 0 when D = 0. Depth k reads the previous depth's hidden
         states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
         Raises TypeError / ValueError for tokens that are not int64 [B >= 1, T + 1 >= 2] in the vocabulary and for
-        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss (not an error:
-        ``train.train_step`` reports it as TrainingDiverged).
+        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss, or
+        ``validation.NonFiniteError`` from a layer that needs finite inputs (an MoE layer, an FP8 layer):
+        ``train.train_step`` reports both as TrainingDiverged.
         """
         check_number("mtp_lambda", mtp_lambda, 0)
         self.check_tokens(tokens, windows=True)
