@@ -196,7 +196,8 @@ def test_decoding_under_bfloat16_autocast(attention, absorb):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = [plain_generate(model, prompt, 20)[0]] + [speculative_generate(model, prompt, 20, depth)[0]
                                                             for depth in (1, 2)]
-        sampled, _ = speculative_generate(model, prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        sampled, _ = speculative_generate(model, prompt, 20, temperature=1.0,
+                                          generator=torch.Generator().manual_seed(0))
         generated = model.generate(prompt, 20, 1.0, generator=torch.Generator().manual_seed(0))
     for tokens in outputs:
         with torch.no_grad():
