@@ -99,7 +99,9 @@ class KVCache:
       cache["k_rope"] [B, L, d_h^R] (after RoPE).
     Storage grows by doubling up to ``max_len`` (the model's context), so appending a token copies nothing in
     the common case. ``truncate`` only moves the length back: the storage is kept for the next tokens.
-    Attention layers make their own with ``new_cache(batch_size)``.
+    The cache keeps its ``dtype`` (the weights'): new entries of another float dtype are cast to it, as under
+    ``torch.autocast``, where a float32 model's keys arrive in bfloat16. Attention layers make their own with
+    ``new_cache(batch_size)``.
     """
 
     def __init__(self, kind: str, entries: dict[str, tuple[int, ...]], batch_size: int, max_len: int,
@@ -171,8 +173,14 @@ class KVCache:
                              f"{self._length + new_tokens}, longer than the context max_len={self.max_len}")
 
     def append(self, **new: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Append T new positions of every entry, each [B, *shape[:-1], T, shape[-1]], and return the cached
-        tensors (views, in the order of ``entries``), each now holding length + T positions."""
+        """Append T new positions of every entry, each [B, *shape[:-1], T, shape[-1]] on the cache's device, and
+        return the cached tensors (in the order of ``entries``), each now holding length + T positions.
+
+        The new entries are stored in the cache's dtype; each returned tensor is in the dtype of its new entry
+        (a view of the storage when the two agree, else a copy): under bfloat16 autocast a float32 cache
+        returns bfloat16 keys, exactly those a forward without the cache computes. Raises TypeError for an
+        entry on another device or not floating point, ValueError for shapes that do not fit.
+        """
         if set(new) != set(self.entries):
             raise ValueError(f"append expects exactly the entries {sorted(self.entries)}, got {sorted(new)}")
         T = next(iter(new.values())).shape[-2] if next(iter(new.values())).dim() >= 2 else -1
@@ -182,15 +190,15 @@ class KVCache:
             if list(tensor.shape) != expected or T < 1:
                 raise ValueError(f"cache entry {name!r} expects [B, *{tuple(lead)}, T, {features}] with B = "
                                  f"{self.batch_size} and the same T >= 1 for every entry, got {list(tensor.shape)}")
-            if tensor.dtype != self.dtype or tensor.device != self.device:
-                raise TypeError(f"cache entry {name!r} holds {self.dtype} on {self.device}, got {tensor.dtype} on "
+            if not tensor.is_floating_point() or tensor.device != self.device:
+                raise TypeError(f"cache entry {name!r} holds floats on {self.device}, got {tensor.dtype} on "
                                 f"{tensor.device}: make the cache after moving the model (new_cache)")
         self.check(self.kind, self.batch_size, T)
         self._reserve(self._length + T)
         for name, tensor in new.items():
-            self._buffers[name].narrow(-2, self._length, T).copy_(tensor)
+            self._buffers[name].narrow(-2, self._length, T).copy_(tensor)  # cast to the cache's dtype
         self._length += T
-        return tuple(self[name] for name in self.entries)
+        return tuple(self[name].to(new[name].dtype) for name in self.entries)
 
     def _reserve(self, needed: int) -> None:
         """Grow the storage (doubling, at most max_len) so that it holds ``needed`` tokens."""
@@ -220,6 +228,10 @@ def _check_input(module: nn.Module, x: torch.Tensor, cache: KVCache | None, kind
         return 0
     if not isinstance(cache, KVCache):
         raise TypeError(f"cache must be a KVCache (from new_cache()), got {type(cache).__name__}")
+    weight = next(module.parameters())  # new_cache takes the weights' dtype and device (autocast leaves them)
+    if cache.dtype != weight.dtype or cache.device != weight.device:
+        raise TypeError(f"the cache holds {cache.dtype} on {cache.device}, the layer's weights are {weight.dtype} "
+                        f"on {weight.device}: make the cache after moving the model (new_cache)")
     cache.check(kind, B, T)
     if cache.length + T > module.max_seq_len:
         raise ValueError(f"the cache holds {cache.length} tokens and {T} more exceed the context "

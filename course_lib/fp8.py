@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.validation import check_int
+from course_lib.validation import NonFiniteError, check_int
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -106,7 +106,9 @@ def quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4
     tile stays zero). The quotient is clamped to [-fp8_max, fp8_max] before the cast, so that a conversion that
     does not saturate never sees a value out of range (torch 2.13's cast saturates; hardware may not).
 
-    Raises TypeError for a non-float x or dtype not FP8; ValueError for x not 2-D, empty or not finite.
+    Raises TypeError for a non-float x or dtype not FP8; ValueError for x not 2-D or empty, and
+    ``validation.NonFiniteError`` (a ValueError; ``train.train_step`` reports it as TrainingDiverged) for x
+    not finite.
     """
     _check_fp8_dtype(dtype)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dtype in FP8_DTYPES:
@@ -117,7 +119,7 @@ def quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4
     tiles = _tiled(x.detach(), tile)  # [R, r, C, c]
     amax = tiles.abs().amax(dim=(1, 3))  # [R, C]
     if not torch.isfinite(amax).all():
-        raise ValueError("quantize got non-finite values (inf or NaN): an FP8 scale cannot represent them; "
+        raise NonFiniteError("quantize got non-finite values (inf or NaN): an FP8 scale cannot represent them; "
                          "find where they come from (a diverged loss, a division by zero) before quantising")
     limit = fp8_max(dtype)
     scale = amax.clamp(min=AMAX_FLOOR) / limit
@@ -223,7 +225,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.linear without bias, with the GEMMs of the forward and backward passes in simulated FP8 (E4M3).
 
     x: float32 [..., K]; weight: float32 [N, K] (the master weight) -> float32 [..., N]. Gradients flow to x and
-    weight (float32). An empty x gives an empty output. Raises ValueError for non-finite inputs or gradients.
+    weight (float32). An empty x gives an empty output. Raises ValueError for shapes that do not fit and
+    ``validation.NonFiniteError`` for non-finite inputs, weights or gradients (``quantize``).
     """
     if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"fp8_linear expects x [..., K] and weight [N, K], got {list(x.shape)} and "

@@ -112,6 +112,22 @@ class ModelConfig:
         return cls(**values)
 
 
+def temperature_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(logits / temperature) over the last axis, in float64, for every temperature > 0 down to the
+    smallest positive float: the distribution that decoding with a temperature samples from.
+
+    logits: float [..., V] of any float dtype (entries may be -inf, e.g. masked by top-k; at least one finite per
+    row) -> float64 [..., V] on the same device. Computed as softmax((logits - max) / temperature) in float64:
+    the shifted logits are <= 0 and the largest is exactly 0, so dividing by a tiny temperature gives 0 for the
+    argmax and a very negative number or -inf for the rest, never inf or inf - inf (NaN). As temperature -> 0 the
+    distribution becomes one-hot on the argmax (uniform over tied maxima): greedy decoding. Elsewhere it is
+    softmax(logits / temperature) up to float64 rounding, far below the logits' own (float32 or narrower).
+    The caller validates the temperature (``check_number(..., 0, strict=True)``).
+    """
+    wide = logits.double()
+    return F.softmax((wide - wide.amax(-1, keepdim=True)) / temperature, dim=-1)
+
+
 class ModelCache:
     """The KV cache of a whole TinyDeepSeek (make it with ``model.new_cache(batch_size)``).
 
@@ -271,8 +287,9 @@ class TinyDeepSeek(nn.Module):
         MTP: (mtp_lambda / D) * sum_k L_k ([V3] eq. 25), 0 when D = 0. Depth k reads the previous depth's hidden
         states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
         Raises TypeError / ValueError for tokens that are not int64 [B >= 1, T + 1 >= 2] in the vocabulary and for
-        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss (not an error:
-        ``train.train_step`` reports it as TrainingDiverged).
+        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss, or
+        ``validation.NonFiniteError`` from a layer that needs finite inputs (an MoE layer, an FP8 layer):
+        ``train.train_step`` reports both as TrainingDiverged.
         """
         check_number("mtp_lambda", mtp_lambda, 0)
         self.check_tokens(tokens, windows=True)
@@ -329,7 +346,8 @@ class TinyDeepSeek(nn.Module):
         """Sample a continuation with the main head (the MTP modules are not used), decoding with a KV cache.
 
         prompt: int64 [T0] -> int64 [T0 + max_new_tokens]. Each step samples from softmax(logits / temperature)
-        restricted to the top_k most likely tokens (all when None), with ``generator`` (a CPU torch.Generator)
+        (``temperature_softmax``: any temperature > 0; near 0 it is greedy decoding) restricted to the top_k most
+        likely tokens (all when None), with ``generator`` (a CPU torch.Generator)
         for repeatable samples. The model reads at most the last ``context`` tokens (default max_seq_len; pass the
         training sequence length, since positions beyond it were never trained), at positions 0..context-1.
 
@@ -358,11 +376,11 @@ class TinyDeepSeek(nn.Module):
         cache = self.new_cache(1) if use_cache else None
         new = tokens[-context:]  # what the cache has not read yet
         for step in range(max_new_tokens):
-            logits = self._logits(new[None], cache)[0, -1].float().cpu() / temperature  # [vocab]
+            logits = self._logits(new[None], cache)[0, -1].cpu()  # [vocab]
             if top_k is not None:
                 kth = logits.topk(min(top_k, logits.numel())).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            choice = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).to(device)
+            choice = torch.multinomial(temperature_softmax(logits, temperature), 1, generator=generator).to(device)
             tokens = torch.cat([tokens, choice])
             if cache is not None and cache.length < context:
                 new = choice

@@ -36,7 +36,7 @@ from torch import nn
 from course_lib import balance, dispatch
 from course_lib.layers import SwiGLU
 from course_lib.routing import check_route_config, check_route_scale, topk_route
-from course_lib.validation import check_int
+from course_lib.validation import NonFiniteError, check_int
 
 ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 
@@ -128,7 +128,7 @@ class DeepSeekMoE(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.dim or x.numel() == 0:
             raise ValueError(f"DeepSeekMoE expects a non-empty tensor [..., {self.dim}], got shape {list(x.shape)}")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("DeepSeekMoE got hidden states with NaN or inf: the layers before it diverged")
+            raise NonFiniteError("DeepSeekMoE got hidden states with NaN or inf: the layers before it diverged")
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)

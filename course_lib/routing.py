@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.validation import check_int, check_number
+from course_lib.validation import NonFiniteError, check_int, check_number
 
 
 def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
                          f"{centroids.shape[1]}], got shape {list(x.shape)}")
     for name, t in (("x", x), ("centroids", centroids)):
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or inf: affinities need finite hidden states and centroids")
+            raise NonFiniteError(f"{name} contains NaN or inf: affinities need finite hidden states and centroids")
     return torch.sigmoid(x @ centroids.T)
 
 
@@ -115,9 +115,9 @@ def topk_route(
     check_route_scale(route_scale)
     if not bool(((scores >= 0) & (scores < float("inf"))).all()):  # one check (one device sync) for all kinds
         if torch.isnan(scores).any():
-            raise ValueError("scores contain NaN: check the hidden states and centroids that produced them")
+            raise NonFiniteError("scores contain NaN: check the hidden states and centroids that produced them")
         if torch.isinf(scores).any():
-            raise ValueError("scores contain inf: affinities are finite sigmoid outputs in [0, 1]")
+            raise NonFiniteError("scores contain inf: affinities are finite sigmoid outputs in [0, 1]")
         raise ValueError("scores must be affinities >= 0 (sigmoid outputs); got negative values: apply sigmoid first")
     choice = scores.detach()
     if bias is not None:
@@ -127,7 +127,7 @@ def topk_route(
         if not bias.is_floating_point():
             raise TypeError(f"bias must be a floating-point tensor (float32), got {bias.dtype}")
         if not bool(torch.isfinite(bias).all()):
-            raise ValueError("bias contains NaN or inf: every expert's bias must be a finite number")
+            raise NonFiniteError("bias contains NaN or inf: every expert's bias must be a finite number")
         choice = choice + bias.detach().to(scores.device)
     if n_groups > 1:
         choice = group_limit(choice, n_groups, topk_groups)

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from course_lib.model import TinyDeepSeek
+from course_lib.model import TinyDeepSeek, temperature_softmax
 from course_lib.validation import check_int, check_number
 
 
@@ -56,27 +55,34 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     """The sampling verify step of Leviathan et al. / Chen et al., for a batch of independent rows.
 
     drafts: int64 [B, d], drafted from q; q: float [B, d, V], the drafter's distribution of each draft; p: float
-    [B, d + 1, V], the main model's distribution at the positions of the drafts and the one after.
-    Draft j is accepted with probability min(1, p_j(x) / q_j(x)) if all before it were; at the first rejection
-    the token is sampled from norm(max(0, p_j - q_j)); after a full accept from p_d.
+    [B, d + 1, V], the main model's distribution at the positions of the drafts and the one after (any float
+    dtypes: the rule runs in float64, where float16, bfloat16 and float32 values are exact).
+    Draft j is accepted with probability min(1, p_j(x) / q_j(x)) if all before it were: with u ~ U[0, 1), iff
+    u < p_j(x) / q_j(x), tested as u q_j(x) < p_j(x). Strict, and without the division: a draft the main model
+    cannot emit (p_j(x) = 0) is never accepted, even for u = 0 or q_j(x) = 0 (where p / q is NaN). At the first
+    rejection the token is sampled from norm(max(0, p_j - q_j)); after a full accept from p_d.
     -> (m: int64 [B], the drafts accepted; token: int64 [B], the token emitted after them).
-    The emitted tokens are distributed exactly as sampling from p one token at a time.
+    The emitted tokens are distributed exactly as sampling from p one token at a time. Raises ValueError for
+    shapes that do not fit, TypeError for p or q not floating point.
     """
     B, d = drafts.shape
     if list(q.shape[:2]) != [B, d] or list(p.shape[:2]) != [B, d + 1] or q.shape[2] != p.shape[2]:
         raise ValueError(f"expected drafts [B, d], q [B, d, V], p [B, d + 1, V], got {list(drafts.shape)}, "
                          f"{list(q.shape)}, {list(p.shape)}")
+    if not (q.is_floating_point() and p.is_floating_point()):
+        raise TypeError(f"q and p must be floating-point probabilities, got {q.dtype} and {p.dtype}")
+    p, q = p.double(), q.double()
     rows = torch.arange(B)
-    u = torch.rand(B, d, generator=generator, dtype=p.dtype).to(p.device)
+    u = torch.rand(B, d, generator=generator, dtype=torch.float64).to(p.device)
     p_x = p[:, :d].gather(-1, drafts[..., None])[..., 0]  # [B, d]
     q_x = q.gather(-1, drafts[..., None])[..., 0]
-    accepted = (u * q_x <= p_x).long()  # u < p / q without dividing by q
+    accepted = (u * q_x < p_x).long()  # u < p / q; never when p = 0
     m = accepted.cumprod(1).sum(1)  # [B]
     q_padded = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)  # a zero draft after the last: residual = p_d
     residual = (p[rows, m] - q_padded[rows, m]).clamp(min=0)  # [B, V]
-    empty = residual.sum(-1, keepdim=True) <= 0  # only when p = q, where a rejection cannot happen
+    empty = residual.sum(-1, keepdim=True) <= 0  # p = q: rejected only a draft q could not draw; sample p
     residual = torch.where(empty, p[rows, m], residual)
-    token = torch.multinomial(residual.cpu().float(), 1, generator=generator)[:, 0].to(drafts.device)
+    token = torch.multinomial(residual.cpu(), 1, generator=generator)[:, 0].to(drafts.device)
     return m, token
 
 
@@ -128,10 +134,11 @@ def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int
 
 
 def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [n, V] -> int64 [n]: the argmax (temperature 0) or a sample of softmax(logits / temperature)."""
+    """logits [n, V] -> int64 [n]: the argmax (temperature 0) or a sample of softmax(logits / temperature)
+    (``temperature_softmax``: a tiny temperature samples the argmax)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = F.softmax(logits.double() / temperature, dim=-1)
+    probs = temperature_softmax(logits, temperature)
     return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
 
 
@@ -202,7 +209,7 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
         if temperature == 0:
             emitted = accept_greedy(draft_tensor, logits.argmax(-1)).tolist()
         else:
-            p = F.softmax(logits.double() / temperature, dim=-1)
+            p = temperature_softmax(logits, temperature)
             m, token = accept_sampled(draft_tensor[None], q[None], p[None], generator)
             emitted = drafts[:int(m)] + [int(token)]
         m = len(emitted) - 1
@@ -232,7 +239,7 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
                 draft_logits = draft_logits[0]  # [1, V]
                 drafts.append(int(_choose(draft_logits, temperature, generator)))
                 if temperature > 0:
-                    q_rows.append(F.softmax(draft_logits[0].double() / temperature, dim=-1))
+                    q_rows.append(temperature_softmax(draft_logits[0], temperature))
                 committed = max(0, len(tokens) - k)  # positions whose input t_{i+k} is a committed token
                 block_cache.truncate(committed)
                 carry[k] = hk[:, max(0, committed - 1) - s:committed - s]  # for depth k + 1's next step

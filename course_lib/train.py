@@ -50,7 +50,7 @@ from course_lib import balance
 from course_lib.data import CharTokenizer, Corpus, python_docs, synthetic_task
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.runtime import get_device, seed_everything
-from course_lib.validation import check_int, check_number
+from course_lib.validation import NonFiniteError, check_int, check_number
 
 BALANCE_MODES = ("none", "aux", "loss_free")
 DTYPES = ("float32", "bfloat16")  # TrainConfig.dtype: float32, or bfloat16 autocast
@@ -143,8 +143,9 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
     """One optimizer step over ``micro_batches`` (each int64 [batch, T + 1]), then the balancing update.
 
     ``dtype``: "float32", or "bfloat16" to run the forward passes under bfloat16 autocast (``TrainConfig.dtype``).
-    Raises TrainingDiverged when the loss or the gradient norm is not finite, TypeError / ValueError for bad
-    settings and micro-batches (checked once per step, ``TinyDeepSeek.check_tokens``). Any
+    Raises TrainingDiverged when the loss (checked before its backward) or the gradient norm is not finite, or a
+    layer meets NaN or inf (``validation.NonFiniteError``: FP8 quantisation, the router), TypeError / ValueError
+    for bad settings and micro-batches (checked once per step, ``TinyDeepSeek.check_tokens``). Any
     exception raised during the step (TrainingDiverged, an error in a hook, KeyboardInterrupt, ...) leaves the
     weights, the optimizer state and every MoE layer's ``bias`` and ``load`` as they were before the step (the
     gradients are cleared).
@@ -167,10 +168,11 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
         model.train()
         optimizer.zero_grad(set_to_none=True)
         device = next(model.parameters()).device
-        totals = _forward_backward(model, micro_batches, device, balance_mode, alpha, seq_alpha, mtp_lambda, dtype)
-        if not torch.isfinite(totals).all():
-            raise TrainingDiverged(f"the loss is not a finite number (loss {totals[0]:.4g}, main {totals[1]:.4g}, "
-                                   f"MTP {totals[2]:.4g}, balance {totals[3]:.4g})")
+        try:
+            totals = _forward_backward(model, micro_batches, device, balance_mode, alpha, seq_alpha, mtp_lambda,
+                                       dtype)
+        except NonFiniteError as error:  # a layer met NaN or inf before the loss (an FP8 layer, the router)
+            raise TrainingDiverged(f"non-finite values inside the model: {error}") from error
         max_norm = grad_clip if grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
@@ -202,7 +204,8 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
 def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], device: torch.device,
                       balance_mode: str, alpha: float, seq_alpha: float, mtp_lambda: float,
                       dtype: str) -> torch.Tensor:
-    """Forward and backward of every micro-batch; returns the mean (loss, main, MTP, balance) as float32 [4]."""
+    """Forward and backward of every micro-batch; returns the mean (loss, main, MTP, balance) as float32 [4].
+    Raises TrainingDiverged for a non-finite loss, before its backward."""
     moes = model.moe_layers()
     totals = torch.zeros(4)  # loss, main, mtp, balance
     for tokens in micro_batches:
@@ -216,8 +219,12 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
             if seq_alpha > 0:
                 balance_term = balance_term + balance.sequence_balance_loss(moe.last_scores, moe.top_k, seq_alpha)
         loss = main + mtp + balance_term
+        values = torch.stack([loss, main, mtp, balance_term]).detach().float().cpu()
+        if not torch.isfinite(values).all():  # before backward, which may fail on NaN itself (FP8's quantisation)
+            raise TrainingDiverged(f"the loss is not a finite number (loss {values[0]:.4g}, main {values[1]:.4g}, "
+                                   f"MTP {values[2]:.4g}, balance {values[3]:.4g})")
         (loss / len(micro_batches)).backward()
-        totals += torch.stack([loss, main, mtp, balance_term]).detach().float().cpu() / len(micro_batches)
+        totals += values / len(micro_batches)
     return totals
 
 

@@ -1,12 +1,20 @@
 """Checks of plain arguments shared by the course's modules: an int in range, a finite number in range.
 
 Wrong types raise TypeError, values out of range (NaN and inf included) raise ValueError; each message names the
-argument, the expectation and the value given.
+argument, the expectation and the value given. NaN or inf met inside a model's forward pass (hidden states, router
+scores, an FP8 layer's operands) raise ``NonFiniteError``, a ValueError that ``train.train_step`` reports as
+``TrainingDiverged``.
 """
 
 from __future__ import annotations
 
 import math
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf where a layer needs finite values (hidden states, router scores, FP8 operands): the input, or
+    during training the weights or activations before it, diverged. ``train.train_step`` turns it into
+    ``TrainingDiverged``."""
 
 
 def check_int(name: str, value: object, minimum: int | None = None) -> int:

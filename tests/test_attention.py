@@ -120,6 +120,26 @@ def test_token_by_token_decoding_equals_one_forward(layer):
         torch.testing.assert_close(decode_in_chunks(attn, x, [5, 4], attn.new_cache(2)), full, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("layer", ["mha", "mla", "mla-absorbed"])
+def test_decoding_with_the_cache_under_bfloat16_autocast(layer):
+    """Under bfloat16 autocast a float32 layer's keys (latents) are bfloat16: the float32 cache stores them (it
+    keeps its dtype) and hands them back in bfloat16, so decoding gives the cache-less autocast forward's output.
+    Failed before: TypeError "make the cache after moving the model", which does not apply."""
+    torch.manual_seed(1)
+    attn = MultiHeadAttention(12, 3, max_seq_len=16) if layer == "mha" else mla(layer == "mla-absorbed").float()
+    x = torch.randn(2, 9, attn.dim)
+    cache = attn.new_cache(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = attn(x)
+        decoded = decode_in_chunks(attn, x, [5, 1, 3], cache)
+    assert full.dtype == decoded.dtype == torch.bfloat16 and cache.dtype == torch.float32 and cache.length == 9
+    assert all(cache[name].dtype == torch.float32 for name in cache.entries)
+    torch.testing.assert_close(decoded.float(), full.float(), rtol=2e-2, atol=2e-2)  # bfloat16: 8 bits
+    float_cache = attn.new_cache(2)
+    with pytest.raises(TypeError, match="make the cache after moving the model"):  # a real mismatch still is one
+        attn.double()(x.double(), float_cache)
+
+
 def test_mha_caches_rotated_keys_and_values():
     torch.manual_seed(0)
     attn = MultiHeadAttention(8, 2, max_seq_len=16)

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from course_lib import balance, data, toy_moe, train
+from course_lib import balance, data, fp8, toy_moe, train
 from course_lib.model import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
@@ -134,6 +134,32 @@ def test_a_failed_step_leaves_weights_optimizer_and_routing_state_as_before(fail
     b = train.train_step(twin_model, twin_opt, batches(3), gamma=0.01)
     assert a.loss == b.loss and torch.equal(a.loads, b.loads)
     assert_same(snapshot(model, optimizer), snapshot(twin_model, twin_opt))
+
+
+DIVERGED_WEIGHTS = [  # a weight set to NaN or inf: before every layer, an FP8 layer's own weight, after every layer
+    ("embed.weight", float("nan")), ("blocks.1.attn.qkv.weight", float("inf")), ("head.weight", float("nan"))]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "fp8"])
+@pytest.mark.parametrize("name, value", DIVERGED_WEIGHTS, ids=[n for n, _ in DIVERGED_WEIGHTS])
+def test_divergence_is_training_diverged_in_every_precision(precision, name, value):
+    """NaN or inf anywhere surfaces as TrainingDiverged (what the Trainer and the CLI's exit status 3 catch), and the
+    state is as before. Failed before: the ValueError of a layer's check (the MoE layer's hidden states, FP8's
+    quantisation in the forward, or in the backward of a NaN loss)."""
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    if precision == "fp8":
+        fp8.to_fp8(model)
+    dtype = "bfloat16" if precision == "bfloat16" else "float32"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train.train_step(model, optimizer, batches(1), dtype=dtype)
+    with torch.no_grad():
+        dict(model.named_parameters())[name].view(-1)[:4] = value
+    before = snapshot(model, optimizer)
+    with pytest.raises(train.TrainingDiverged):
+        train.train_step(model, optimizer, batches(2), dtype=dtype)
+    assert_same(snapshot(model, optimizer), before)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_the_trainer_redraws_the_batches_of_a_failed_step(corpus):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from course_lib import mtp, train
 from course_lib.layers import SwiGLU
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.model import ModelConfig, TinyDeepSeek, temperature_softmax
 from course_lib.moe import DeepSeekMoE
 from course_lib.param_count import moe_ffn_params
 
@@ -122,6 +122,20 @@ def test_generate_is_seeded_and_respects_top_k():
     assert short.shape == (8,)
     with pytest.raises(ValueError, match="context"):
         model.generate(prompt, 5, context=33)
+
+
+def test_temperature_softmax_is_exact_and_greedy_near_zero():
+    """softmax(logits / T) for every T > 0: the exact distribution where float64 holds it, one-hot on the argmax
+    (uniform over tied maxima) for a tiny T, never inf or NaN, from logits of any float dtype, -inf allowed."""
+    logits = torch.tensor([[1.5, -2.0, 3.25, 0.0], [0.5, 0.5, float("-inf"), -1.0]])
+    for temperature in (4.0, 0.8, 1e-2):
+        torch.testing.assert_close(temperature_softmax(logits, temperature),
+                                   F.softmax(logits.double() / temperature, -1), rtol=1e-12, atol=1e-300)
+    for temperature in (1e-30, 1e-45, 1e-300, 5e-324):  # 1e-45 overflowed float32 logits / T before
+        for dtype in (torch.bfloat16, torch.float32, torch.float64):
+            probs = temperature_softmax(logits.to(dtype), temperature)
+            assert probs.dtype == torch.float64
+            assert probs.tolist() == [[0.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.0, 0.0]], (temperature, dtype)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -4,6 +4,7 @@ distribution (the rule alone on 200K vectorised rows, and the first two tokens o
 distribution), statistics and bad input."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -140,6 +141,71 @@ def test_accept_sampled_preserves_the_distribution():
     assert 0 < float(m.double().mean()) < 1  # some accepted, some rejected
     expected_acceptance = torch.minimum(p[0], q[0]).sum()  # P(accept) = sum_x min(p, q)
     assert abs(float(m.double().mean()) - float(expected_acceptance)) < 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_a_draft_the_main_model_cannot_emit_is_never_accepted(dtype, monkeypatch):
+    """p(x) = 0 for the draft: rejected even when the uniform draw is exactly 0, whatever q(x) (1, the dtype's
+    smallest subnormal, 0) and the dtype of p and q. And p(x) > 0 (the smallest subnormal) with u = 0 is accepted:
+    u < p / q. Failed before: u q <= p accepted u = 0, p = 0."""
+    monkeypatch.setattr(torch, "rand", lambda *size, generator=None, dtype=None: torch.zeros(*size, dtype=dtype))
+    tiny = float(torch.finfo(dtype).smallest_normal) * float(torch.finfo(dtype).eps)  # the smallest subnormal
+    assert torch.tensor(tiny, dtype=dtype) > 0
+    q_of_draft = [1.0, tiny, 0.0]
+    q = torch.tensor([[[qx, 0.5, 0.5]] for qx in q_of_draft], dtype=dtype)  # [3, 1, V]: draft 0
+    p = torch.tensor([[[0.0, 0.75, 0.25], [0.2, 0.3, 0.5]]] * 3, dtype=dtype)  # [3, 2, V]: p(draft) = 0
+    m, token = accept_sampled(torch.zeros(3, 1, dtype=torch.int64), q, p, torch.Generator().manual_seed(0))
+    assert m.tolist() == [0, 0, 0] and all(t in (1, 2) for t in token.tolist())
+    p_possible = p.clone()
+    p_possible[:, 0, 0] = tiny
+    m, _ = accept_sampled(torch.zeros(3, 1, dtype=torch.int64), q, p_possible, torch.Generator().manual_seed(0))
+    assert m.tolist() == [1, 1, 1]
+
+
+TINY_TEMPERATURES = [1e-30, 1e-45, 1e-300, math.ulp(0.0)]  # ulp(0.0): the smallest positive float, 5e-324
+
+
+@pytest.mark.parametrize("attention", ["mha", "mla"])
+def test_tiny_temperatures_decode_greedily(attention):
+    """Every temperature > 0 is accepted and decodes like greedy near 0: generate, plain_generate and
+    speculative_generate give the greedy output (no inf / NaN from logits / T). Failed before: 1e-45 in generate,
+    5e-324 in all three."""
+    model = tiny_model(2, attention, seed=2)
+    prompt = prompt_of(4, 7, 0)
+    greedy, _ = plain_generate(model, prompt, 20)
+    for temperature in TINY_TEMPERATURES:
+        g = torch.Generator().manual_seed(0)
+        assert torch.equal(model.generate(prompt, 20, temperature, generator=g), greedy), temperature
+        assert torch.equal(plain_generate(model, prompt, 20, temperature, g)[0], greedy), temperature
+        for depth in (1, 2):
+            got, _ = speculative_generate(model, prompt, 20, depth, temperature, g)
+            assert torch.equal(got, greedy), (temperature, depth)
+
+
+@pytest.mark.parametrize("attention, absorb", [("mha", False), ("mla", False), ("mla", True)])
+def test_decoding_under_bfloat16_autocast(attention, absorb):
+    """The float32 caches take bfloat16 keys / latents under autocast (failed before: "make the cache after moving
+    the model", which does not apply). Greedy decoding under autocast, plain and speculative, emits the float32
+    model's argmax up to bfloat16 rounding (not token for token: bfloat16 rounds near-ties differently for another
+    batch shape); sampling runs too."""
+    model = tiny_model(2, attention, seed=2).float()
+    for module in model.modules():
+        if hasattr(module, "absorb"):
+            module.absorb = absorb
+    prompt = prompt_of(4, 7, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = [plain_generate(model, prompt, 20)[0]] + [speculative_generate(model, prompt, 20, depth)[0]
+                                                            for depth in (1, 2)]
+        sampled, _ = speculative_generate(model, prompt, 20, temperature=1.0,
+                                          generator=torch.Generator().manual_seed(0))
+        generated = model.generate(prompt, 20, 1.0, generator=torch.Generator().manual_seed(0))
+    for tokens in outputs:
+        with torch.no_grad():
+            logits = model(tokens[None])[0, 3:-1]  # float32: the positions that predicted the 20 new tokens
+        shortfall = logits.amax(-1) - logits.gather(-1, tokens[4:, None])[:, 0]
+        assert float(shortfall.max()) < 0.05, shortfall
+    for tokens in outputs + [sampled, generated]:
+        assert tokens.shape == (24,) and 0 <= int(tokens.min()) and int(tokens.max()) < 7
 
 
 def test_sampling_first_two_tokens_have_the_main_models_distribution():

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from course_lib import data, train
+from course_lib import data, fp8, train
 from course_lib.model import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
@@ -185,6 +185,23 @@ def test_nan_loss_stops_with_the_step_and_what_to_try(corpus):
     with pytest.raises(train.TrainingDiverged, match=r"step 3 .*lower learning rate"):
         trainer.train(progress=False)
     assert trainer.step == 2 and len(trainer.history.loss) == 2
+
+
+def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys):
+    """A simulated-FP8 model whose embedding holds NaN: the CLI reports the divergence (exit status 3), not a
+    ValueError from FP8's quantisation (failed before)."""
+    class DivergedFP8(TinyDeepSeek):
+        def __init__(self, config):
+            super().__init__(config)
+            fp8.to_fp8(self)
+            with torch.no_grad():
+                self.embed.weight[:, 0] = float("nan")
+
+    monkeypatch.setattr(train, "TinyDeepSeek", DivergedFP8)
+    code = train.main(["--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2", "--n-heads", "2",
+                       "--expert-dim", "16", "--batch-size", "2", "--seq-len", "16", "--max-seq-len", "16",
+                       "--eval-tokens", "64", "--no-progress"])
+    assert code == 3 and "Training stopped at step 1" in capsys.readouterr().err
 
 
 def test_bad_training_settings():
