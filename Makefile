@@ -20,7 +20,7 @@ LAB_FLAGS   := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 # runs with .venv/bin first on PATH, and its terminals start the user's shell as it is (not a login shell, whose
 # /etc/profile would put the system's PATH back; JupyterLab picks one when it has no terminal of its own). The
 # launcher offers the course kernel alone, not ipykernel's second "Python 3" one: the set-up copies
-# tools/jupyter/$(KERNEL_NAME).json into the environment's Jupyter configuration (binder/postBuild does the same).
+# tools/jupyter/jupyter_server_config.json into the environment's Jupyter configuration (binder/postBuild too).
 LAB_ENV     := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 LAB_CONFIG  := --ServerApp.terminado_settings=shell_command="$${SHELL:-/bin/sh}"
 # More JupyterLab options, for example `make lab LAB_ARGS="--port 8890 --no-browser"`.
@@ -35,8 +35,8 @@ $(VENV)/.course-installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python tools/install_torch.py --spec "$(TORCH_SPEC)" --index "$(TORCH_INDEX)"
 	$(BIN)/python -m pip install -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python (DeepSeek-V3 course)"
-	mkdir -p $(VENV)/etc/jupyter/jupyter_server_config.d
-	cp tools/jupyter/$(KERNEL_NAME).json $(VENV)/etc/jupyter/jupyter_server_config.d/
+	mkdir -p $(VENV)/etc/jupyter
+	cp tools/jupyter/jupyter_server_config.json $(VENV)/etc/jupyter/
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.course-installed
