@@ -220,24 +220,28 @@ def generate(root: Path = REPO_ROOT, force: bool = False) -> list[Path]:
     return [target for target, _ in changes]
 
 
-def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
-    """Execute a solution notebook from a fresh kernel and store the outputs of its kept cells."""
+def current_env_kernel():
+    """A jupyter_client KernelManager whose kernel runs this very interpreter, whatever kernel name a notebook
+    asks for (as nbval's --nbval-current-env does)."""
     import ipykernel.kernelspec
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
 
     class CurrentEnvSpecs(KernelSpecManager):
-        """Run the notebook with this very interpreter (as nbval's --nbval-current-env does)."""
-
         def get_kernel_spec(self, kernel_name: str):  # noqa: ARG002 - every name maps to the current env
             return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES,
                                           **ipykernel.kernelspec.get_kernel_dict())
 
+    return KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentEnvSpecs())
+
+
+def refresh_kept_outputs(path: Path, timeout: int = 600) -> None:
+    """Execute a solution notebook from a fresh kernel and store the outputs of its kept cells."""
+    from nbclient import NotebookClient
+
     nb = read(path)
     executed = copy.deepcopy(nb)
-    kernel = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=CurrentEnvSpecs())
-    NotebookClient(executed, km=kernel, timeout=timeout, coalesce_streams=True,
+    NotebookClient(executed, km=current_env_kernel(), timeout=timeout, coalesce_streams=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell, run in zip(nb.cells, executed.cells):
         if is_kept(cell):
