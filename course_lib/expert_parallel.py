@@ -45,7 +45,7 @@ from torch import nn
 from course_lib import balance, distributed
 from course_lib.layers import swiglu
 from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
+from course_lib.moe import DeepSeekMoE, RoutingStateModule
 from course_lib.train import TrainingDiverged
 from course_lib.validation import check_int
 
@@ -228,7 +228,7 @@ def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int]) 
 
 
 # --------------------------------------------------------------------------------------------- the layer
-class ExpertParallelMoE(nn.Module):
+class ExpertParallelMoE(RoutingStateModule):
     """One rank's part of a DeepSeekMoE layer: replicated router and shared expert, n_routed / world_size experts.
 
     Built from a single-process ``DeepSeekMoE`` (same weights, copied): ``ExpertParallelMoE(moe, rank,
@@ -238,7 +238,8 @@ class ExpertParallelMoE(nn.Module):
     ranks, ``replicated_parameters``), and this rank's experts ``w_gate``, ``w_up`` [E_r, expert_dim,
     dim], ``w_down`` [E_r, dim, expert_dim] (``expert_parameters``: their gradients are complete after backward,
     the combine's backward brings them from every rank). Buffers: ``bias`` [n_routed] (the same on every rank)
-    and ``load`` [n_routed] float32, this rank's assignments since the last ``update_bias``.
+    and ``load`` [n_routed], this rank's assignments since the last ``update_bias``: float32 under every cast and
+    state_dict load, as in DeepSeekMoE (``moe.RoutingStateModule``).
 
     With group-limited routing (``moe.n_groups > 1``) the groups must be the nodes: n_groups = world_size /
     ranks_per_node. Raises ValueError otherwise, or when the experts do not split evenly.
