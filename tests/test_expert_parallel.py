@@ -159,23 +159,22 @@ def test_a_failing_rank_stops_the_others_with_an_error():
     assert "fails on purpose" in error.errors[1]
 
 
-@pytest.mark.slow
-def test_data_and_expert_parallel_step_equals_the_single_process_step():
+def _tiny_model():
     corpus = synthetic_task(n_lines=300, seed=0)
     config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, expert_dim=16,
-                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=1)
+                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=2)
     torch.manual_seed(0)
-    model = TinyDeepSeek(config)
-    g = torch.Generator().manual_seed(0)
-    batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
-    lr, gamma, clip = 0.1, 0.01, 0.5
-    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip), timeout_s=30,
-                                    deadline_s=55)
+    return corpus, TinyDeepSeek(config)
+
+
+def _assert_same_training(results, model, micro_batches, lr, gamma, clip):
+    """The ranks' training equals train.train_step on ``micro_batches`` (one list of micro-batches per step)."""
     ref = copy.deepcopy(model)
     optimizer = torch.optim.SGD(ref.parameters(), lr=lr)
-    losses = [train_step(ref, optimizer, [b], balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss
-              for b in batches]
-    assert results[0]["losses"] == pytest.approx(losses, abs=1e-5)
+    losses = [train_step(ref, optimizer, step, balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss
+              for step in micro_batches]
+    for r in results:
+        assert r["losses"] == pytest.approx(losses, abs=1e-5)
     for name, value in ref.state_dict().items():
         if any(name.endswith(w) for w in (".w_gate", ".w_up", ".w_down")) and ".ffn." in name:
             got = torch.cat([r["state"][name] for r in results])
@@ -183,6 +182,31 @@ def test_data_and_expert_parallel_step_equals_the_single_process_step():
             got = results[0]["state"][name]
             torch.testing.assert_close(results[1]["state"][name], got, rtol=0, atol=0)  # replicas stay identical
         torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=f"{name} after two steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shares", [None, [1, 3]], ids=["equal shares", "1 and 3 windows"])
+def test_data_and_expert_parallel_step_equals_the_single_process_step(shares):
+    """Unequal shares: each rank's loss is weighted by its share of the positions, not by 1 / world_size (which
+    made the step differ from the single-process step on the same batch, silently)."""
+    corpus, model = _tiny_model()
+    g = torch.Generator().manual_seed(0)
+    batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
+    lr, gamma, clip = 0.1, 0.01, 0.5
+    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip, shares), timeout_s=30,
+                                    deadline_s=55)
+    _assert_same_training(results, model, [[b] for b in batches], lr, gamma, clip)
+
+
+@pytest.mark.slow
+def test_ranks_with_windows_of_different_lengths_train_as_micro_batches_of_those_lengths():
+    corpus, model = _tiny_model()
+    g = torch.Generator().manual_seed(0)
+    batches = [[corpus.get_batch("train", 3, 8, g), corpus.get_batch("train", 2, 16, g)] for _ in range(2)]
+    lr, gamma = 0.1, 0.01
+    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, 0.0), timeout_s=30,
+                                    deadline_s=55)
+    _assert_same_training(results, model, batches, lr, gamma, 0.0)
 
 
 @pytest.mark.slow
