@@ -123,7 +123,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 class StepResult(NamedTuple):
     """What one optimizer step measured. Losses are the step's: the micro-batches' losses weighted by their share
-    of the input positions (``position_shares``); loads: float32 [n_moe_layers, n_routed_experts], the
+    of the input positions, B_i T_i / sum_j B_j T_j; loads: float32 [n_moe_layers, n_routed_experts], the
     assignments each MoE layer counted during the step."""
 
     loss: float
@@ -151,10 +151,13 @@ class StepRollback:
 
     The routing state (two [n_routed] vectors per MoE layer) is copied on entry; the weights and the optimizer
     state only in ``optimizer_step``, as nothing before it changes them. Used by ``train_step`` and by
-    ``expert_parallel.train_step`` (on each rank).
+    ``expert_parallel.train_step`` (on each rank). Raises TypeError unless given a module and an optimizer.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(model, torch.nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"StepRollback(model, optimizer) takes a torch.nn.Module and a torch.optim.Optimizer, got "
+                            f"{type(model).__name__} and {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
         self.routing: list[tuple[RoutingStateModule, torch.Tensor, torch.Tensor]] = []
         self.weights: list[torch.Tensor] | None = None
@@ -236,15 +239,15 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
                       dtype: str) -> torch.Tensor:
     """Forward and backward of every micro-batch; returns the step's (loss, main, MTP, balance) as float32 [4].
 
-    Each micro-batch's losses are weighted by its share of the step's positions, B_i T_i / sum_j B_j T_j
-    (``position_shares``), not by 1 / n_micro: the main loss and every MTP depth's L_k divide their sums by the B T
-    input positions ([V3] eq. 24), so the weighted sum is the step's sum over all windows divided by all its
-    positions, which equals the loss of one batch holding every window (micro-batches of equal T). The balance
-    losses, computed per micro-batch, take the same weights.
+    Each micro-batch's losses are weighted by its share of the step's input positions, B_i T_i / sum_j B_j T_j,
+    not by 1 / n_micro: the main loss and every MTP depth's L_k divide their sums by the B T input positions
+    ([V3] eq. 24: L_k sums T - k terms but divides by T), so the weighted sum is the step's sum over all windows
+    divided by all its positions, which equals the loss of one batch holding every window (micro-batches of equal
+    T). The balance losses, computed per micro-batch, take the same weights.
     """
     moes = model.moe_layers()
     totals = torch.zeros(4)  # loss, main, mtp, balance
-    shares = position_shares(micro_batches)
+    shares = _position_shares(micro_batches)
     for tokens, share in zip(micro_batches, shares):
         with autocast(device, dtype):
             main, mtp = model._losses(tokens, mtp_lambda)  # tokens and mtp_lambda checked by train_step
@@ -261,15 +264,15 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
     return totals
 
 
-def loss_positions(tokens: torch.Tensor) -> int:
+def _loss_positions(tokens: torch.Tensor) -> int:
     """B * T, the input positions of windows tokens [B, T + 1]: the count that the main loss and every MTP
     depth's loss divide their sums by ([V3] eq. 24)."""
     return tokens.shape[0] * (tokens.shape[1] - 1)
 
 
-def position_shares(micro_batches: list[torch.Tensor]) -> list[float]:
+def _position_shares(micro_batches: list[torch.Tensor]) -> list[float]:
     """Each micro-batch's share of the step's input positions, B_i T_i / sum_j B_j T_j (sums to 1)."""
-    counts = [loss_positions(tokens) for tokens in micro_batches]
+    counts = [_loss_positions(tokens) for tokens in micro_batches]
     return [count / sum(counts) for count in counts]
 
 

@@ -246,4 +246,4 @@ def test_micro_batches_of_different_lengths_give_the_mean_over_all_their_positio
         expected = torch.nn.functional.cross_entropy(logits, torch.cat([t[:, 1:].reshape(-1) for t in parts]))
     result = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), parts)
     assert result.main_loss == pytest.approx(float(expected), abs=1e-6)
-    assert train.position_shares(parts) == [24 / 56, 32 / 56]
+    assert train._position_shares(parts) == [24 / 56, 32 / 56]
