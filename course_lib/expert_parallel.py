@@ -45,8 +45,8 @@ from torch import nn
 from course_lib import balance, distributed
 from course_lib.layers import swiglu
 from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
-from course_lib.train import TrainingDiverged
+from course_lib.moe import DeepSeekMoE, RoutingStateModule
+from course_lib.train import StepRollback, TrainingDiverged, _loss_positions
 from course_lib.validation import check_int
 
 
@@ -228,7 +228,7 @@ def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int]) 
 
 
 # --------------------------------------------------------------------------------------------- the layer
-class ExpertParallelMoE(nn.Module):
+class ExpertParallelMoE(RoutingStateModule):
     """One rank's part of a DeepSeekMoE layer: replicated router and shared expert, n_routed / world_size experts.
 
     Built from a single-process ``DeepSeekMoE`` (same weights, copied): ``ExpertParallelMoE(moe, rank,
@@ -238,7 +238,8 @@ class ExpertParallelMoE(nn.Module):
     ranks, ``replicated_parameters``), and this rank's experts ``w_gate``, ``w_up`` [E_r, expert_dim,
     dim], ``w_down`` [E_r, dim, expert_dim] (``expert_parameters``: their gradients are complete after backward,
     the combine's backward brings them from every rank). Buffers: ``bias`` [n_routed] (the same on every rank)
-    and ``load`` [n_routed] float32, this rank's assignments since the last ``update_bias``.
+    and ``load`` [n_routed], this rank's assignments since the last ``update_bias``: float32 under every cast and
+    state_dict load, as in DeepSeekMoE (``moe.RoutingStateModule``).
 
     With group-limited routing (``moe.n_groups > 1``) the groups must be the nodes: n_groups = world_size /
     ranks_per_node. Raises ValueError otherwise, or when the experts do not split evenly.
@@ -426,39 +427,55 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, tokens: to
                mtp_lambda: float = 0.3, grad_clip: float = 0.0, global_load: bool = True) -> StepResult:
     """One optimizer step of data + expert parallelism on this rank's share of the batch (every rank calls it).
 
-    tokens: int64 [batch / world_size, T + 1], this rank's windows (equal shares). Each rank backpropagates
-    loss / world_size; the replicated parameters' gradients are SUM-all-reduced, the experts' gradients are
-    already complete, so the step equals ``train.train_step`` on the whole batch with ``balance_mode=
-    "loss_free"`` (tested). The gradient norm for clipping is global. Then each MoE layer's bias is updated from
-    the global load (``ExpertParallelMoE.update_bias``). Raises train.TrainingDiverged before the optimizer step
-    when the loss or the gradient norm is not finite.
+    tokens: int64 [B_r, T_r + 1], this rank's windows; the ranks' shares may differ in windows and in length.
+    Each rank backpropagates its loss weighted by its share of the global input positions,
+    B_r T_r / sum_s B_s T_s (``train._loss_positions``, SUM-all-reduced with the losses): the main loss and every
+    MTP depth's loss divide their sums by B T ([V3] eq. 24), so the weighted sum over ranks is the loss of the
+    whole batch. The replicated parameters' gradients are SUM-all-reduced, the experts' gradients are already
+    complete (the combine's backward brings each rank's weighted share), so the step equals ``train.train_step``
+    on the whole batch with ``balance_mode="loss_free"`` (or on the ranks' shares as micro-batches, when their
+    lengths differ; tested). The gradient norm for clipping is global. Then each MoE layer's bias is updated from
+    the global load (``ExpertParallelMoE.update_bias``).
+
+    Raises train.TrainingDiverged (on every rank) when the loss or the gradient norm is not finite. Any exception
+    (that, an error in a hook or in the optimizer, KeyboardInterrupt, ...) leaves this rank's weights, optimizer
+    state and every layer's bias and load as they were (``train.StepRollback``), and so on every rank: a rank
+    that fails leaves the others waiting in a collective, which raises (the peer is gone, or the process group's
+    timeout passes) and rolls them back too. The step ends with a barrier, so no rank keeps a step that another
+    rank failed after the last exchange of data.
     """
-    world_size = dist.get_world_size()
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    main, mtp = model.losses(tokens, mtp_lambda)
-    ((main + mtp) / world_size).backward()
-    losses = torch.stack([main + mtp, main]).detach().float()
-    dist.all_reduce(losses, op=dist.ReduceOp.SUM)
-    losses /= world_size
-    shared = replicated_parameters(model)
-    all_reduce_gradients(shared)
-    own = [p for layer in expert_parallel_layers(model) for p in layer.expert_parameters()]
-    own_squares = _squared_norm(own, tokens.device).reshape(1)
-    dist.all_reduce(own_squares, op=dist.ReduceOp.SUM)  # every rank's experts
-    grad_norm = float((own_squares[0] + _squared_norm(shared, tokens.device)).sqrt())
-    if not (torch.isfinite(losses).all() and math.isfinite(grad_norm)):
-        raise TrainingDiverged(f"the loss ({float(losses[0]):.4g}) or the gradient norm ({grad_norm:.4g}) is not "
-                               f"finite")
-    if grad_clip > 0:
-        scale = min(1.0, grad_clip / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
-    optimizer.step()
-    loads = [layer.update_bias(gamma, global_load) for layer in expert_parallel_layers(model)]
-    return StepResult(float(losses[0]), float(losses[1]), grad_norm,
-                      torch.stack(loads).cpu() if loads else torch.zeros(0, 0))
+    with StepRollback(model, optimizer) as rollback:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        main, mtp = model.losses(tokens, mtp_lambda)
+        count = _loss_positions(tokens)
+        sums = torch.stack([main + mtp, main]).detach().double() * count
+        sums = torch.cat([sums, sums.new_tensor([count])])  # [loss x count, main x count, count]
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        losses = sums[:2] / sums[2]  # the global batch's (loss, main loss)
+        if not torch.isfinite(losses).all():
+            raise TrainingDiverged(f"the loss ({float(losses[0]):.4g}, main {float(losses[1]):.4g}) is not finite")
+        ((main + mtp) * (count / float(sums[2]))).backward()  # this rank's share of the global positions
+        shared = replicated_parameters(model)
+        all_reduce_gradients(shared)
+        own = [p for layer in expert_parallel_layers(model) for p in layer.expert_parameters()]
+        own_squares = _squared_norm(own, tokens.device).reshape(1)
+        dist.all_reduce(own_squares, op=dist.ReduceOp.SUM)  # every rank's experts
+        grad_norm = float((own_squares[0] + _squared_norm(shared, tokens.device)).sqrt())
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(f"the gradient norm is {grad_norm} although the loss {float(losses[0]):.4g} is "
+                                   f"finite")
+        if grad_clip > 0:
+            scale = min(1.0, grad_clip / (grad_norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        rollback.optimizer_step()
+        loads = [layer.update_bias(gamma, global_load) for layer in expert_parallel_layers(model)]
+        result = StepResult(float(losses[0]), float(losses[1]), grad_norm,
+                            torch.stack(loads).cpu() if loads else torch.zeros(0, 0))
+        dist.barrier()  # commit: every rank got here; a rank that failed makes the others raise and roll back
+    return result
 
 
 # --------------------------------------------------------------------------------------------- workers
@@ -496,14 +513,18 @@ def layer_worker(rank: int, world_size: int, moe: DeepSeekMoE, x: torch.Tensor, 
     return result
 
 
-def train_worker(rank: int, world_size: int, model: TinyDeepSeek, batches: list[torch.Tensor],
-                 ranks_per_node: int = 1, lr: float = 0.05, gamma: float = 0.01, grad_clip: float = 0.0) -> dict:
-    """Run by every rank: ``train_step`` with SGD on this rank's share of each global batch in ``batches``.
-    Returns {"losses": [...], "state": the model's state_dict after training (this rank's experts)}."""
+def train_worker(rank: int, world_size: int, model: TinyDeepSeek, batches: list[torch.Tensor | list[torch.Tensor]],
+                 ranks_per_node: int = 1, lr: float = 0.05, gamma: float = 0.01, grad_clip: float = 0.0,
+                 shares: list[int] | None = None) -> dict:
+    """Run by every rank: ``train_step`` with SGD on this rank's share of each global batch in ``batches``: equal
+    chunks, or ``shares[r]`` windows for rank r; a batch given as a list of ``world_size`` tensors gives rank r
+    its r-th (shares of different lengths). Returns {"losses": [...], "state": the model's state_dict after
+    training (this rank's experts)}."""
     local = expert_parallel_model(model, rank, world_size, ranks_per_node)
     optimizer = torch.optim.SGD(local.parameters(), lr=lr)
-    losses = [train_step(local, optimizer, b.chunk(world_size)[rank], gamma=gamma, grad_clip=grad_clip).loss
-              for b in batches]
+    mine = [b[rank] if isinstance(b, list) else (b.split(shares) if shares else b.chunk(world_size))[rank]
+            for b in batches]
+    losses = [train_step(local, optimizer, tokens, gamma=gamma, grad_clip=grad_clip).loss for tokens in mine]
     return {"losses": losses, "state": {k: v.clone() for k, v in local.state_dict().items()}}
 
 

@@ -41,7 +41,35 @@ from course_lib.validation import NonFiniteError, check_int
 ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 
 
-class DeepSeekMoE(nn.Module):
+class RoutingStateModule(nn.Module):
+    """Base of every layer that holds routing state: float32 buffers ``bias`` and ``load`` [n_routed] that keep
+    their dtype and values under every cast (``.to(dtype)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``,
+    ``.double()``, ``.type(...)``) and when a state_dict in another dtype is loaded. A subclass registers both
+    buffers in its ``__init__`` (``DeepSeekMoE``, and ``expert_parallel.ExpertParallelMoE``, one rank's part of
+    it). ``train.StepRollback`` finds the routing state to restore through this class.
+    """
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """Move or cast the module as nn.Module does, but keep ``bias`` and ``load`` float32 with their values."""
+        kept = {name: self._buffers[name] for name in ROUTING_STATE}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers[name]
+            if after.dtype != torch.float32:
+                self._buffers[name] = before.to(device=after.device, dtype=torch.float32)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        """Load as nn.Module does; a bias saved in another dtype is read as float32 (also with ``assign=True``)."""
+        key = prefix + "bias"
+        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dtype != torch.float32:
+            if not state_dict[key].is_floating_point():
+                raise TypeError(f"{key} must be a floating-point tensor (float32), got {state_dict[key].dtype}")
+            state_dict[key] = state_dict[key].float()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class DeepSeekMoE(RoutingStateModule):
     """Shared experts plus ``top_k`` of ``n_routed_experts`` SwiGLU experts per token.
 
     x: [..., dim] -> [..., dim]. Parameters: ``centroids`` [n_routed, dim] (one e_i per routed expert), the
@@ -80,25 +108,6 @@ class DeepSeekMoE(nn.Module):
         self.last_weights: torch.Tensor | None = None  # [..., top_k] gate weights (detached)
         self.last_indices: torch.Tensor | None = None  # [..., top_k] chosen experts, int64
         self.last_load: torch.Tensor | None = None  # [n_routed] float32 assignments of the last forward
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
-        """Move or cast the module as nn.Module does, but keep ``bias`` and ``load`` float32 with their values."""
-        kept = {name: self._buffers[name] for name in ROUTING_STATE}
-        super()._apply(fn, recurse)
-        for name, before in kept.items():
-            after = self._buffers[name]
-            if after.dtype != torch.float32:
-                self._buffers[name] = before.to(device=after.device, dtype=torch.float32)
-        return self
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        """Load as nn.Module does; a bias saved in another dtype is read as float32 (also with ``assign=True``)."""
-        key = prefix + "bias"
-        if isinstance(state_dict.get(key), torch.Tensor) and state_dict[key].dtype != torch.float32:
-            if not state_dict[key].is_floating_point():
-                raise TypeError(f"{key} must be a floating-point tensor (float32), got {state_dict[key].dtype}")
-            state_dict[key] = state_dict[key].float()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __getstate__(self) -> dict:
         """For copy.deepcopy and pickle: ``last_scores`` is stored without its autograd graph (a non-leaf tensor

@@ -4,7 +4,7 @@ The training step ([V3] 2.1.2 and 2.2, [LF]) with ``balance="loss_free"``:
 
     for tokens in micro_batches:                     # every training forward counts its experts' load
         loss = main + (lambda / D) * sum_k L_k       # (+ balance losses for "aux" or sequence-wise)
-        (loss / len(micro_batches)).backward()
+        (loss * share_of_positions).backward()       # B_i T_i / sum_j B_j T_j, not 1 / len(micro_batches)
     optimizer.step()                                 # the bias is NOT a parameter: the optimizer never sees it
     for moe in model.moe_layers():
         moe.update_bias(gamma)                       # once per optimizer step, from the load of the whole step
@@ -49,6 +49,7 @@ import torch
 from course_lib import balance
 from course_lib.data import CharTokenizer, Corpus, python_docs, synthetic_task
 from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.moe import RoutingStateModule
 from course_lib.runtime import get_device, seed_everything
 from course_lib.validation import NonFiniteError, check_int, check_number
 
@@ -121,8 +122,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 class StepResult(NamedTuple):
-    """What one optimizer step measured. Losses are means over the micro-batches; loads: float32
-    [n_moe_layers, n_routed_experts], the assignments each MoE layer counted during the step."""
+    """What one optimizer step measured. Losses are the step's: the micro-batches' losses weighted by their share
+    of the input positions, B_i T_i / sum_j B_j T_j; loads: float32 [n_moe_layers, n_routed_experts], the
+    assignments each MoE layer counted during the step."""
 
     loss: float
     main_loss: float
@@ -135,6 +137,56 @@ class StepResult(NamedTuple):
         return (f"StepResult(loss={self.loss:.4f}, main_loss={self.main_loss:.4f}, mtp_loss={self.mtp_loss:.4f}, "
                 f"balance_loss={self.balance_loss:.4g}, grad_norm={self.grad_norm:.3f}, "
                 f"loads=[{' x '.join(map(str, self.loads.shape))}] float32)")
+
+
+class StepRollback:
+    """Undo a failed optimizer step: any exception leaving the ``with`` block (TrainingDiverged, an error in a hook,
+    KeyboardInterrupt, ...) puts back the weights, the optimizer state and the routing state (``bias`` and
+    ``load`` of every ``moe.RoutingStateModule`` of the model), clears the gradients, and goes on::
+
+        with StepRollback(model, optimizer) as rollback:
+            ...forward, backward...
+            rollback.optimizer_step()       # copies the weights and the optimizer state, then optimizer.step()
+            ...bias updates...
+
+    The routing state (two [n_routed] vectors per MoE layer) is copied on entry; the weights and the optimizer
+    state only in ``optimizer_step``, as nothing before it changes them. Used by ``train_step`` and by
+    ``expert_parallel.train_step`` (on each rank). Raises TypeError unless given a module and an optimizer.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(model, torch.nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"StepRollback(model, optimizer) takes a torch.nn.Module and a torch.optim.Optimizer, got "
+                            f"{type(model).__name__} and {type(optimizer).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.routing: list[tuple[RoutingStateModule, torch.Tensor, torch.Tensor]] = []
+        self.weights: list[torch.Tensor] | None = None
+        self.optimizer_state: dict[str, Any] | None = None
+
+    def __enter__(self) -> StepRollback:
+        self.routing = [(layer, layer.bias.clone(), layer.load.clone()) for layer in self.model.modules()
+                        if isinstance(layer, RoutingStateModule)]
+        return self
+
+    def optimizer_step(self) -> None:
+        self.weights = [p.detach().clone() for p in self.model.parameters()]
+        self.optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        self.optimizer.step()
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
+        if exc_type is None:
+            return False
+        with torch.no_grad():
+            for layer, bias, load in self.routing:
+                layer.bias.copy_(bias)
+                layer.load.copy_(load)
+            if self.weights is not None:
+                for p, before in zip(self.model.parameters(), self.weights):
+                    p.copy_(before)
+        if self.optimizer_state is not None:
+            self.optimizer.load_state_dict(self.optimizer_state)
+        self.optimizer.zero_grad(set_to_none=True)
+        return False  # the exception goes on
 
 
 def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor], *,
@@ -161,10 +213,7 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
     for tokens in micro_batches:  # once per step, here: the forward passes below skip the check
         model.check_tokens(tokens, windows=True)
     moes = model.moe_layers()
-    routing_before = [(moe.bias.clone(), moe.load.clone()) for moe in moes]
-    weights_before: list[torch.Tensor] | None = None
-    optimizer_before: dict[str, Any] | None = None
-    try:
+    with StepRollback(model, optimizer) as rollback:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         device = next(model.parameters()).device
@@ -177,38 +226,32 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, micro_batc
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"the gradient norm is {grad_norm} although the loss {totals[0]:.4g} is finite")
-        weights_before = [p.detach().clone() for p in model.parameters()]
-        optimizer_before = copy.deepcopy(optimizer.state_dict())
-        optimizer.step()
+        rollback.optimizer_step()
         loads = torch.stack([moe.load.clone() for moe in moes]).cpu() if moes else torch.zeros(0, 0)
         for moe in moes:
             if balance_mode == "loss_free":
                 moe.update_bias(gamma)  # uses and resets moe.load: the whole step's load
             else:
                 moe.load.zero_()
-    except BaseException:
-        with torch.no_grad():
-            for moe, (bias, load) in zip(moes, routing_before):
-                moe.bias.copy_(bias)
-                moe.load.copy_(load)
-            if weights_before is not None:
-                for p, before in zip(model.parameters(), weights_before):
-                    p.copy_(before)
-        if optimizer_before is not None:
-            optimizer.load_state_dict(optimizer_before)
-        optimizer.zero_grad(set_to_none=True)
-        raise
     return StepResult(*(float(x) for x in totals), grad_norm, loads)
 
 
 def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], device: torch.device,
                       balance_mode: str, alpha: float, seq_alpha: float, mtp_lambda: float,
                       dtype: str) -> torch.Tensor:
-    """Forward and backward of every micro-batch; returns the mean (loss, main, MTP, balance) as float32 [4].
-    Raises TrainingDiverged for a non-finite loss, before its backward."""
+    """Forward and backward of every micro-batch; returns the step's (loss, main, MTP, balance) as float32 [4].
+    Raises TrainingDiverged for a non-finite loss, before its backward.
+
+    Each micro-batch's losses are weighted by its share of the step's input positions, B_i T_i / sum_j B_j T_j,
+    not by 1 / n_micro: the main loss and every MTP depth's L_k divide their sums by the B T input positions
+    ([V3] eq. 24: L_k sums T - k terms but divides by T), so the weighted sum is the step's sum over all windows
+    divided by all its positions, which equals the loss of one batch holding every window (micro-batches of equal
+    T). The balance losses, computed per micro-batch, take the same weights.
+    """
     moes = model.moe_layers()
     totals = torch.zeros(4)  # loss, main, mtp, balance
-    for tokens in micro_batches:
+    shares = _position_shares(micro_batches)
+    for tokens, share in zip(micro_batches, shares):
         with autocast(device, dtype):
             main, mtp = model._losses(tokens, mtp_lambda)  # tokens and mtp_lambda checked by train_step
         balance_term = main.new_zeros(())
@@ -223,9 +266,21 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
         if not torch.isfinite(values).all():  # before backward, which may fail on NaN itself (FP8's quantisation)
             raise TrainingDiverged(f"the loss is not a finite number (loss {values[0]:.4g}, main {values[1]:.4g}, "
                                    f"MTP {values[2]:.4g}, balance {values[3]:.4g})")
-        (loss / len(micro_batches)).backward()
-        totals += values / len(micro_batches)
+        (loss * share).backward()
+        totals += values * share
     return totals
+
+
+def _loss_positions(tokens: torch.Tensor) -> int:
+    """B * T, the input positions of windows tokens [B, T + 1]: the count that the main loss and every MTP
+    depth's loss divide their sums by ([V3] eq. 24)."""
+    return tokens.shape[0] * (tokens.shape[1] - 1)
+
+
+def _position_shares(micro_batches: list[torch.Tensor]) -> list[float]:
+    """Each micro-batch's share of the step's input positions, B_i T_i / sum_j B_j T_j (sums to 1)."""
+    counts = [_loss_positions(tokens) for tokens in micro_batches]
+    return [count / sum(counts) for count in counts]
 
 
 @dataclass

@@ -251,6 +251,9 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("train_step empty", lambda: train.train_step(tiny_model(), None, []), ValueError, "empty"),
     ("train_step mode", lambda: train.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
      "balance_mode"),
+    ("StepRollback not a model", lambda: train.StepRollback("model", None), TypeError, "torch.nn.Module"),
+    ("StepRollback not an optimizer", lambda: train.StepRollback(tiny_model(), "sgd"), TypeError,
+     "torch.optim.Optimizer"),
     ("mean_maxvio 1-D", lambda: train.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
     ("Trainer wrong types", lambda: train.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
     ("Trainer vocab", lambda: train.Trainer(tiny_model(), tiny_corpus(), train.TrainConfig(seq_len=8), "cpu"),
@@ -400,6 +403,7 @@ NOT_TAKING_INPUT = {  # public names with no argument to check, or checked throu
     "train.build_parser", "train.configs_from_args", "train.TrainingDiverged", "train.CheckpointError",
     "train.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
     "train.History", "moe.DeepSeekMoE.routed_experts",
+    "moe.RoutingStateModule",  # a base class: its subclasses' constructors are checked
     "layers.swiglu",  # checks nothing (it runs per expert in the MoE's loop): its rows are SwiGLU.forward's
     "model.temperature_softmax",  # checks nothing (it runs per decoded token): its rows are generate's
 }

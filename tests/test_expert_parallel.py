@@ -159,23 +159,22 @@ def test_a_failing_rank_stops_the_others_with_an_error():
     assert "fails on purpose" in error.errors[1]
 
 
-@pytest.mark.slow
-def test_data_and_expert_parallel_step_equals_the_single_process_step():
+def _tiny_model():
     corpus = synthetic_task(n_lines=300, seed=0)
     config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, expert_dim=16,
-                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=1)
+                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=2)
     torch.manual_seed(0)
-    model = TinyDeepSeek(config)
-    g = torch.Generator().manual_seed(0)
-    batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
-    lr, gamma, clip = 0.1, 0.01, 0.5
-    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip), timeout_s=30,
-                                    deadline_s=55)
+    return corpus, TinyDeepSeek(config)
+
+
+def _assert_same_training(results, model, micro_batches, lr, gamma, clip):
+    """The ranks' training equals train.train_step on ``micro_batches`` (one list of micro-batches per step)."""
     ref = copy.deepcopy(model)
     optimizer = torch.optim.SGD(ref.parameters(), lr=lr)
-    losses = [train_step(ref, optimizer, [b], balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss
-              for b in batches]
-    assert results[0]["losses"] == pytest.approx(losses, abs=1e-5)
+    losses = [train_step(ref, optimizer, step, balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss
+              for step in micro_batches]
+    for r in results:
+        assert r["losses"] == pytest.approx(losses, abs=1e-5)
     for name, value in ref.state_dict().items():
         if any(name.endswith(w) for w in (".w_gate", ".w_up", ".w_down")) and ".ffn." in name:
             got = torch.cat([r["state"][name] for r in results])
@@ -183,6 +182,31 @@ def test_data_and_expert_parallel_step_equals_the_single_process_step():
             got = results[0]["state"][name]
             torch.testing.assert_close(results[1]["state"][name], got, rtol=0, atol=0)  # replicas stay identical
         torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=f"{name} after two steps")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shares", [None, [1, 3]], ids=["equal shares", "1 and 3 windows"])
+def test_data_and_expert_parallel_step_equals_the_single_process_step(shares):
+    """Unequal shares: each rank's loss is weighted by its share of the positions, not by 1 / world_size (which
+    made the step differ from the single-process step on the same batch, silently)."""
+    corpus, model = _tiny_model()
+    g = torch.Generator().manual_seed(0)
+    batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
+    lr, gamma, clip = 0.1, 0.01, 0.5
+    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip, shares), timeout_s=30,
+                                    deadline_s=55)
+    _assert_same_training(results, model, [[b] for b in batches], lr, gamma, clip)
+
+
+@pytest.mark.slow
+def test_ranks_with_windows_of_different_lengths_train_as_micro_batches_of_those_lengths():
+    corpus, model = _tiny_model()
+    g = torch.Generator().manual_seed(0)
+    batches = [[corpus.get_batch("train", 3, 8, g), corpus.get_batch("train", 2, 16, g)] for _ in range(2)]
+    lr, gamma = 0.1, 0.01
+    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, 0.0), timeout_s=30,
+                                    deadline_s=55)
+    _assert_same_training(results, model, batches, lr, gamma, 0.0)
 
 
 @pytest.mark.slow
@@ -244,3 +268,105 @@ def test_run_ranks_rejects_a_function_defined_in_a_notebook(monkeypatch):
     monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)  # a kernel's __main__ has no file
     with pytest.raises(ValueError, match="defined in a notebook"):
         distributed.run_ranks(worker, 2)
+
+
+# --------------------------------------------------------------------------------------------- a failed step
+class Boom(Exception):
+    pass
+
+
+def _nan_loss(model, optimizer):
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+
+
+def _forward_hook_raises(model, optimizer):  # after the last MoE layer counted its load and ran its all-to-alls
+    def hook(module, args, output):
+        raise Boom("from a forward hook")
+    ep.expert_parallel_layers(model)[-1].register_forward_hook(hook)
+
+
+def _keyboard_interrupt_in_forward(model, optimizer):  # before the last layer's dispatch
+    def hook(module, args):
+        raise KeyboardInterrupt
+    ep.expert_parallel_layers(model)[-1].register_forward_pre_hook(hook)
+
+
+def _backward_raises(model, optimizer):
+    def hook(grad):
+        raise Boom("from a backward hook")
+    model.embed.weight.register_hook(hook)
+
+
+def _optimizer_step_raises_after_updating(model, optimizer):
+    real = optimizer.step
+
+    def step(*args, **kwargs):
+        real(*args, **kwargs)  # the weights and the moments change, then:
+        raise Boom("after the optimizer step")
+    optimizer.step = step
+
+
+def _bias_update_raises_after_the_last_exchange(model, optimizer):  # the other ranks finish the step's work
+    layer = ep.expert_parallel_layers(model)[-1]
+    real = layer.update_bias
+
+    def update_bias(gamma, global_load):
+        real(gamma, global_load)  # all-reduces the load and moves the bias, then:
+        raise Boom("after the last layer's bias update")
+    layer.update_bias = update_bias
+
+
+STEP_FAILURES = {f.__name__.strip("_"): f for f in (_nan_loss, _forward_hook_raises, _keyboard_interrupt_in_forward,
+                                                     _backward_raises, _optimizer_step_raises_after_updating,
+                                                     _bias_update_raises_after_the_last_exchange)}
+
+
+def _state(model, optimizer):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [layer.load.clone() for layer in ep.expert_parallel_layers(model)], copy.deepcopy(optimizer.state_dict()))
+
+
+def failing_step_worker(rank, world_size, model, batches, failure, fail_rank):
+    """One good step (optimizer state, moved biases), loads set as if counted outside a step, then a step in which
+    ``STEP_FAILURES[failure]`` strikes on rank ``fail_rank``. Returns what the step raised and whether the weights,
+    the biases, the loads and the optimizer state are as before it."""
+    local = ep.expert_parallel_model(model, rank, world_size)
+    optimizer = torch.optim.AdamW(local.parameters(), lr=1e-2)
+    ep.train_step(local, optimizer, batches[0].chunk(world_size)[rank])
+    for i, layer in enumerate(ep.expert_parallel_layers(local)):
+        layer.load.fill_(float(i + 3))  # counts from forwards outside a step are kept, not mixed with the step's
+    if rank == fail_rank:
+        STEP_FAILURES[failure](local, optimizer)
+    weights, loads, optimizer_state = _state(local, optimizer)
+    try:
+        ep.train_step(local, optimizer, batches[1].chunk(world_size)[rank])
+        raised = None
+    except BaseException as error:  # noqa: BLE001 (KeyboardInterrupt included)
+        raised = type(error).__name__
+    after_weights, after_loads, after_optimizer = _state(local, optimizer)
+    same = all(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+               for a, b in zip(weights.values(), after_weights.values()))
+    same &= all(torch.equal(a, b) for a, b in zip(loads, after_loads))
+    same &= all(torch.equal(after_optimizer["state"][i][k], v) for i, s in optimizer_state["state"].items()
+                for k, v in s.items())
+    return {"raised": raised, "same": same, "no_grads": all(p.grad is None for p in local.parameters())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", STEP_FAILURES)
+def test_a_step_that_fails_on_one_rank_leaves_every_rank_as_before(failure):
+    """The expert-parallel step rolls back like the single-process one (weights, optimizer state, bias, load),
+    on the failing rank and on the others, which get an error from a collective instead of hanging."""
+    _, model = _tiny_model()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, model.config.vocab_size, (4, 17), generator=g) for _ in range(2)]
+    start = time.monotonic()
+    results = distributed.run_ranks(failing_step_worker, 2, (model, batches, failure, 1), timeout_s=20,
+                                    deadline_s=55)
+    assert time.monotonic() - start < 55
+    for rank, result in enumerate(results):
+        assert result["raised"] is not None, f"rank {rank} kept a step that rank 1 failed"
+        assert result["same"] and result["no_grads"], f"rank {rank}: {result}"
+    expected = {"nan_loss": "TrainingDiverged", "keyboard_interrupt_in_forward": "KeyboardInterrupt"}
+    assert results[1]["raised"] == expected.get(failure, "Boom")

@@ -144,3 +144,60 @@ def test_dtype_is_validated_saved_and_given_by_the_cli(corpus, tmp_path, capsys)
     torch.save(state, tmp_path / "old.pt")
     assert train.Trainer.resume(tmp_path / "old.pt", corpus, "cpu").cfg.dtype == "float32"
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------ every layer that holds routing state (issue 18)
+def _expert_parallel_layer():
+    from course_lib.expert_parallel import ExpertParallelMoE
+    return ExpertParallelMoE(DeepSeekMoE(8, 4, 8, 1, 2), rank=1, world_size=2)  # built without a process group
+
+
+ROUTING_LAYERS = {"DeepSeekMoE": lambda: DeepSeekMoE(8, 4, 8, 1, 2), "ExpertParallelMoE": _expert_parallel_layer}
+
+
+@pytest.mark.parametrize("cast", CASTS.values(), ids=CASTS.keys())
+@pytest.mark.parametrize("make", ROUTING_LAYERS.values(), ids=ROUTING_LAYERS.keys())
+def test_every_routing_layer_keeps_its_routing_state_float32_under_every_cast(make, cast):
+    layer = make()
+    bias = torch.linspace(-0.0123, 0.0371, 8)  # values bf16/fp16 cannot hold
+    with torch.no_grad():
+        layer.bias.copy_(bias)
+        layer.load.fill_(1001.0)
+    cast(layer)
+    assert layer.bias.dtype == layer.load.dtype == torch.float32
+    assert torch.equal(layer.bias, bias) and torch.equal(layer.load, torch.full((8,), 1001.0))
+    assert layer.w_up.dtype != torch.float32  # the weights were cast
+
+
+@pytest.mark.parametrize("make", ROUTING_LAYERS.values(), ids=ROUTING_LAYERS.keys())
+def test_every_routing_layer_loads_a_bf16_state_dict_as_float32(make):
+    bias = torch.linspace(-0.0123, 0.0371, 8)
+    half_state = {k: v.to(torch.bfloat16) for k, v in make().state_dict().items()}
+    half_state["bias"] = bias.to(torch.bfloat16)
+    for assign in (False, True):
+        layer = make()
+        layer.load_state_dict(half_state, assign=assign)
+        assert layer.bias.dtype == torch.float32 and torch.equal(layer.bias, bias.to(torch.bfloat16).float())
+
+
+def test_every_module_class_that_registers_routing_state_keeps_it_float32():
+    """The kind, not the instance: any nn.Module of course_lib that registers a ``bias`` or ``load`` buffer
+    inherits the one mechanism (moe.RoutingStateModule)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import course_lib
+    from course_lib.moe import RoutingStateModule
+
+    holders = []
+    for info in pkgutil.iter_modules(course_lib.__path__):
+        module = importlib.import_module(f"course_lib.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, torch.nn.Module):
+                continue
+            source = inspect.getsource(cls)
+            if 'register_buffer("bias"' in source or 'register_buffer("load"' in source:
+                holders.append(cls)
+                assert issubclass(cls, RoutingStateModule), cls
+    assert {cls.__name__ for cls in holders} >= {"DeepSeekMoE", "ExpertParallelMoE"}

@@ -230,3 +230,37 @@ def test_cli_writes_the_final_metrics(tmp_path, capsys):
     code = train.main(["--resume", str(tmp_path / "cli.pt"), "--steps", "4", "--device", "cpu", "--dim", "64",
                        "--no-progress"])
     assert code == 2 and "dim: checkpoint 32, expected 64" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ micro-batches of unequal size (issue 18)
+def _windows(seed, batch, length):
+    return torch.randint(0, TINY.vocab_size, (batch, length + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def test_micro_batches_of_unequal_size_weigh_by_their_share_of_the_positions():
+    """1 and 4 windows as two micro-batches: the same step as one batch of 5 (weighted 1/2 each, they were not)."""
+    import copy
+
+    windows = _windows(0, 5, 16)
+    torch.manual_seed(0)
+    model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=2))
+    twin = copy.deepcopy(model)
+    whole = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [windows], gamma=0.01)
+    split = train.train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), [windows[:1], windows[1:]],
+                             gamma=0.01)
+    for field in ("loss", "main_loss", "mtp_loss", "grad_norm"):
+        assert getattr(split, field) == pytest.approx(getattr(whole, field), abs=1e-5), field
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
+
+
+def test_micro_batches_of_different_lengths_give_the_mean_over_all_their_positions():
+    parts = [_windows(1, 3, 8), _windows(2, 2, 16)]  # 24 and 32 positions
+    torch.manual_seed(0)
+    model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=0))
+    with torch.no_grad():
+        logits = torch.cat([model(t[:, :-1]).reshape(-1, TINY.vocab_size) for t in parts])
+        expected = torch.nn.functional.cross_entropy(logits, torch.cat([t[:, 1:].reshape(-1) for t in parts]))
+    result = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), parts)
+    assert result.main_loss == pytest.approx(float(expected), abs=1e-6)
+    assert train._position_shares(parts) == [24 / 56, 32 / 56]
