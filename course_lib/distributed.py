@@ -64,6 +64,18 @@ def check_backend(backend: str) -> None:
         raise ValueError("backend 'nccl' needs CUDA GPUs, and none is visible here: use backend='gloo' on the CPU")
 
 
+def _import_dynamo_first() -> None:
+    """Import torch._dynamo before a process group exists, so that ``dist.destroy_process_group`` really ends it.
+
+    torch._dynamo, imported by the first optimizer step or ``torch.compile``, keeps references to the process
+    groups that exist when it is first imported (torch 2.13: ten to the default group). A group so held outlives
+    destroy_process_group: its gloo worker threads run on, and when one of them drops its last collective's
+    tensors while the interpreter exits, it needs the GIL, the exiting interpreter ends the thread, and the
+    process aborts ('terminate called without an active exception', SIGABRT) after the run printed everything.
+    Imported first, it holds no group, and destroy_process_group joins the group's threads before returning."""
+    import torch._dynamo  # noqa: F401  (for its side effect only)
+
+
 def init_process_group(rank: int, world_size: int, port: int, backend: str = "gloo", timeout_s: float = 60.0,
                        address: str = "127.0.0.1") -> torch.device:
     """Join the default process group as ``rank`` of ``world_size`` (rendezvous at ``address:port``), with
@@ -78,6 +90,7 @@ def init_process_group(rank: int, world_size: int, port: int, backend: str = "gl
     if backend == "nccl":
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
+    _import_dynamo_first()
     dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return device
@@ -95,6 +108,7 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 60.0) -> torch.devic
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    _import_dynamo_first()
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return device
 
