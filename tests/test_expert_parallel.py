@@ -1,4 +1,5 @@
-"""Expert parallelism on torch.distributed (gloo, spawned CPU processes) against the single-process DeepSeekMoE.
+"""Expert parallelism on torch.distributed (gloo, CPU processes of run_ranks or torchrun) against the single-process
+DeepSeekMoE.
 
 The distributed tests spawn 2 or 4 processes (one thread each); each stays under a minute on a loaded 2-core
 machine, most of it the processes' start-up.
@@ -245,6 +246,23 @@ def test_the_readme_command_exits_cleanly_again_and_again():
         assert done.returncode == 0 and "ChildFailedError" not in output and "terminate called" not in output, \
             f"run {run + 1}: exit status {done.returncode}\n{output[-3000:]}"
         assert "step   20  loss" in done.stdout and "4 ranks (gloo), 4 node(s)" in done.stdout, done.stdout
+
+
+def _private_megabytes(rank: int, world_size: int) -> float:
+    """Run by each rank: the memory that only this process holds (private pages, USS), MB."""
+    rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    kilobytes = sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return kilobytes / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc/self/smaps_rollup (Linux)")
+def test_ranks_share_the_pages_of_torch():
+    """Each spawned rank imported torch anew: about 150-220 MB of private pages per rank, 4 ranks next to a
+    notebook's kernel at the edge of a small (1-2 GB) machine. Forked from a server that imported torch (and
+    torch._dynamo), the ranks share those pages (about 27 MB of their own each)."""
+    megabytes = distributed.run_ranks(_private_megabytes, 2, timeout_s=30, deadline_s=110)
+    assert max(megabytes) < 100, f"private memory of each rank: {[round(m) for m in megabytes]} MB"
 
 
 def test_placement_helpers_reject_bad_indices():
