@@ -64,6 +64,18 @@ def check_backend(backend: str) -> None:
         raise ValueError("backend 'nccl' needs CUDA GPUs, and none is visible here: use backend='gloo' on the CPU")
 
 
+def _import_dynamo_first() -> None:
+    """Import torch._dynamo before a process group exists, so that ``dist.destroy_process_group`` really ends it.
+
+    torch._dynamo, imported by the first optimizer step or ``torch.compile``, keeps references to the process
+    groups that exist when it is first imported (torch 2.13: ten to the default group). A group so held outlives
+    destroy_process_group: its gloo worker threads run on, and when one of them drops its last collective's
+    tensors while the interpreter exits, it needs the GIL, the exiting interpreter ends the thread, and the
+    process aborts ('terminate called without an active exception', SIGABRT) after the run printed everything.
+    Imported first, it holds no group, and destroy_process_group joins the group's threads before returning."""
+    import torch._dynamo  # noqa: F401  (for its side effect only)
+
+
 def init_process_group(rank: int, world_size: int, port: int, backend: str = "gloo", timeout_s: float = 60.0,
                        address: str = "127.0.0.1") -> torch.device:
     """Join the default process group as ``rank`` of ``world_size`` (rendezvous at ``address:port``), with
@@ -78,6 +90,7 @@ def init_process_group(rank: int, world_size: int, port: int, backend: str = "gl
     if backend == "nccl":
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
+    _import_dynamo_first()
     dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return device
@@ -95,8 +108,23 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 60.0) -> torch.devic
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    _import_dynamo_first()
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return device
+
+
+def leave_process_group(completed: bool) -> None:
+    """End this process's part of the default group (nothing if it has none). ``completed``: this rank got through
+    all its collectives, as every rank should have; it then first waits at a barrier, so that no rank closes its
+    connections while a peer still needs them (a slower peer still connecting in init_process_group: gloo raises
+    'Connection closed by peer' there). After a failure no barrier: the others may never reach it."""
+    if not dist.is_initialized():
+        return
+    try:
+        if completed:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _rank_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, backend: str, timeout_s: float,
@@ -107,16 +135,16 @@ def _rank_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, ba
     try:
         init_process_group(rank, world_size, port, backend, timeout_s)
         outcome["result"] = fn(rank, world_size, *args)
+        leave_process_group(completed=True)
     except BaseException:  # noqa: BLE001  (reported to the parent, which raises DistributedRunError)
         outcome["error"] = traceback.format_exc()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group(completed=False)
     torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
 
 
 def _check_importable(fn: Callable[..., Any]) -> None:
-    """Raise ValueError unless a spawned process can find ``fn`` by its module and name."""
+    """Raise ValueError unless a new process (forkserver or spawn) can find ``fn`` by its module and name."""
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", "")
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
@@ -127,13 +155,27 @@ def _check_importable(fn: Callable[..., Any]) -> None:
                          f"and import it from there.")
 
 
+def _rank_context() -> Any:
+    """The multiprocessing context of ``run_ranks``: 'forkserver' where the platform has it (Linux, macOS), with
+    torch and torch._dynamo (see ``_import_dynamo_first``) preloaded; else 'spawn'. Each rank is then a fork of one
+    server process that imported them once, and the ranks share its pages (about 200 MB) instead of each importing
+    torch anew; like spawn, a rank inherits none of the caller's state (its threads, its CUDA context). The server
+    starts at the first launch of the calling process and serves its later launches."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch._dynamo"])
+    return context
+
+
 def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend: str = "gloo",
               timeout_s: float = 30.0, deadline_s: float = 120.0) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` new local processes that form a process group, and
     return the ranks' results, rank 0 first.
 
-    fn must be importable by name (a module-level function) and its result picklable by ``torch.save``. Each
-    process uses one thread (torch.set_num_threads(1)). ``timeout_s`` is the process group's timeout (a collective
+    fn must be importable by name (a module-level function) and its result picklable by ``torch.save``. The
+    processes are started by a server process that has torch imported (``_rank_context``). Each process uses one
+    thread (torch.set_num_threads(1)). ``timeout_s`` is the process group's timeout (a collective
     waiting longer for a peer raises); ``deadline_s`` bounds the whole launch. Raises DistributedRunError when a
     rank raised or was still running at the deadline (then it is killed): never hangs.
     """
@@ -142,7 +184,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend
         raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
     check_backend(backend)
     _check_importable(fn)
-    context = mp.get_context("spawn")
+    context = _rank_context()
     with tempfile.TemporaryDirectory(prefix="course_ranks_") as out_dir:
         port = free_port()
         processes = [context.Process(target=_rank_main, args=(rank, fn, world_size, port, backend, timeout_s,

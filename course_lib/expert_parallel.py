@@ -591,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{world_size} ranks ({args.backend}), {n_nodes} node(s), {config.n_routed_experts // world_size} "
                   f"experts per rank, topk_groups {args.topk_groups or 'off'}; mean bytes per step: between ranks "
                   f"{mean[0]:,.0f}, across nodes {mean[1]:,.0f}, once per node {mean[2]:,.0f}")
+        distributed.leave_process_group(completed=True)
     finally:
-        dist.destroy_process_group()
+        distributed.leave_process_group(completed=False)
     return 0
 
 

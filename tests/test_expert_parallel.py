@@ -1,11 +1,14 @@
-"""Expert parallelism on torch.distributed (gloo, spawned CPU processes) against the single-process DeepSeekMoE.
+"""Expert parallelism on torch.distributed (gloo, CPU processes of run_ranks or torchrun) against the single-process
+DeepSeekMoE.
 
 The distributed tests spawn 2 or 4 processes (one thread each); each stays under a minute on a loaded 2-core
 machine, most of it the processes' start-up.
 """
 
 import copy
+import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,6 +225,68 @@ def test_the_command_line_runs_under_torchrun():
     done = subprocess.run(command, capture_output=True, text=True, timeout=55, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc (Linux)")
+def test_destroy_process_group_ends_the_group_even_after_an_optimizer_step():
+    """The first optimizer step imports torch._dynamo, which kept references to the group then alive: the group
+    outlived destroy_process_group, and its gloo threads, still running at exit, aborted the process (SIGABRT).
+    In a fresh interpreter (this one may have imported torch._dynamo already): the group's threads are gone after
+    destroy_process_group."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, torch, torch.distributed as dist\n"
+        "from course_lib import distributed\n"
+        "distributed.init_process_group(0, 1, distributed.free_port())\n"
+        "threads = len(os.listdir('/proc/self/task'))\n"
+        "p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.ones(2)\n"
+        "torch.optim.SGD([p], lr=0.1).step()  # imports torch._dynamo\n"
+        "dist.destroy_process_group()\n"
+        "print(threads, len(os.listdir('/proc/self/task')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with_group, after = (int(n) for n in done.stdout.split())
+    assert with_group > 1 and after == 1, f"threads with the group: {with_group}, after destroy_process_group: {after}"
+
+
+@pytest.mark.slow
+def test_the_readme_command_exits_cleanly_again_and_again():
+    """The README's command as written: 4 ranks, torchrun's static rendezvous (no --standalone), 20 steps. A rank
+    that tore down its process group while a peer still used it died at exit (SIGABRT, 'terminate called without
+    an active exception') after printing everything, and torchrun failed with a ChildFailedError, in some runs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
+               "--master-port", str(distributed.free_port()),  # the default port, 29500, may be taken on the machine
+               "-m", "course_lib.expert_parallel", "--steps", "20"]
+    for run in range(3):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0 and "ChildFailedError" not in output and "terminate called" not in output, \
+            f"run {run + 1}: exit status {done.returncode}\n{output[-3000:]}"
+        assert "step   20  loss" in done.stdout and "4 ranks (gloo), 4 node(s)" in done.stdout, done.stdout
+
+
+def _private_megabytes(rank: int, world_size: int) -> float:
+    """Run by each rank: the memory that only this process holds (private pages, USS), MB."""
+    rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    kilobytes = sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return kilobytes / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads /proc/self/smaps_rollup (Linux)")
+def test_ranks_share_the_pages_of_torch():
+    """Each spawned rank imported torch anew: about 150-220 MB of private pages per rank, 4 ranks next to a
+    notebook's kernel at the edge of a small (1-2 GB) machine. Forked from a server that imported torch (and
+    torch._dynamo), the ranks share those pages (about 27 MB of their own each)."""
+    megabytes = distributed.run_ranks(_private_megabytes, 2, timeout_s=30, deadline_s=110)
+    assert max(megabytes) < 100, f"private memory of each rank: {[round(m) for m in megabytes]} MB"
 
 
 def test_placement_helpers_reject_bad_indices():
