@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from course_lib import distributed, expert_parallel as ep
 from course_lib.data import synthetic_task
@@ -409,6 +410,10 @@ def failing_step_worker(rank, world_size, model, batches, failure, fail_rank):
         raised = None
     except BaseException as error:  # noqa: BLE001 (KeyboardInterrupt included)
         raised = type(error).__name__
+        # a rank whose step failed leaves its group, as the training command does (its ranks raise out of main):
+        # the peers still waiting in a collective then fail at once; run_ranks' closing barrier is for ranks that
+        # completed every collective
+        dist.destroy_process_group()
     after_weights, after_loads, after_optimizer = _state(local, optimizer)
     same = all(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
                for a, b in zip(weights.values(), after_weights.values()))
