@@ -50,8 +50,8 @@ def accept_greedy(drafts: torch.Tensor, main_tokens: torch.Tensor) -> torch.Tens
     return torch.cat([drafts[:m], main_tokens[m:m + 1]])
 
 
-def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None,
+                   u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling verify step of Leviathan et al. / Chen et al., for a batch of independent rows.
 
     drafts: int64 [B, d], drafted from q; q: float [B, d, V], the drafter's distribution of each draft; p: float
@@ -61,9 +61,11 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
     u < p_j(x) / q_j(x), tested as u q_j(x) < p_j(x). Strict, and without the division: a draft the main model
     cannot emit (p_j(x) = 0) is never accepted, even for u = 0 or q_j(x) = 0 (where p / q is NaN). At the first
     rejection the token is sampled from norm(max(0, p_j - q_j)); after a full accept from p_d.
+    u: float [B, d] in [0, 1), the uniforms of the accept tests (default: drawn from ``generator``; given, they
+    make the accepted counts deterministic, as notebook 08's checker needs).
     -> (m: int64 [B], the drafts accepted; token: int64 [B], the token emitted after them).
     The emitted tokens are distributed exactly as sampling from p one token at a time. Raises ValueError for
-    shapes that do not fit, TypeError for p or q not floating point.
+    shapes that do not fit, TypeError for p, q or u not floating point.
     """
     B, d = drafts.shape
     if list(q.shape[:2]) != [B, d] or list(p.shape[:2]) != [B, d + 1] or q.shape[2] != p.shape[2]:
@@ -71,9 +73,12 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
                          f"{list(q.shape)}, {list(p.shape)}")
     if not (q.is_floating_point() and p.is_floating_point()):
         raise TypeError(f"q and p must be floating-point probabilities, got {q.dtype} and {p.dtype}")
-    p, q = p.double(), q.double()
+    if u is None:
+        u = torch.rand(B, d, generator=generator, dtype=torch.float64)
+    elif not (isinstance(u, torch.Tensor) and u.is_floating_point() and list(u.shape) == [B, d]):
+        raise TypeError(f"u must be a float tensor [B, d] = {[B, d]} of uniforms in [0, 1), got {u!r:.80}")
+    p, q, u = p.double(), q.double(), u.double().to(p.device)
     rows = torch.arange(B)
-    u = torch.rand(B, d, generator=generator, dtype=torch.float64).to(p.device)
     p_x = p[:, :d].gather(-1, drafts[..., None])[..., 0]  # [B, d]
     q_x = q.gather(-1, drafts[..., None])[..., 0]
     accepted = (u * q_x < p_x).long()  # u < p / q; never when p = 0

@@ -286,3 +286,21 @@ def test_the_prompt_is_checked_once_not_per_step(monkeypatch):
         calls.clear()
         decode(model, prompt_of(4, 7, 0), 10)
         assert len(calls) == 1, decode.__name__
+
+
+def test_accept_sampled_with_given_uniforms():
+    """u given: the accepted counts follow it (accept iff u q < p, strictly, while all before were accepted), the
+    same as with u drawn from the generator; a u of the wrong shape or dtype is refused."""
+    q = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64).expand(4, 2, 4)
+    p = torch.tensor([[0.0, 0.5, 0.3, 0.2], [0.1, 0.2, 0.3, 0.4], [0.25] * 4], dtype=torch.float64).expand(4, 3, 4)
+    drafts = torch.tensor([[0, 1], [1, 3], [0, 3], [1, 0]])
+    u = torch.tensor([[0.0, 0.0], [0.999, 0.5], [0.5, 0.1], [0.3, 0.5]], dtype=torch.float64)
+    m, token = accept_sampled(drafts, q, p, torch.Generator().manual_seed(0), u=u)
+    assert m.tolist() == [0, 2, 0, 1] and token.shape == (4,)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    u_drawn = torch.rand(4, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(accept_sampled(drafts, q, p, g1)[0], accept_sampled(drafts, q, p, g2, u=u_drawn)[0])
+    with pytest.raises(TypeError, match=r"u must be a float tensor \[B, d\]"):
+        accept_sampled(drafts, q, p, u=u[:, :1])
+    with pytest.raises(TypeError, match="u must be"):
+        accept_sampled(drafts, q, p, u=torch.zeros(4, 2, dtype=torch.int64))

@@ -15,4 +15,4 @@ from course_lib.checks.training import check_train_step
 from course_lib.checks.expert_parallel import check_send_splits
 from course_lib.checks.fp8 import check_quantize_per_tile
 from course_lib.checks.attention import check_attend_absorbed, check_mla_forward
-from course_lib.checks.speculative import check_accept_greedy
+from course_lib.checks.speculative import check_verify_sampled
