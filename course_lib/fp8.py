@@ -13,7 +13,7 @@ dimension): ``"tensor"`` one scale; ``"tile"`` 1 x 128 (one token, 128 channels:
 ``"block"`` 128 x 128 (V3's weights). Sizes need not be multiples of 128: the last tiles are smaller.
 
 The FP8 linear layer ``fp8_linear`` (an autograd Function) quantises the inputs of all three GEMMs as [V3]
-Figure 7 shows, with E4M3 everywhere:
+Figure 7 shows, E4M3 for every operand (the attention operator is no Linear and stays out of it):
 
     Fprop  y  = x  W^T   x: 1 x 128 tiles along K (channels)      W: 128 x 128 blocks
     Dgrad  dx = dy W     dy: 1 x 128 tiles along N (out channels)  W: the same 128 x 128 blocks, transposed
@@ -283,9 +283,11 @@ def to_fp8(model: nn.Module, scale_format: str = "float") -> nn.Module:
     bias-free nn.Linear inside an ``attention.MultiHeadAttention`` or
     ``attention.MultiHeadLatentAttention``), the dense SwiGLU FFNs and shared experts
     (``layers.SwiGLU.linear``) and the routed experts (``moe.DeepSeekMoE.expert_linear``). The embedding, output
-    head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. The
+    head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. Every
+    converted GEMM takes E4M3 inputs, where V3 gives the Linear after attention a custom E5M6 format with
+    power-of-two scales ([V3] 3.3.3). scale_format: "float" or "ue8m0" for every scale (see ``quantize``). The
     parameters are the same objects (an optimizer made before still holds them). Calling it twice is harmless;
-    the second call's scale_format ("float" or "ue8m0", see ``quantize``) is the one used.
+    the second call's scale_format is the one used.
     Raises TypeError for a model that is not an nn.Module, ValueError for an unknown scale_format.
     """
     if not isinstance(model, nn.Module):

@@ -244,7 +244,8 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
                f"{_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
                f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
-    return f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and one with an all-zero tile"
+    return (f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
+            f"one with an all-zero tile")
 
 
 def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> None:
