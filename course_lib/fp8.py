@@ -1,14 +1,19 @@
 """FP8 training with fine-grained scaling ([V3] 3.3, Figure 7), simulated exactly with torch's float8 dtypes.
 
-    quantise:    q = clamp(x / s, -448, 448).to(E4M3),  s = max|x over the tile| / 448   (computed online)
+    quantise:    q = clamp(x / s, -448, 448).to(E4M3),  s = max(max|x over the tile|, 1e-4) / 448   (online)
     dequantise:  x ~ q.float() * s
+
+The floor of 1e-4 on the max is the released kernels' (DeepSeek-V3 inference/kernel.py act_quant and DeepGEMM's
+per_token_cast_to_fp8, as updated on 2025-08-27). ``scale_format="ue8m0"`` rounds each scale UP to a power of two,
+2^ceil(log2(s)), as the released kernels do from V3.1 on (config scale_fmt "ue8m0"): amax 300 -> 1.0, 448 -> 1.0,
+449 -> 2.0. A scale rounded up keeps |x / s| <= 448, so the clamp changes nothing for it.
 
 Granularity of the scales (the tile each scale covers, for a matrix [rows, cols] whose cols are the GEMM's inner
 dimension): ``"tensor"`` one scale; ``"tile"`` 1 x 128 (one token, 128 channels: V3's activations and gradients);
 ``"block"`` 128 x 128 (V3's weights). Sizes need not be multiples of 128: the last tiles are smaller.
 
 The FP8 linear layer ``fp8_linear`` (an autograd Function) quantises the inputs of all three GEMMs as [V3]
-Figure 7 shows, with E4M3 everywhere:
+Figure 7 shows, E4M3 for every operand (the attention operator is no Linear and stays out of it):
 
     Fprop  y  = x  W^T   x: 1 x 128 tiles along K (channels)      W: 128 x 128 blocks
     Dgrad  dx = dy W     dy: 1 x 128 tiles along N (out channels)  W: the same 128 x 128 blocks, transposed
@@ -41,7 +46,8 @@ E5M2 = torch.float8_e5m2
 FP8_DTYPES = (E4M3, E5M2)
 TILE = 128  # [V3] 3.3.2: 1 x 128 activation tiles, 128 x 128 weight blocks; N_C = 128
 GRANULARITIES = ("tensor", "tile", "block")
-AMAX_FLOOR = 1e-12  # an all-zero (or all-tiny) tile gets the scale AMAX_FLOOR / 448 instead of 0
+AMAX_FLOOR = 1e-4  # the released kernels' floor: an all-zero (or all-tiny) tile gets the scale 1e-4 / 448, not 0
+SCALE_FORMATS = ("float", "ue8m0")  # float32 scales, or powers of two (8 exponent bits, no mantissa: V3.1 on)
 
 
 def fp8_max(dtype: torch.dtype = E4M3) -> float:
@@ -97,20 +103,25 @@ def _untiled(tiles: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return tiles.reshape(R * r, C * c)[:shape[0], :shape[1]]
 
 
-def quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4M3) -> Quantized:
+def quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4M3,
+             scale_format: str = "float") -> Quantized:
     """Quantise a matrix to FP8 with one scale per tile, s = max(|x| over the tile) / fp8_max ([V3] 3.3.2).
 
     x: float [rows, cols] (cols: the GEMM's inner dimension), finite. granularity: "tensor", "tile" (1 x 128) or
-    "block" (128 x 128); dtype: E4M3 (max 448) or E5M2 (max 57344). Returns data: dtype [rows, cols] and scale:
-    float32 [ceil(rows / r), ceil(cols / c)]. A tile whose max is below AMAX_FLOOR uses AMAX_FLOOR (an all-zero
-    tile stays zero). The quotient is clamped to [-fp8_max, fp8_max] before the cast, so that a conversion that
-    does not saturate never sees a value out of range (torch 2.13's cast saturates; hardware may not).
+    "block" (128 x 128); dtype: E4M3 (max 448) or E5M2 (max 57344); scale_format: "float" (s as computed) or
+    "ue8m0" (s rounded up to a power of two, ``power_of_two_scale``). Returns data: dtype [rows, cols] and scale:
+    float32 [ceil(rows / r), ceil(cols / c)]. A tile whose max is below AMAX_FLOOR (1e-4, the released kernels'
+    floor) uses AMAX_FLOOR (an all-zero tile stays zero). The quotient is clamped to [-fp8_max, fp8_max] before
+    the cast, so that a conversion that does not saturate never sees a value out of range (torch 2.13's cast
+    saturates; hardware may not): a float scale can leave x / s a rounding error above fp8_max, a ue8m0 scale
+    never does.
 
-    Raises TypeError for a non-float x or dtype not FP8; ValueError for x not 2-D or empty, and
-    ``validation.NonFiniteError`` (a ValueError; ``train.train_step`` reports it as TrainingDiverged) for x
-    not finite.
+    Raises TypeError for a non-float x or dtype not FP8; ValueError for x not 2-D or empty or an unknown
+    granularity or scale_format, and ``validation.NonFiniteError`` (a ValueError; ``train.train_step`` reports it
+    as TrainingDiverged) for x not finite.
     """
     _check_fp8_dtype(dtype)
+    _check_scale_format(scale_format)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dtype in FP8_DTYPES:
         raise TypeError(f"quantize expects a float tensor (float32, bfloat16, ...), got {x!r:.80}")
     if x.dim() != 2 or x.numel() == 0:
@@ -123,13 +134,27 @@ def quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4
                          "find where they come from (a diverged loss, a division by zero) before quantising")
     limit = fp8_max(dtype)
     scale = amax.clamp(min=AMAX_FLOOR) / limit
+    if scale_format == "ue8m0":
+        scale = power_of_two_scale(scale)
     data = (tiles / scale[:, None, :, None]).clamp(-limit, limit).to(dtype)
     return Quantized(_untiled(data, tuple(x.shape)), scale, tile)
 
 
-def fake_quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4M3) -> torch.Tensor:
+def power_of_two_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Each scale rounded UP to a power of two, 2^ceil(log2(s)): the UE8M0 format (an 8-bit exponent, no mantissa)
+    of the released kernels from V3.1 on. scale: float32 [...], finite and > 0 -> float32 [...].
+
+    Exact: with s = m * 2^e (0.5 <= m < 1, ``torch.frexp``), a power of two (m = 0.5) is kept and anything else
+    becomes 2^e, so the result is never below s (a float32 log2 could round 2^k (1 + 2^-23) down to k).
+    """
+    mantissa, exponent = torch.frexp(scale)
+    return torch.ldexp(torch.ones_like(scale), torch.where(mantissa == 0.5, exponent - 1, exponent))
+
+
+def fake_quantize(x: torch.Tensor, granularity: str = "tile", dtype: torch.dtype = E4M3,
+                  scale_format: str = "float") -> torch.Tensor:
     """quantize then dequantize: the float32 values x [rows, cols] takes after a trip through FP8."""
-    return quantize(x, granularity, dtype).dequantize()
+    return quantize(x, granularity, dtype, scale_format).dequantize()
 
 
 # --------------------------------------------------------------------------------------------- GEMM
@@ -205,55 +230,70 @@ class _FP8LinearFunction(torch.autograd.Function):
     """y = x W^T with all three GEMMs on E4M3 operands quantised as [V3] Figure 7 shows (see the module doc)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x [M, K], weight [N, K]
-        w_q = quantize(weight, "block")
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, scale_format: str) -> torch.Tensor:  # x [M, K], W [N, K]
+        w_q = quantize(weight, "block", scale_format=scale_format)
         ctx.save_for_backward(x, w_q.data, w_q.scale)  # x for Wgrad; W in FP8 for Dgrad
-        return scaled_matmul(quantize(x, "tile"), w_q)  # Fprop [M, N]
+        ctx.scale_format = scale_format
+        return scaled_matmul(quantize(x, "tile", scale_format=scale_format), w_q)  # Fprop [M, N]
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, w_data, w_scale = ctx.saved_tensors
+        fmt = ctx.scale_format
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # Dgrad: dy [M, N] tiles along N, times W [N, K] as blocks of W^T [K, N]
-            grad_x = scaled_matmul(quantize(grad_out, "tile"), Quantized(w_data, w_scale, (TILE, TILE)).t())
+            grad_x = scaled_matmul(quantize(grad_out, "tile", scale_format=fmt),
+                                   Quantized(w_data, w_scale, (TILE, TILE)).t())
         if ctx.needs_input_grad[1]:  # Wgrad: dy^T [N, M] and x^T [K, M], both in tiles along the tokens M
-            grad_w = scaled_matmul(quantize(grad_out.t(), "tile"), quantize(x.t(), "tile"))
-        return grad_x, grad_w
+            grad_w = scaled_matmul(quantize(grad_out.t(), "tile", scale_format=fmt),
+                                   quantize(x.t(), "tile", scale_format=fmt))
+        return grad_x, grad_w, None
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale_format: str = "float") -> torch.Tensor:
     """F.linear without bias, with the GEMMs of the forward and backward passes in simulated FP8 (E4M3).
 
-    x: float32 [..., K]; weight: float32 [N, K] (the master weight) -> float32 [..., N]. Gradients flow to x and
-    weight (float32). An empty x gives an empty output. Raises ValueError for shapes that do not fit and
+    x: float32 [..., K]; weight: float32 [N, K] (the master weight) -> float32 [..., N]; scale_format: "float" or
+    "ue8m0" for every scale (``quantize``). Gradients flow to x and weight (float32). An empty x gives an empty
+    output. Raises ValueError for shapes that do not fit or an unknown scale_format, and
     ``validation.NonFiniteError`` for non-finite inputs, weights or gradients (``quantize``).
     """
+    _check_scale_format(scale_format)
     if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"fp8_linear expects x [..., K] and weight [N, K], got {list(x.shape)} and "
                          f"{list(weight.shape)}")
     if x.numel() == 0:
         return F.linear(x, weight)
     flat = x.reshape(-1, x.shape[-1])
-    return _FP8LinearFunction.apply(flat, weight).view(*x.shape[:-1], weight.shape[0])
+    return _FP8LinearFunction.apply(flat, weight, scale_format).view(*x.shape[:-1], weight.shape[0])
 
 
 class FP8Linear(nn.Linear):
-    """An nn.Linear (no bias) whose forward is ``fp8_linear``: same parameters, same state_dict."""
+    """An nn.Linear (no bias) whose forward is ``fp8_linear`` with the scale format ``scale_format`` (an
+    attribute, "float" unless set): same parameters, same state_dict."""
+
+    scale_format: str = "float"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight)
+        return fp8_linear(x, self.weight, self.scale_format)
 
 
-def to_fp8(model: nn.Module) -> nn.Module:
+def to_fp8(model: nn.Module, scale_format: str = "float") -> nn.Module:
     """Switch a model's GEMMs to simulated FP8, in place, and return it: the attention projections (every
     bias-free nn.Linear inside an ``attention.MultiHeadAttention`` or
     ``attention.MultiHeadLatentAttention``), the dense SwiGLU FFNs and shared experts
     (``layers.SwiGLU.linear``) and the routed experts (``moe.DeepSeekMoE.expert_linear``). The embedding, output
-    head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. The
-    parameters are the same objects (an optimizer made before still holds them). Calling it twice is harmless.
+    head, MoE gating (centroids), norms and the attention operator itself stay float32, as in [V3] 3.3.1. Every
+    converted GEMM takes E4M3 inputs, where V3 gives the Linear after attention a custom E5M6 format with
+    power-of-two scales ([V3] 3.3.3). scale_format: "float" or "ue8m0" for every scale (see ``quantize``). The
+    parameters are the same objects (an optimizer made before still holds them). Calling it twice is harmless;
+    the second call's scale_format is the one used.
+    Raises TypeError for a model that is not an nn.Module, ValueError for an unknown scale_format.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_fp8 expects a torch.nn.Module, got {type(model).__name__}")
+    _check_scale_format(scale_format)
+    linear = fp8_linear if scale_format == "float" else functools.partial(fp8_linear, scale_format=scale_format)
     from course_lib.layers import SwiGLU
     from course_lib.moe import DeepSeekMoE
     from course_lib.attention import MultiHeadAttention, MultiHeadLatentAttention
@@ -265,10 +305,13 @@ def to_fp8(model: nn.Module) -> nn.Module:
                     fp8 = FP8Linear(child.in_features, child.out_features, bias=False, device="meta")
                     fp8.weight = child.weight  # the same Parameter
                     setattr(module, name, fp8)
+                    child = fp8
+                if isinstance(child, FP8Linear):
+                    child.scale_format = scale_format
         elif isinstance(module, SwiGLU):
-            module.linear = fp8_linear
+            module.linear = linear
         elif isinstance(module, DeepSeekMoE):
-            module.expert_linear = fp8_linear
+            module.expert_linear = linear
     return model
 
 
@@ -342,6 +385,12 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
                          f"{list(exact.shape)}")
     approx, exact = approx.detach().double(), exact.detach().double()
     return float((approx - exact).norm() / exact.norm().clamp(min=math.ulp(0.0)))
+
+
+def _check_scale_format(scale_format: str) -> None:
+    if scale_format not in SCALE_FORMATS:
+        raise ValueError(f"scale_format must be one of {SCALE_FORMATS} (float32 scales, or scales rounded up to a "
+                         f"power of two as in V3.1's UE8M0), got {scale_format!r}")
 
 
 def _check_fp8_dtype(dtype: torch.dtype) -> None:

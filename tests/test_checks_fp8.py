@@ -11,9 +11,9 @@ from course_lib.checks import check_quantize_per_tile, outcome
 E4M3 = torch.float8_e4m3fn
 
 
-def quantize(x):  # the way the notebook's solution writes it
+def quantize(x, floor=1e-4):  # the way the notebook's solution writes it
     tiles = x.view(x.shape[0], -1, 128)  # [tokens, channels / 128, 128]
-    scales = tiles.abs().amax(dim=-1).clamp(min=1e-12) / 448  # [tokens, channels / 128]
+    scales = tiles.abs().amax(dim=-1).clamp(min=floor) / 448  # [tokens, channels / 128]
     x_fp8 = (tiles / scales[..., None]).clamp(-448, 448).to(E4M3)
     return x_fp8.view(x.shape), scales
 
@@ -52,10 +52,32 @@ def test_right_answers_pass():
 def test_multiplying_by_the_inverse_passes():
     def by_inverse(x):
         tiles = x.reshape(x.shape[0], x.shape[1] // 128, 128)
-        amax = tiles.abs().max(dim=2).values
+        amax = tiles.abs().max(dim=2).values.clamp(min=1e-4)
         x_fp8 = torch.clamp(tiles * (448.0 / amax)[:, :, None], -448.0, 448.0).to(E4M3)
         return x_fp8.reshape(x.shape), amax / 448.0
     assert outcome(check_quantize_per_tile, by_inverse, dequantize) is True
+
+
+def test_any_floor_up_to_the_kernels_is_accepted():
+    """The floor decides only the scale of an all-zero tile, whose codes are 0 whatever it is: the notebook's 1e-4
+    (the released kernels'), the 1e-12 of earlier versions and 1e-30 all pass."""
+    for floor in (1e-4, 1e-12, 1e-30):
+        assert outcome(check_quantize_per_tile, lambda x, floor=floor: quantize(x, floor), dequantize) is True
+
+
+def test_a_missing_or_too_large_floor_is_named():
+    def no_floor(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        scales = tiles.abs().amax(dim=-1) / 448
+        return (tiles / scales[..., None]).clamp(-448, 448).to(E4M3).view(x.shape), scales
+    rejected_with(no_floor, dequantize, "holds only zeros", "0 / 0 = NaN", "clamp(min=1e-4)")
+    rejected_with(lambda x: quantize(x, floor=1e-3), dequantize, "holds only zeros", "at most 2.23214e-07")
+    # without the floor and with 1 / 0 = inf: still the floor, not a wrong scale elsewhere
+    def inverse_no_floor(x):
+        tiles = x.view(x.shape[0], -1, 128)
+        inv = 448 / tiles.abs().amax(dim=-1)
+        return (tiles * inv[..., None]).clamp(-448, 448).to(E4M3).view(x.shape), 1 / inv
+    rejected_with(inverse_no_floor, dequantize, "holds only zeros")
 
 
 def test_stub_returns_false(capsys):
@@ -89,7 +111,7 @@ def test_tiles_along_the_wrong_axis():
 def test_no_clamp():
     def no_clamp(x):
         tiles = x.view(x.shape[0], -1, 128)
-        scales = tiles.abs().amax(dim=-1) / 448
+        scales = tiles.abs().amax(dim=-1).clamp(min=1e-4) / 448
         return (tiles / scales[..., None]).to(E4M3).view(x.shape), scales
     rejected_with(no_clamp, dequantize, "no clamp to 448")
 

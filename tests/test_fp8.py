@@ -2,6 +2,7 @@
 bounds, the FP8 GEMM against its dequantised reference, the FP8 linear layer's gradients against float64, the
 accumulation model against a scalar loop, the model conversion, and bad input."""
 
+import functools
 import math
 
 import pytest
@@ -37,15 +38,29 @@ def test_grids():
 
 
 # ------------------------------------------------------------------------------------------ quantisation
-def slow_quantize(x, tile, dtype):
-    """One tile at a time: s = max |x| / fp8_max, q = (x / s).to(dtype)."""
+def slow_power_of_two(scale: float) -> float:
+    """The smallest power of two >= scale, by doubling and halving."""
+    power = 1.0
+    while power < scale:
+        power *= 2
+    while power / 2 >= scale:
+        power /= 2
+    return power
+
+
+def slow_quantize(x, tile, dtype, scale_format="float"):
+    """One tile at a time: s = max(max |x|, 1e-4) / fp8_max (rounded up to a power of two for "ue8m0"),
+    q = (x / s).to(dtype)."""
     rows, cols = x.shape
     data = torch.empty(rows, cols, dtype=dtype)
     scales = torch.empty(math.ceil(rows / tile[0]), math.ceil(cols / tile[1]))
     for i in range(scales.shape[0]):
         for j in range(scales.shape[1]):
             block = x[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]]
-            scale = max(float(block.abs().max()), fp8.AMAX_FLOOR) / fp8.fp8_max(dtype)
+            amax = torch.tensor(max(float(block.abs().max()), 1e-4), dtype=torch.float32)
+            scale = float(amax / fp8.fp8_max(dtype))  # divided in float32, as the kernels do
+            if scale_format == "ue8m0":
+                scale = slow_power_of_two(scale)
             scales[i, j] = scale
             data[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]] = (
                 block / torch.tensor(scale, dtype=torch.float32)).to(dtype)
@@ -55,10 +70,13 @@ def slow_quantize(x, tile, dtype):
 @pytest.mark.parametrize("granularity", fp8.GRANULARITIES)
 @pytest.mark.parametrize("dtype", [E4M3, E5M2])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 130), (129, 257), (256, 128), (200, 5)])
-def test_quantize_matches_loop(granularity, dtype, shape):
+@pytest.mark.parametrize("scale_format", fp8.SCALE_FORMATS)
+def test_quantize_matches_loop(granularity, dtype, shape, scale_format):
     x = activations(*shape, seed=sum(shape))
-    q = fp8.quantize(x, granularity, dtype)
-    data, scales = slow_quantize(x, fp8.tile_shape(granularity, shape), dtype)
+    x[0, 0] = 0.0 if shape[1] == 5 else x[0, 0]  # (200, 5): the first tile keeps four values
+    x[-1, :] = 3e-5 if shape[0] > 1 else x[-1, :]  # a token below the amax floor
+    q = fp8.quantize(x, granularity, dtype, scale_format)
+    data, scales = slow_quantize(x, fp8.tile_shape(granularity, shape), dtype, scale_format)
     assert q.data.dtype == dtype and q.data.shape == x.shape and q.scale.dtype == torch.float32
     torch.testing.assert_close(q.scale, scales, rtol=0, atol=0)
     assert torch.equal(q.data.view(torch.uint8), data.view(torch.uint8))
@@ -88,6 +106,51 @@ def test_all_zero_tiles_stay_zero_with_a_finite_scale():
     assert torch.equal(q.dequantize(), x)
 
 
+@pytest.mark.parametrize("scale_format, expected", [("float", 1e-4 / 448), ("ue8m0", 2.0 ** -22)])
+def test_the_amax_floor_is_the_released_kernels(scale_format, expected):
+    """act_quant floors amax at 1e-4: an all-zero tile (and one of tiny values) gets the scale 1e-4 / 448, which
+    ue8m0 rounds up to 2^ceil(log2(2.23e-7)) = 2^-22; the codes stay finite."""
+    x = torch.zeros(3, 256)
+    x[1, :128] = 5e-5  # below the floor: 5e-5 / (1e-4 / 448) = 224
+    x[2, 128:] = 1.0
+    q = fp8.quantize(x, "tile", scale_format=scale_format)
+    assert fp8.AMAX_FLOOR == 1e-4
+    assert q.scale[0, 0].item() == pytest.approx(expected, rel=1e-6) and q.scale[1, 0] == q.scale[0, 0]
+    assert not torch.isnan(q.data.float()).any() and torch.equal(q.data[0].float(), torch.zeros(256))
+    assert q.data[1, 0].float().item() == pytest.approx(5e-5 / expected, rel=2.0 ** -4)
+
+
+@pytest.mark.parametrize("amax, scale", [(300.0, 1.0), (448.0, 1.0), (449.0, 2.0), (0.5, 2.0 ** -9),
+                                          (448.0 * 2.0 ** -7, 2.0 ** -7), (1e-6, 2.0 ** -22)])
+def test_ue8m0_rounds_the_scale_up_to_a_power_of_two(amax, scale):
+    """The facts file's examples: amax 300 -> 1.0, 448 -> 1.0, 449 -> 2.0 (2^ceil(log2(amax / 448)))."""
+    x = torch.full((2, 130), amax / 7)
+    x[0, 5] = -amax
+    x[1, 129] = amax  # the second tile of token 1
+    q = fp8.quantize(x, "tile", scale_format="ue8m0")
+    assert q.scale[0, 0].item() == scale and q.scale[1, 1].item() == scale
+    assert fp8.power_of_two_scale(torch.tensor([max(amax, 1e-4)]) / 448).item() == scale  # floored first
+    # the float scale is amax / 448 (floored), never above its power of two
+    assert fp8.quantize(x, "tile").scale[0, 0].item() <= scale
+
+
+def test_ue8m0_scales_keep_every_quotient_within_448_without_a_clamp():
+    """Rounding the scale up makes |x / s| <= 448 exactly, also at a max one float32 step above 448 * 2^k and
+    at the maxima of random tiles (with float scales the quotient can exceed 448 by a rounding error)."""
+    steps = torch.arange(-3, 4, dtype=torch.float64)
+    maxima = [448.0 * 2.0 ** k * (1 + j * 2.0 ** -23) for k in range(-20, 21, 3) for j in steps.tolist()]
+    x = torch.cat([torch.tensor(maxima, dtype=torch.float32)[:, None] * torch.linspace(-1, 1, 128)[None, :],
+                   activations(2000, 128, seed=7)])  # [2105, 128]: one 1 x 128 tile per row
+    x = x.flip(1)  # the maximum |x| comes first in the first rows
+    q = fp8.quantize(x, "tile", scale_format="ue8m0")
+    quotient = x / q.scale  # [rows, 128] / [rows, 1], no clamp
+    assert quotient.abs().max() <= 448 and (quotient.abs().amax(dim=1) > 224).all()
+    assert torch.equal(q.data.float(), quotient.to(E4M3).float())  # the clamp changes nothing
+    assert torch.equal(torch.log2(q.scale), torch.log2(q.scale).round())
+    float_quotient = x / fp8.quantize(x, "tile").scale
+    assert float_quotient.abs().max() > 448  # the float scale's rounding: what the clamp is for
+
+
 def test_outliers_only_spoil_their_own_tiles():
     x = activations(256, 512, outliers=False)
     x[:, 3] *= 1000  # one outlier channel: in tile column 0 only
@@ -112,6 +175,15 @@ def test_quantize_rejects_bad_input(bad, error, phrase):
 def test_quantize_rejects_bad_options():
     with pytest.raises(ValueError, match="granularity"):
         fp8.quantize(torch.ones(2, 2), "channel")
+    for bad in ("UE8M0", "e8m0", None):
+        with pytest.raises(ValueError, match=r"scale_format must be one of \('float', 'ue8m0'\)"):
+            fp8.quantize(torch.ones(2, 2), "tile", scale_format=bad)
+        with pytest.raises(ValueError, match="scale_format"):
+            fp8.fake_quantize(torch.ones(2, 2), "tile", E4M3, bad)
+        with pytest.raises(ValueError, match="scale_format"):
+            fp8.fp8_linear(torch.ones(2, 2), torch.ones(3, 2), bad)
+        with pytest.raises(ValueError, match="scale_format"):
+            fp8.to_fp8(torch.nn.Linear(2, 2), bad)
     with pytest.raises(TypeError, match="float8"):
         fp8.quantize(torch.ones(2, 2), "tile", torch.bfloat16)
 
@@ -174,14 +246,17 @@ def test_fp8_linear_gradients_against_float64(M, K, N):
         assert 1e-4 < fp8.relative_error(got, exact) < 0.08
 
 
-def test_fp8_linear_gradients_equal_the_dequantised_gemms():
+@pytest.mark.parametrize("scale_format", fp8.SCALE_FORMATS)
+def test_fp8_linear_gradients_equal_the_dequantised_gemms(scale_format):
     """Which tensor is quantised in which layout: Dgrad = q(dy, 1x128 along N) q(W, 128x128);
-    Wgrad = q(dy^T, 1x128 along tokens) q(x^T, 1x128 along tokens)^T."""
+    Wgrad = q(dy^T, 1x128 along tokens) q(x^T, 1x128 along tokens)^T; every scale in the format asked for."""
     x = activations(150, 260, seed=3).requires_grad_()
     w = torch.randn(140, 260).requires_grad_()
     grad_out = activations(150, 140, seed=4)
-    fp8.fp8_linear(x, w).backward(grad_out)
-    fq = fp8.fake_quantize
+    y = fp8.fp8_linear(x, w, scale_format)
+    y.backward(grad_out)
+    fq = functools.partial(fp8.fake_quantize, scale_format=scale_format)
+    torch.testing.assert_close(y, fq(x.detach(), "tile") @ fq(w.detach(), "block").t(), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(x.grad, fq(grad_out, "tile") @ fq(w.detach(), "block"), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(w.grad, fq(grad_out.t().contiguous(), "tile") @ fq(x.detach().t().contiguous(),
                                                                                    "tile").t(), rtol=1e-5, atol=1e-3)
@@ -277,6 +352,23 @@ def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
     main, _ = model.losses(tokens)
     main.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_to_fp8_passes_the_scale_format_on():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, expert_dim=16, n_routed_experts=4)
+    model = TinyDeepSeek(config)
+    tokens = torch.randint(0, 32, (2, 16))
+    with torch.no_grad():
+        reference = model(tokens)
+        float_logits = fp8.to_fp8(model)(tokens)
+        logits = fp8.to_fp8(model, "ue8m0")(tokens)  # the second call's format wins
+    block = model.blocks[1]
+    assert block.attn.qkv.scale_format == "ue8m0" and block.attn.out.scale_format == "ue8m0"
+    for linear in (block.ffn.expert_linear, block.ffn.shared.linear, model.blocks[0].ffn.linear):
+        assert linear.func is fp8.fp8_linear and linear.keywords == {"scale_format": "ue8m0"}
+    assert not torch.equal(logits, float_logits)  # other scales, other roundings
+    assert 1e-4 < fp8.relative_error(logits, reference) < 0.15
 
 
 def test_helpers_reject_bad_input():

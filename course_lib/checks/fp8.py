@@ -2,7 +2,12 @@
 
 The learner writes ``quantize_per_tile(x) -> (x_fp8, scales)`` and ``dequantize_per_tile(x_fp8, scales) -> x``
 for x float32 [tokens, channels] with channels a multiple of 128: one scale per token and 128 channels,
-s = max |x over the tile| / 448, x_fp8 = clamp(x / s, -448, 448) in E4M3, and back x ~ x_fp8 * s.
+s = max(max |x over the tile|, floor) / 448, x_fp8 = clamp(x / s, -448, 448) in E4M3, and back x ~ x_fp8 * s.
+
+One input holds an all-zero tile. Its scale must be finite and positive; any floor up to the released kernels'
+1e-4 is accepted (the notebook asks for 1e-4; the 1e-12 of earlier versions is as good: the floor only decides the
+scale of a tile with nothing in it, whose codes are 0 either way). A missing floor (scale 0, codes 0 / 0 = NaN)
+is named.
 
 The quantiser runs with strict float8 conversions: every value beyond 448 becomes NaN, before any rounding (a
 conversion that does not saturate makes NaN of what rounds beyond 448; this one is stricter, so that a missing
@@ -50,8 +55,30 @@ def _activations(tokens: int, channels: int, seed: int, outlier_channel: int | N
     return x
 
 
-_CASES = [_activations(64, 256, seed=2), _activations(8, 384, seed=1, outlier_channel=5),
-          _activations(130, 128, seed=3)]
+def _with_a_zero_tile(x: torch.Tensor, token: int, tile: int) -> torch.Tensor:
+    x[token, tile * 128:(tile + 1) * 128] = 0.0
+    return x
+
+
+_CASES = [_with_a_zero_tile(_activations(64, 256, seed=2), token=5, tile=1),
+          _activations(8, 384, seed=1, outlier_channel=5), _activations(130, 128, seed=3)]
+_FLOOR_SCALE = fp8.AMAX_FLOOR / _MAX  # the largest scale accepted for an all-zero tile
+
+
+def _scales_match(got: Any, x: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether the learner's scales equal the reference's [tokens, channels / 128] (rtol 1e-5), an all-zero tile
+    of x [tokens, channels] allowing any scale in (0, 1e-4 / 448] (any positive floor up to the kernels')."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape):
+        return False
+    got = got.detach().float()
+    zero = _zero_tiles(x)
+    floored = (got > 0) & (got <= _FLOOR_SCALE * (1 + 1e-5))
+    return bool(torch.isclose(got, expected, rtol=1e-5, atol=0)[~zero].all() and floored[zero].all())
+
+
+def _zero_tiles(x: torch.Tensor) -> torch.Tensor:
+    """bool [tokens, channels / 128]: the 1 x 128 tiles of x that hold only zeros."""
+    return x.view(x.shape[0], -1, 128).abs().amax(dim=-1) == 0
 
 
 def _tiles_along_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +130,14 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
         return (f"your scales have shape {list(got.shape)}: the tiles run along the wrong axis. A tile is ONE token "
                 f"and 128 consecutive channels (1 x 128), so the scales are {shape}: reshape x to [tokens, "
                 f"channels / 128, 128] and take the max of |x| over the last dimension")
+    live = ~_zero_tiles(x)  # [T, C / 128]: an all-zero tile's scale is any floor / 448, checked last
+
+    def close(candidate: torch.Tensor) -> bool:
+        return bool(torch.isclose(got, candidate.expand_as(got), rtol=1e-5, atol=0)[live].all())
+
     global_scale = x.abs().max() / _MAX
-    if got.numel() >= 1 and torch.allclose(got, global_scale.expand_as(got), rtol=1e-5):
+    if got.numel() >= 1 and (close(global_scale) if got.shape == expected.shape
+                             else torch.allclose(got, global_scale.expand_as(got), rtol=1e-5)):
         return (f"every scale is {format_numbers(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
                 f"per-tensor scaling, where one outlier sets the scale for everything. Take the max over each 1 x 128 "
                 f"tile: one scale per token and 128 channels, shape {shape}")
@@ -112,21 +145,30 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
         return f"your scales have shape {list(got.shape)}: drop the last dimension (keepdim=False), shape {shape}"
     if got.shape != expected.shape:
         return f"your scales have shape {list(got.shape)}, but {shape} was expected (one per token and 128 channels)"
-    if torch.isnan(got).any():
-        return (f"your scales contain NaN (for instance at token {int(torch.isnan(got).nonzero()[0, 0])}); they "
-                f"should be max |x| over each tile divided by 448, finite and > 0")
-    if torch.allclose(got, 1 / expected, rtol=1e-5):
+    if (torch.isnan(got) & live).any():
+        return (f"your scales contain NaN (for instance at token {int((torch.isnan(got) & live).nonzero()[0, 0])}); "
+                f"they should be max |x| over each tile divided by 448, finite and > 0")
+    if close(1 / expected):
         return ("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
                 "back, s = max|x| / 448, so that x ~ x_fp8 * s")
-    if torch.allclose(got, expected * _MAX, rtol=1e-5):
+    if close(expected * _MAX):
         return "your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)"
-    signed = x.view(T, -1, 128).amax(dim=-1).clamp(min=1e-12) / _MAX
-    if torch.allclose(got, signed, rtol=1e-5):
+    if close(x.view(T, -1, 128).amax(dim=-1) / _MAX):
         return ("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
                 "is negative gets too small a scale. Take x.abs() before the max")
-    row = int((~torch.isclose(got, expected, rtol=1e-5)).nonzero()[0, 0])
-    return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
-            f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+    wrong = ~torch.isclose(got, expected, rtol=1e-5, atol=0) & live
+    if wrong.any():
+        row = int(wrong.nonzero()[0, 0])
+        return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
+                f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+    t, j = (int(i) for i in (~live).nonzero()[0])
+    if not (got[t, j] > 0 and torch.isfinite(got[t, j])):
+        return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+                f"0 / 448 = 0 and the codes become 0 / 0 = NaN. Floor the max before dividing by 448, "
+                f"amax.clamp(min=1e-4) as DeepSeek's kernels do, so that an empty tile gets a positive scale")
+    return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+            f"floor the max at 1e-4 (DeepSeek's kernels) or less, which gives at most "
+            f"{format_numbers(_FLOOR_SCALE)}, not more")
 
 
 def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> None:
@@ -164,8 +206,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         problem = _explain_codes(x_fp8, scales, x)
         expect(problem is None, f"For x of shape [{T}, {C}]: {problem}.")
         codes = x_fp8.float()
-        if isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape and torch.allclose(
-                scales.detach().float(), reference.scale, rtol=1e-5) and torch.isnan(codes).any():
+        if _scales_match(scales, x, reference.scale) and torch.isnan(codes).any():
             raise AssertionError(
                 f"For x of shape [{T}, {C}] some of your FP8 values are NaN.\nLikely cause: no clamp to 448. "
                 f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value, and further "
@@ -173,8 +214,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                 f"strictly, every value above 448 becoming NaN (E4M3 has no infinity), as a conversion without "
                 f"saturation does beyond the format's range. Clamp x / s to [-448, 448] before "
                 f".to(torch.float8_e4m3fn).")
-        if not (isinstance(scales, torch.Tensor) and scales.shape == reference.scale.shape
-                and torch.allclose(scales.detach().float(), reference.scale, rtol=1e-5)):
+        if not _scales_match(scales, x, reference.scale):
             raise AssertionError(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
         scaled = x / reference.scale.repeat_interleave(128, 1)  # what x_fp8 rounds, in units of the scale
         bound = scaled.abs() / 16 + 2.0 ** -10 + 1e-6  # half an E4M3 step: 2^-4 relative, 2^-10 among subnormals
@@ -204,12 +244,14 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
                f"{_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
                f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
-    return f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel"
+    return (f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
+            f"one with an all-zero tile")
 
 
 def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> None:
     """Check ``quantize_fn(x) -> (x_fp8, scales)`` and ``dequantize_fn(x_fp8, scales) -> x`` for per-tile
     (1 x 128) E4M3 quantisation of x float32 [tokens, channels] ([V3] 3.3.2; reference ``fp8.quantize(x, "tile")``).
-    Names the scale taken from the whole tensor, tiles along the wrong axis, a missing clamp to 448, and dividing
-    instead of multiplying on the way back."""
+    Names the scale taken from the whole tensor, tiles along the wrong axis, a missing floor on the max (an
+    all-zero tile; any floor up to 1e-4 passes), a missing clamp to 448, and dividing instead of multiplying on the
+    way back."""
     return _check(quantize_fn, dequantize_fn)
