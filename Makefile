@@ -17,12 +17,14 @@ NBVAL_FLAGS := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 # JupyterLab refuses to start as root (a Docker container, a workshop VM) unless it is told it may.
 LAB_FLAGS   := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 # The lab's terminals work in the course environment, as the notebooks' commands expect (`torchrun ...`): the server
-# runs with .venv/bin first on PATH, and its terminals start the user's shell as it is (not a login shell, whose
-# /etc/profile would put the system's PATH back; JupyterLab picks one when it has no terminal of its own). The
+# runs with .venv/bin first on PATH, and its terminals start the user's shell through tools/jupyter/terminal.sh, which
+# activates .venv after the shell's own start-up files (a ~/.bashrc with pyenv or conda init puts another python
+# first) and never starts a login shell (its /etc/profile would put the system's PATH back; JupyterLab starts one
+# when it has no terminal of its own). The
 # launcher offers the course kernel alone, not ipykernel's second "Python 3" one: the set-up copies
 # tools/jupyter/jupyter_server_config.json into the environment's Jupyter configuration (binder/postBuild too).
-LAB_ENV     := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
-LAB_CONFIG  := --ServerApp.terminado_settings=shell_command="$${SHELL:-/bin/sh}"
+LAB_ENV     := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" COURSE_VENV="$(abspath $(VENV))"
+LAB_CONFIG  := --ServerApp.terminado_settings=shell_command="$(abspath tools/jupyter/terminal.sh)"
 # More JupyterLab options, for example `make lab LAB_ARGS="--port 8890 --no-browser"`.
 LAB_ARGS    ?=
 

@@ -66,8 +66,10 @@ def _solution_of(path: Path) -> Path | None:
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
-    solution = _solution_of(collection_path)
-    if solution is not None:
+    if collection_path.suffix == ".ipynb" and collection_path.parent.name == "notebooks":
+        solution = _solution_of(collection_path)
+        if solution is None:  # a learner's own notebook (File > New, a duplicate): not the course's to test
+            return True
         nb = read(solution)
         if dumps(learner_version(nb, solution.name)) == dumps(clean(nb, solution.name)):  # no exercises
             return True

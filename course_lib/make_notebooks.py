@@ -57,8 +57,8 @@ class SavedWorkError(RuntimeError):
     def __init__(self, paths: list[Path]) -> None:
         self.paths = paths
         names = ", ".join(f"notebooks/{p.name}" for p in paths)
-        super().__init__(f"{names} hold(s) work saved in Jupyter (outputs or answers) and would be overwritten, so "
-                         f"nothing was written. Move them out of notebooks/ (for example to out/) and run again, or "
+        super().__init__(f"work saved in Jupyter (outputs or answers) would be overwritten in {names}, so nothing was "
+                         f"written. Move those notebooks out of notebooks/ (for example to out/) and run again, or "
                          f"pass --force to overwrite them.")
 
 
@@ -174,7 +174,8 @@ def out_of_step(root: Path = REPO_ROOT) -> list[str]:
     """Problems that ``--check`` reports: unstripped solutions, learner notebooks missing, stale or extra.
 
     Judged on the course as committed: a notebook whose working copy has local changes (a learner's outputs and
-    answers, a solution run and saved) is in step when git's HEAD copy is, and the change is only that.
+    answers, a solution run and saved) is in step when git's HEAD copy is, and the change is only that; a notebook
+    in notebooks/ that git does not know (a learner's new notebook or copy) is the learner's own.
     """
     problems = []
     expected_learner = set()
@@ -192,8 +193,8 @@ def out_of_step(root: Path = REPO_ROOT) -> list[str]:
         elif learner.read_text(encoding="utf-8") != expected and committed_text(learner, root) != expected:
             problems.append(f"notebooks/{path.name} is not what solutions/{path.name} generates")
     for extra in sorted((root / "notebooks").glob("*.ipynb")):
-        if extra.name not in expected_learner:
-            problems.append(f"notebooks/{extra.name} has no source in solutions/")
+        if extra.name not in expected_learner and committed_text(extra, root) is not None:
+            problems.append(f"notebooks/{extra.name} has no source in solutions/")  # a learner's own: not committed
     return problems
 
 

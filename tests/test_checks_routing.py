@@ -1,12 +1,13 @@
 """The checkers of notebooks 01-03: the references pass, stubs are reported, and each common mistake, written the
 way a learner writes it, is rejected with its own hint; a learner's crash is explained, never raised."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from course_lib import balance, routing
-from course_lib.checks import (outcome, check_balance_loss, check_expert_load, check_max_violation,
+from course_lib.checks import (CheckFailed, outcome, check_balance_loss, check_expert_load, check_max_violation,
                                check_sequence_balance_loss, check_topk_route, check_update_bias)
 
 
@@ -483,3 +484,13 @@ def test_route_hint_without_bias_does_not_mention_the_bias():
     message = rejected_with(check_topk_route, lambda scores, k: (scores.topk(k).values * 2, scores.topk(k).indices),
                             "Hint:", bias=False)
     assert "bias" not in message.split("Hint:")[1]
+
+
+def test_a_pair_of_numpy_arrays_is_named_as_such():
+    """A learner who built the answer with numpy sees what is wrong with it, not 'returned tuple, but a tuple...'."""
+    def numpy_route(scores, k):
+        chosen = np.argsort(-scores.detach().numpy(), axis=-1)[:, :k]
+        weights = np.take_along_axis(scores.detach().numpy(), chosen, axis=-1)
+        return weights / weights.sum(-1, keepdims=True), chosen
+    with pytest.raises(CheckFailed, match=r"a pair of \(ndarray, ndarray\).*torch tensors"):
+        check_topk_route(numpy_route, bias=False)

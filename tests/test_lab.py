@@ -43,7 +43,11 @@ def _get(url: str) -> dict:
 def lab(tmp_path_factory) -> Iterator[str]:
     """`make lab` running on a free port; yields its base URL."""
     port = _free_port()
-    home = tmp_path_factory.mktemp("home")  # a learner's home: no shell start-up files of this machine's
+    home = tmp_path_factory.mktemp("home")  # a learner's home, whose ~/.bashrc puts another python first (pyenv)
+    (home / "shims").mkdir()
+    (home / "shims" / "python").write_text("#!/bin/sh\necho 'the python of pyenv'\n")
+    (home / "shims" / "python").chmod(0o755)
+    (home / ".bashrc").write_text(f'export PATH="{home / "shims"}:$PATH"\n')
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "COURSE_NUM_THREADS")}
     env.update(PATH=SYSTEM_PATH, SHELL="/bin/bash", HOME=str(home), JUPYTER_CONFIG_DIR=str(home / ".jupyter"))
     log = open(home / "lab.log", "w")
@@ -100,16 +104,18 @@ async def _type_in_a_terminal(base: str, command: str, done: str, timeout_s: flo
 def test_a_lab_terminal_runs_the_notebooks_commands(lab):
     # echo's argument is computed by the shell, so the marker is found in its output, not in the typed echo
     screen = asyncio.run(_type_in_a_terminal(
-        lab, "command -v python torchrun; torchrun --help | head -n 3; echo finished-$((6 * 7))", "finished-42"))
+        lab, "command -v python torchrun pip; torchrun --help | head -n 3; echo finished-$((6 * 7))", "finished-42"))
     assert "finished-42" in screen, f"the terminal did not finish the command:\n{screen[-2000:]}"
     venv_bin = str(REPO_ROOT / ".venv" / "bin")
-    assert f"{venv_bin}/python" in screen and f"{venv_bin}/torchrun" in screen, screen[-2000:]
+    for command in ("python", "torchrun", "pip"):  # the course's, though ~/.bashrc put a pyenv shim first
+        assert f"{venv_bin}/{command}" in screen, screen[-2000:]
     assert "usage: torchrun" in screen, screen[-2000:]
 
 
 def test_the_launcher_offers_the_course_kernel_alone(lab):
     specs = _get(f"{lab}/api/kernelspecs")
     assert sorted(specs["kernelspecs"]) == [KERNEL_NAME], sorted(specs["kernelspecs"])
+    assert specs["default"] == KERNEL_NAME, specs["default"]
 
 
 def test_notebook_09s_command_runs_in_a_lab_terminal(lab):

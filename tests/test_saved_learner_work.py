@@ -63,6 +63,20 @@ def test_a_saved_learner_notebook_is_in_step(course):
     assert mk.out_of_step(course) == []
 
 
+def new_notebooks_of_the_learner(root: Path) -> None:
+    """File > New > Notebook (Untitled.ipynb, failing) and Duplicate (a copy of the saved work) in notebooks/."""
+    failing = new_notebook(cells=[new_code_cell("1 / 0")])
+    (root / "notebooks" / "Untitled.ipynb").write_text(nbformat.writes(failing), encoding="utf-8")
+    copy = root / "notebooks" / NAME.replace(".ipynb", "-Copy1.ipynb")
+    copy.write_text((root / "notebooks" / NAME).read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def test_a_learners_new_notebooks_are_their_own(course):
+    save_learner_work(course, "return 2 * x + 1  # wrong")
+    new_notebooks_of_the_learner(course)
+    assert mk.out_of_step(course) == []
+
+
 def test_a_solution_run_and_saved_is_in_step(course):
     path = course / "solutions" / NAME
     nb = nbformat.read(path, as_version=4)
@@ -84,7 +98,7 @@ def test_regenerating_never_overwrites_saved_work(course):
     solution = course / "solutions" / NAME
     solution.write_text(solution.read_text(encoding="utf-8").replace("# Demo", "# Demo, revised"), encoding="utf-8")
     before = solution.read_text(encoding="utf-8")
-    with pytest.raises(mk.SavedWorkError, match=f"notebooks/{NAME} .*nothing was written.*--force"):
+    with pytest.raises(mk.SavedWorkError, match=f"notebooks/{NAME}.*nothing was written.*--force"):
         mk.generate(course)
     assert (course / "notebooks" / NAME).read_text(encoding="utf-8") == saved
     assert solution.read_text(encoding="utf-8") == before  # nothing half-written
@@ -103,9 +117,11 @@ def test_the_command_line_says_what_it_kept(course, monkeypatch, capsys):
 
 
 def test_the_notebook_tests_execute_the_generated_notebook_not_the_saved_one(course):
-    """A wrong answer and a failing scratch cell in the saved notebook: the course's notebook test still passes,
-    since it executes what solutions/ generates (the root conftest.py)."""
+    """A wrong answer and a failing scratch cell in the saved notebook, a new notebook and a copy of the saved one:
+    the course's notebook test still passes, since it executes what solutions/ generates (the root conftest.py)
+    and only the notebooks that solutions/ generates."""
     save_learner_work(course, "return 2 * x + 1  # wrong")
+    new_notebooks_of_the_learner(course)  # not collected: the learner's own
     shutil.copy(mk.REPO_ROOT / "conftest.py", course / "conftest.py")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from course_lib import balance, routing
-from course_lib.checks._core import Case, Mistake, check_function, compare, format_numbers
+from course_lib.checks._core import Case, Mistake, check_function, compare, describe_value, format_numbers
 
 
 def _scores(tokens: int, n_experts: int, seed: int) -> torch.Tensor:
@@ -106,9 +106,13 @@ _ROUTE_MISTAKES = [
 
 def _route_compare(got: Any, expected: Any) -> str | None:
     """Compare (weights, indices) per token without regard to the order of the k experts (sorted by expert id)."""
-    if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(t, torch.Tensor) for t in got):
-        return (f"your function returned {type(got).__name__}, but a tuple (weights, indices) of two tensors was "
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return (f"your function returned {describe_value(got)}, but a tuple (weights, indices) of two tensors was "
                 f"expected")
+    if not all(isinstance(t, torch.Tensor) for t in got):
+        kinds = ", ".join(type(t).__name__ for t in got)
+        return (f"your function returned a pair of ({kinds}), but (weights, indices) should both be torch tensors: "
+                f"build them with torch functions (torch.topk, gather) rather than numpy or Python lists")
     weights, indices = got
     exp_weights, exp_indices = expected
     if weights.shape != exp_weights.shape or indices.shape != exp_indices.shape:
