@@ -180,6 +180,11 @@ def test_a_crash_or_a_wrong_type_is_explained():
     rejected_with(lambda i, e, w, r, k: (i.float()[:, :2], i), "integer tensor [S, 2]")
     rejected_with(lambda i, e, w, r, k: (loop_plan(i, e, w, r, k)[0], None), "bool tensor [S, ranks_per_node]")
     rejected_with(lambda i, e, w, r, k: (loop_plan(i, e, w, r, k)[0], torch.ones(1, r)), "bool tensor")
+    rejected_with(lambda i, e, w, r, k: (loop_plan(i, e, w, r, k)[0].to(torch.complex64), None), "integer tensor")
+    rejected_with(lambda i, e, w, r, k: (loop_plan(i, e, w, r, k)[0], loop_plan(i, e, w, r, k)[1].to(torch.complex64)),
+                  "bool tensor")
+    rejected_with(lambda i, e, w, r, k: (loop_plan(i, e, w, r, k)[0], loop_plan(i, e, w, r, k)[1][:, :1]), "shape")
+    rejected_with(lambda i, e, w, r, k: (-loop_plan(i, e, w, r, k)[0], loop_plan(i, e, w, r, k)[1]), "outside")
     rejected_with(lambda i, e, w, r, k: (i[:, :2] + 100, torch.ones(len(i), r, dtype=torch.bool)), "outside [0, 2]")
     rejected_with(lambda i, e, w, r, k: i[100], "raised IndexError")
 

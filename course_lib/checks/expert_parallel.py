@@ -27,12 +27,12 @@ def _as_plan(value: Any) -> tuple[torch.Tensor, torch.Tensor] | str:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         return f"your function returned {describe_value(value)}, but a pair (sends, forward) of tensors was expected"
     sends, forward = value
-    if (not isinstance(sends, torch.Tensor) or sends.is_floating_point() or sends.dtype == torch.bool
-            or sends.dim() != 2 or sends.shape[1] != 2):
+    if (not isinstance(sends, torch.Tensor) or sends.is_floating_point() or sends.is_complex()
+            or sends.dtype == torch.bool or sends.dim() != 2 or sends.shape[1] != 2):
         return (f"sends is {describe_value(sends)}, but an integer tensor [S, 2] of (token, node) rows was "
                 f"expected")
-    if (not isinstance(forward, torch.Tensor) or forward.is_floating_point() or forward.dim() != 2
-            or forward.shape[0] != sends.shape[0]):
+    if (not isinstance(forward, torch.Tensor) or forward.is_floating_point() or forward.is_complex()
+            or forward.dim() != 2 or forward.shape[0] != sends.shape[0]):
         return (f"forward is {describe_value(forward)}, but a bool tensor [S, ranks_per_node] with one row per "
                 f"row of sends (S = {sends.shape[0]}) was expected")
     sends, forward = sends.detach().cpu().long(), forward.detach().cpu().long()
