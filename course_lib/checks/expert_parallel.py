@@ -77,11 +77,6 @@ def _compare_plans(got: Any, expected: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- mistakes
-def _placement(n_experts: int, world_size: int, ranks_per_node: int) -> tuple[int, int]:
-    """(experts per rank, number of nodes)."""
-    return n_experts // world_size, world_size // ranks_per_node
-
-
 def _plan_from(token: torch.Tensor, node: torch.Tensor, local: torch.Tensor, keep: torch.Tensor,
                ranks_per_node: int, dedup_nodes: bool = True, dedup_ranks: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +100,7 @@ def _plan_from(token: torch.Tensor, node: torch.Tensor, local: torch.Tensor, kee
 def _pairs(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """token, node, local rank of every (token, expert) pair, flattened."""
-    experts_per_rank, _ = _placement(n_experts, world_size, ranks_per_node)
-    ranks = indices.reshape(-1) // experts_per_rank
+    ranks = indices.reshape(-1) // (n_experts // world_size)
     token = torch.arange(indices.shape[0]).repeat_interleave(indices.shape[1])
     return token, ranks // ranks_per_node, ranks % ranks_per_node
 
