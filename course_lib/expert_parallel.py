@@ -16,7 +16,8 @@ of nodes), so a token's experts live on at most ``topk_groups`` nodes ([V3] 2.1.
 Design of the dispatch (stated, and checked by ``checks.expert_parallel``): one row is sent per **(token, expert)
 pair**, so a token with two experts on one rank travels twice. DeepSeek-V3's kernels instead send a token once
 per *node* over InfiniBand and forward it inside the node over NVLink to the GPUs of its experts ([V3] 3.2.2):
-``Traffic`` counts both, the bytes this layer sends and the node-deduplicated bytes V3 would send.
+``Traffic`` counts both, the bytes this layer sends and the node-deduplicated bytes V3 would send, and
+``dispatch_plan`` gives one rank's node-deduplicated plan (the (token, node) rows and the forwarding inside the node).
 
 Balancing: each rank counts the load of its own tokens; ``update_bias`` SUM-all-reduces the counts once per
 optimizer step before the sign update ([V3] 2.1.2), so every rank applies the same update to the same bias. With
@@ -98,11 +99,17 @@ def expert_ranks(indices: torch.Tensor, n_experts: int, world_size: int) -> torc
     return indices // (n_experts // world_size)
 
 
+def _rank_hits(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int) -> torch.Tensor:
+    """bool [tokens, n_nodes, ranks_per_node]: whether each token has at least one expert on each rank (ranks
+    numbered node by node)."""
+    ranks = expert_ranks(indices, n_experts, world_size)  # [tokens, top_k]
+    hits = torch.zeros(indices.shape[0], world_size, dtype=torch.bool, device=indices.device)
+    return hits.scatter_(1, ranks, True).view(-1, world_size // ranks_per_node, ranks_per_node)
+
+
 def _node_hits(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int) -> torch.Tensor:
     """bool [tokens, n_nodes]: whether each token has at least one expert on each node."""
-    nodes = expert_ranks(indices, n_experts, world_size) // ranks_per_node  # [tokens, top_k]
-    hits = torch.zeros(indices.shape[0], world_size // ranks_per_node, dtype=torch.bool, device=indices.device)
-    return hits.scatter_(1, nodes, True)
+    return _rank_hits(indices, n_experts, world_size, ranks_per_node).any(dim=2)
 
 
 def destination_nodes(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int) -> torch.Tensor:
@@ -110,6 +117,43 @@ def destination_nodes(indices: torch.Tensor, n_experts: int, world_size: int, ra
     each in [1, min(top_k, n_nodes)]; with group-limited routing (groups = nodes) at most ``topk_groups``."""
     check_placement(n_experts, world_size, ranks_per_node)
     return _node_hits(indices, n_experts, world_size, ranks_per_node).sum(dim=1)
+
+
+class DispatchPlan(NamedTuple):
+    """What one rank's tokens send across nodes when each token crosses to each node once ([V3] 3.2.2).
+
+    sends: int64 [S, 2], one row (token, node) per token and REMOTE node holding at least one of its experts
+    (the token's own node excluded: it reaches its own node's GPUs over NVLink alone), sorted by node, then by
+    token: the rows that cross InfiniBand. forward: bool [S, ranks_per_node]; forward[s, j] says whether the j-th
+    rank of node sends[s, 1] (global rank node * ranks_per_node + j) holds at least one of the token's experts:
+    where the node forwards the arriving token over NVLink, once per rank.
+    """
+
+    sends: torch.Tensor
+    forward: torch.Tensor
+
+
+def dispatch_plan(indices: torch.Tensor, n_experts: int, world_size: int, ranks_per_node: int,
+                  rank: int) -> DispatchPlan:
+    """The node-deduplicated dispatch of the tokens of ``rank``: what DeepSeek-V3 sends once per node over
+    InfiniBand, and where each arriving token is forwarded inside the node over NVLink ([V3] 3.2.2).
+
+    indices: int64 [tokens, top_k], the experts chosen for this rank's tokens; placement as in ``check_placement``
+    (rank r holds experts r * E_r ... (r + 1) * E_r - 1, a node is ``ranks_per_node`` consecutive ranks).
+    Returns a ``DispatchPlan`` (sends int64 [S, 2], forward bool [S, ranks_per_node]); the number of rows of
+    sends towards node n is ``traffic(...).node_rows[rank][n]`` for every node but the rank's own.
+    Raises TypeError for non-integer indices or sizes, ValueError for indices not 2-D or out of range, a bad
+    placement, or a rank outside [0, world_size).
+    """
+    check_placement(n_experts, world_size, ranks_per_node)
+    check_int("rank", rank, 0)
+    if rank >= world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    hits = _rank_hits(indices, n_experts, world_size, ranks_per_node)  # [tokens, n_nodes, ranks_per_node]
+    crosses = hits.any(dim=2)  # [tokens, n_nodes]: each (token, node) once, however many experts live there
+    crosses[:, rank // ranks_per_node] = False  # the own node: no InfiniBand crossing
+    node, token = crosses.T.nonzero().unbind(dim=1)  # sorted by node, then token
+    return DispatchPlan(sends=torch.stack([token, node], dim=1), forward=hits[token, node])
 
 
 # --------------------------------------------------------------------------------------------- accounting

@@ -81,6 +81,35 @@ def test_traffic_equals_a_loop_over_pairs():
     assert nodes.tolist() == [len({e // 4 for e in experts}) for experts in indices.tolist()]
 
 
+@pytest.mark.parametrize("world_size, ranks_per_node, rank", [(8, 2, 5), (8, 4, 0), (4, 1, 3), (8, 8, 2)])
+def test_dispatch_plan_equals_a_loop_and_the_traffic_accounting(world_size, ranks_per_node, rank):
+    g = torch.Generator().manual_seed(rank)
+    indices = torch.stack([torch.randperm(32, generator=g)[:6] for _ in range(30)])  # 32 experts, top_k = 6
+    plan = ep.dispatch_plan(indices, 32, world_size, ranks_per_node, rank)
+    rows, forward = [], []
+    for token, experts in enumerate(indices.tolist()):
+        ranks = {e // (32 // world_size) for e in experts}
+        for node in {r // ranks_per_node for r in ranks} - {rank // ranks_per_node}:
+            rows.append((node, token))
+            forward.append([node * ranks_per_node + j in ranks for j in range(ranks_per_node)])
+    order = sorted(range(len(rows)), key=rows.__getitem__)  # by node, then token
+    assert plan.sends.tolist() == [[rows[i][1], rows[i][0]] for i in order]
+    assert plan.forward.tolist() == [forward[i] for i in order] and plan.forward.dtype == torch.bool
+    flow = ep.traffic(indices, torch.full((30,), rank), 32, world_size, ranks_per_node, row_bytes=1)
+    per_node = torch.bincount(plan.sends[:, 1], minlength=world_size // ranks_per_node).tolist()
+    own = rank // ranks_per_node
+    assert per_node == [0 if n == own else r for n, r in enumerate(flow.node_rows[rank])]
+    # what crosses InfiniBand, both directions: each row once out (dispatch) and once back (combine)
+    assert sum(flow.dedup_cross_node_bytes_per_node()) == 2 * len(plan.sends)
+
+
+def test_dispatch_plan_rejects_a_bad_rank():
+    with pytest.raises(ValueError, match="rank must lie"):
+        ep.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 4)
+    with pytest.raises(TypeError, match="rank must be an int"):
+        ep.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 1.0)
+
+
 def test_group_limited_routing_bounds_the_destination_nodes():
     moe = _moe(n_experts=16, top_k=4, n_groups=4, topk_groups=2)
     _, _, indices = moe.route(torch.randn(200, 16))

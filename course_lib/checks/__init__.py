@@ -12,7 +12,7 @@ from course_lib.checks.routing import (check_balance_loss, check_expert_load, ch
                                       check_sequence_balance_loss, check_topk_route, check_update_bias)
 from course_lib.checks.mtp import check_mtp_depth_loss, check_mtp_forward, check_mtp_loss
 from course_lib.checks.training import check_train_step
-from course_lib.checks.expert_parallel import check_send_splits
+from course_lib.checks.expert_parallel import check_dispatch_plan
 from course_lib.checks.fp8 import check_quantize_per_tile
 from course_lib.checks.attention import check_attend_absorbed, check_mla_forward
 from course_lib.checks.speculative import check_verify_sampled
