@@ -19,13 +19,17 @@ def learner_mla(attn, h, past=None, *, scale_dh=False, scale_mha=False, cache_ke
                 rope_compressed=False, rope_compressed_layer_tables=False, rope_latent=False, no_norm=False,
                 no_q_norm=False, no_mask=False, merge_no_transpose=False, split_no_transpose=False, nan=False,
                 wrong_shape=False, query_rope_at_zero=False, key_rope_at_zero=False, rotate_cache_again=False,
-                is_causal=False, cache_new_only=False):
+                is_causal=False, cache_new_only=False, fused_norm=False):
     """MLA as a learner writes it (after a cache of L tokens when past is given), with optional mistakes."""
     B, T, _ = h.shape
     H, d_h, d_r, d_v = attn.n_heads, attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.v_head_dim
     L = 0 if past is None else past[0].shape[1]
     cos, sin = attn.cos[L:], attn.sin[L:]  # positions L..L+T-1
     c_kv = attn.w_dkv(h) if no_norm else attn.kv_norm(attn.w_dkv(h))
+    if fused_norm:  # as with Hugging Face's kv_a_proj_with_mqa: one [c_kv; k_pe], normalised whole, then split
+        fused = torch.cat([attn.w_dkv(h), attn.w_kr(h)], dim=-1)
+        fused = fused * torch.rsqrt(fused.pow(2).mean(-1, keepdim=True) + attn.kv_norm.eps)
+        c_kv = fused[..., :attn.kv_lora_rank] * attn.kv_norm.weight
     if rope_latent:
         c_kv = apply_rope(c_kv, attn.cos, attn.sin)
     k_r = apply_rope(attn.w_kr(h), attn.cos, attn.sin) if key_rope_at_zero else apply_rope(attn.w_kr(h), cos, sin)
@@ -110,6 +114,7 @@ def test_right_answers_pass_and_stubs_give_false(capsys):
     ("rotate_cache_again", "the cached keys were rotated a second time"),
     ("is_causal", "the causal mask is aligned to the top-left corner"),
     ("cache_new_only", "the new tokens only"),
+    ("fused_norm", r"the RMSNorm was taken over the fused \[c\^KV; k\^R\]"),
 ])
 def test_mla_forward_mistakes_are_named(mistake, message):
     with pytest.raises(AssertionError, match=message):

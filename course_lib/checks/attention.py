@@ -207,10 +207,7 @@ def _check_cache(got_cache: Any, case: _Case) -> None:
         _, _, want_c, want_k = attn.project(case.h_full)
         problem = compare(c_kv, want_c, **_TOL, what="your cached c_kv")
         if problem:
-            unnormed = attn.w_dkv(case.h_full)
-            hint = ("the RMSNorm is missing: c^KV = kv_norm(w_dkv(h))." if compare(c_kv[:, L:], unnormed[:, L:], **_TOL)
-                    is None else "c_kv = kv_norm(w_dkv(h)).")
-            raise AssertionError(f"For the input {label}: {problem}.\nHint: {hint}")
+            raise AssertionError(f"For the input {label}: {problem}.\n{_latent_hint(c_kv[:, L:], case)}")
         problem = compare(k_rope, want_k, **_TOL, what="your cached k_rope")
         if problem:
             cos, sin = attn.cos, attn.sin
@@ -227,6 +224,22 @@ def _check_cache(got_cache: Any, case: _Case) -> None:
             else:
                 hint = "Hint: k^R = RoPE(W^KR h), computed from h (not from the latent c^KV)."
             raise AssertionError(f"For the input {label}: {problem}.\n{hint}")
+
+
+def _latent_hint(c_kv_new: torch.Tensor, case: _Case) -> str:
+    """Why the new tokens' cached latents c_kv_new [B, T, d_c] differ from kv_norm(w_dkv(h))."""
+    attn, h = case.attn, case.h
+    dc, norm = attn.kv_lora_rank, attn.kv_norm
+    raw = attn.w_dkv(h)  # [B, T, d_c]
+    fused = F.rms_norm(torch.cat([raw, attn.w_kr(h)], -1), (dc + attn.qk_rope_head_dim,), eps=norm.eps)[..., :dc]
+    if compare(c_kv_new, raw, **_TOL) is None:
+        return "Hint: the RMSNorm is missing: c^KV = kv_norm(w_dkv(h))."
+    if any(compare(c_kv_new, wrong, **_TOL) is None for wrong in (fused * norm.weight, fused)):
+        return ("Likely cause: the RMSNorm was taken over the fused [c^KV; k^R] (what Hugging Face's "
+                "kv_a_proj_with_mqa computes in one matrix). Only the d_c features of the latent are normalised: "
+                "split first, then c^KV = kv_norm(w_dkv(h)) (HF: kv_a_layernorm on the c^KV part alone); k^R is "
+                "rotated, never normalised ([V3] eqs. 1 and 3, 4.2).")
+    return "Hint: c_kv = kv_norm(w_dkv(h)), the RMSNorm over the d_c features of the latent alone."
 
 
 def _rows(value: Any, shape: torch.Size) -> Any:
