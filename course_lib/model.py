@@ -53,7 +53,7 @@ class ModelConfig:
     mtp_depth: int = 0  # D, the number of MTP modules ([V3]: 1)
     attention: str = "mha"  # "mha" (multi-head attention with RoPE) or "mla" (Multi-head Latent Attention)
     # MLA sizes ([V3] 2.1.1; V3: 1536, 512, 128, 64, 128 with 128 heads of a 7168 model), used when attention="mla"
-    q_lora_rank: int = 96  # d_c': the query latent
+    q_lora_rank: int = 96  # d_c': the query latent; 0 = no query compression (one W^Q, as DeepSeek-V2-Lite)
     kv_lora_rank: int = 64  # d_c: the cached key-value latent
     qk_nope_head_dim: int = 32  # d_h: per-head query/key part without RoPE
     qk_rope_head_dim: int = 16  # d_h^R: the decoupled RoPE part (per head for queries, one shared key)
@@ -78,8 +78,9 @@ class ModelConfig:
         if self.attention == "mha" and (self.dim // self.n_heads) % 2:
             raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
         if self.attention == "mla":
-            for name in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 check_int(name, getattr(self, name), 1)
+            check_int("q_lora_rank", self.q_lora_rank, 0)
             if self.qk_rope_head_dim % 2:
                 raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         if self.top_k > self.n_routed_experts:

@@ -162,6 +162,7 @@ def test_bad_inputs():
 # ------------------------------------------------------------------------------------------ attention, KV cache
 MLA = dataclasses.replace(TINY, attention="mla", q_lora_rank=12, kv_lora_rank=8, qk_nope_head_dim=8,
                           qk_rope_head_dim=4, v_head_dim=8)
+MLA_NO_Q_LORA = dataclasses.replace(MLA, q_lora_rank=0)  # DeepSeek-V2-Lite's queries: one W^Q
 
 
 def test_default_attention_is_mha_with_the_old_parameter_names():
@@ -171,9 +172,13 @@ def test_default_attention_is_mha_with_the_old_parameter_names():
     mla_model = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=1))
     assert type(mla_model.blocks[0].attn).__name__ == "MultiHeadLatentAttention"
     assert type(mla_model.mtp_modules[0].block.attn).__name__ == "MultiHeadLatentAttention"
+    names = [n for n in TinyDeepSeek(MLA_NO_Q_LORA).state_dict() if n.startswith("blocks.0.attn.w_")]
+    assert "blocks.0.attn.w_q.weight" in names and not any("w_dq" in n or "q_norm" in n for n in names)
+    with pytest.raises(ValueError, match="q_lora_rank must be an int >= 0"):
+        dataclasses.replace(MLA, q_lora_rank=-1)
 
 
-@pytest.mark.parametrize("config", [TINY, MLA], ids=["mha", "mla"])
+@pytest.mark.parametrize("config", [TINY, MLA, MLA_NO_Q_LORA], ids=["mha", "mla", "mla-q_lora_rank-0"])
 def test_decoding_with_the_cache_gives_the_logits_of_one_forward(config):
     torch.manual_seed(0)
     model = TinyDeepSeek(config).double().eval()
