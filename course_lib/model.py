@@ -58,6 +58,9 @@ class ModelConfig:
     qk_nope_head_dim: int = 32  # d_h: per-head query/key part without RoPE
     qk_rope_head_dim: int = 16  # d_h^R: the decoupled RoPE part (per head for queries, one shared key)
     v_head_dim: int = 32  # per-head value size
+    # MLA's form: False up-projects the cached latents to keys and values (training, prefill); True attends over
+    # the latents with W^UK and W^UV absorbed (the released code's decode mode, [CODE]); the same outputs
+    mla_absorb: bool = False
 
     def __post_init__(self) -> None:
         minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
@@ -69,6 +72,8 @@ class ModelConfig:
                 check_int(f.name, value, minimum.get(f.name))
             if f.type in ("str", str) and not isinstance(value, str):
                 raise TypeError(f"{f.name} must be a string, got {value!r}")
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise TypeError(f"{f.name} must be True or False, got {value!r}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
         if self.attention not in ("mha", "mla"):
@@ -201,7 +206,7 @@ class TinyDeepSeek(nn.Module):
         c = self.config
         if c.attention == "mla":
             return MultiHeadLatentAttention(c.dim, c.n_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim,
-                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len)
+                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len, absorb=c.mla_absorb)
         return MultiHeadAttention(c.dim, c.n_heads, c.max_seq_len)
 
     def moe_layers(self) -> list[DeepSeekMoE]:

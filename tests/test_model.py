@@ -178,6 +178,33 @@ def test_default_attention_is_mha_with_the_old_parameter_names():
         dataclasses.replace(MLA, q_lora_rank=-1)
 
 
+MLA_ABSORBED = dataclasses.replace(MLA, mla_absorb=True)
+
+
+def test_the_absorbed_form_in_the_config_gives_the_naive_forms_logits():
+    """ModelConfig(mla_absorb=True) builds every MLA layer (MTP's too) in the absorbed form, with the same parameters
+    and the same logits, whole and decoded with the cache."""
+    torch.manual_seed(0)
+    naive = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=1)).double().eval()
+    absorbed = TinyDeepSeek(dataclasses.replace(MLA_ABSORBED, mtp_depth=1)).double().eval()
+    absorbed.load_state_dict(naive.state_dict())
+    assert all(block.attn.absorb for block in absorbed.blocks) and absorbed.mtp_modules[0].block.attn.absorb
+    assert not any(block.attn.absorb for block in naive.blocks)
+    x = tokens(length=10)
+    cache = absorbed.new_cache(2)
+    with torch.no_grad():
+        full = naive(x)
+        torch.testing.assert_close(absorbed(x), full, rtol=1e-6, atol=1e-6)
+        steps = [absorbed(x[:, :4], cache)] + [absorbed(x[:, t:t + 1], cache) for t in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="mla_absorb must be True or False"):
+        dataclasses.replace(MLA, mla_absorb=1)
+    from course_lib.train import build_parser, configs_from_args  # the training command's flag
+    args = build_parser().parse_args(["--attention", "mla", "--mla-absorb"])
+    assert configs_from_args(args, 50)[0].mla_absorb is True
+    assert configs_from_args(build_parser().parse_args([]), 50)[0].mla_absorb is False
+
+
 @pytest.mark.parametrize("config", [TINY, MLA, MLA_NO_Q_LORA], ids=["mha", "mla", "mla-q_lora_rank-0"])
 def test_decoding_with_the_cache_gives_the_logits_of_one_forward(config):
     torch.manual_seed(0)
