@@ -259,6 +259,9 @@ def _call(fn: Callable[..., Any], *args: Any, name: str, label: str) -> Any:
     except AssertionError as error:
         if _RoPE_CRASH[0] in str(error):
             raise AssertionError(f"{error}\nLikely cause: {_RoPE_CRASH[1]}") from None
+        if "raised TypeError" in str(error) and "positional argument" in str(error) and len(args) == 3:
+            raise AssertionError(f"{error}\nLikely cause: the function takes no cache. After a cache of L tokens the "
+                                 f"checker calls mla_forward(attn, h, past): give it the parameter past=None.") from None
         raise
 
 
