@@ -300,13 +300,18 @@ class MultiHeadLatentAttention(nn.Module):
 
     Sizes (paper / Hugging Face names): d_c' = q_lora_rank, d_c = kv_lora_rank, d_h = qk_nope_head_dim,
     d_h^R = qk_rope_head_dim (even), d_v = v_head_dim. V3: dim 7168, H 128, 1536, 512, 128, 64, 128.
+    q_lora_rank = 0 turns the query compression off, as DeepSeek-V2-Lite does (its inference/configs/config_16B.json
+    in the DeepSeek-V3 repository) and as the released MLA supports: one matrix W^Q (``w_q``, dim -> H (d_h + d_h^R),
+    per head the rows of [q^C_i; q^R_i], the released ``wq`` and Hugging Face's ``q_proj``) takes the place of
+    eqs. 6-8, q_{t,i} = [q^C_{t,i}; RoPE(q^R_{t,i})] with [q^C_t; q^R_t] = W^Q h_t; no c^Q, no q_norm.
 
     forward(x [B, T, dim], cache: KVCache | None = None) -> [B, T, dim]. ``absorb`` picks the form: False (naive)
     up-projects the latents to per-head keys and values; True (absorbed) attends over the latents, with W^UK
     folded into the query, (W^UK_i)^T q^C_{t,i} . c^KV_j = q^C_{t,i} . k^C_{j,i}, and W^UV applied to the
     attention-weighted latent (so it can be folded into W^O). The two give the same output.
     Cache: cache["c_kv"] [B, L, d_c] and cache["k_rope"] [B, L, d_h^R]: d_c + d_h^R elements per token.
-    Raises ValueError for a size < 1 or an odd qk_rope_head_dim.
+    Raises TypeError for a size that is not an int, ValueError for a size < 1 (q_lora_rank < 0) or an odd
+    qk_rope_head_dim.
     """
 
     kind = "mla"
@@ -315,11 +320,11 @@ class MultiHeadLatentAttention(nn.Module):
                  qk_rope_head_dim: int, v_head_dim: int, max_seq_len: int = 256, rope_base: float = 10000.0,
                  absorb: bool = False) -> None:
         super().__init__()
-        sizes = dict(dim=dim, n_heads=n_heads, q_lora_rank=q_lora_rank, kv_lora_rank=kv_lora_rank,
-                     qk_nope_head_dim=qk_nope_head_dim, qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim,
-                     max_seq_len=max_seq_len)
+        sizes = dict(dim=dim, n_heads=n_heads, kv_lora_rank=kv_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
+                     qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim, max_seq_len=max_seq_len)
         for name, value in sizes.items():
             check_int(name, value, 1)
+        check_int("q_lora_rank", q_lora_rank, 0)  # 0: no query compression (DeepSeek-V2-Lite)
         if qk_rope_head_dim % 2:
             raise ValueError(f"RoPE rotates pairs of features: qk_rope_head_dim must be even, got {qk_rope_head_dim}")
         self.dim, self.n_heads, self.max_seq_len, self.absorb = dim, n_heads, max_seq_len, absorb
@@ -327,10 +332,13 @@ class MultiHeadLatentAttention(nn.Module):
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
         self.scale = 1.0 / math.sqrt(qk_nope_head_dim + qk_rope_head_dim)  # (10): d_h + d_h^R, not d_h
         H = n_heads
-        self.w_dq = nn.Linear(dim, q_lora_rank, bias=False)  # W^DQ
-        self.q_norm = RMSNorm(q_lora_rank)
-        self.w_uq = nn.Linear(q_lora_rank, H * qk_nope_head_dim, bias=False)  # W^UQ
-        self.w_qr = nn.Linear(q_lora_rank, H * qk_rope_head_dim, bias=False)  # W^QR
+        if q_lora_rank:
+            self.w_dq = nn.Linear(dim, q_lora_rank, bias=False)  # W^DQ
+            self.q_norm = RMSNorm(q_lora_rank)
+            self.w_uq = nn.Linear(q_lora_rank, H * qk_nope_head_dim, bias=False)  # W^UQ
+            self.w_qr = nn.Linear(q_lora_rank, H * qk_rope_head_dim, bias=False)  # W^QR
+        else:  # W^Q: per head [q^C_i; q^R_i] straight from h
+            self.w_q = nn.Linear(dim, H * (qk_nope_head_dim + qk_rope_head_dim), bias=False)
         self.w_dkv = nn.Linear(dim, kv_lora_rank, bias=False)  # W^DKV
         self.kv_norm = RMSNorm(kv_lora_rank)
         self.w_uk = nn.Linear(kv_lora_rank, H * qk_nope_head_dim, bias=False)  # W^UK
@@ -353,14 +361,19 @@ class MultiHeadLatentAttention(nn.Module):
                        batch_size, self.max_seq_len, weight.dtype, weight.device)
 
     def project(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Eqs. 1, 3, 6-8 for tokens at positions start..start+T-1: x [B, T, dim] ->
+        """Eqs. 1, 3, 6-8 (or W^Q when q_lora_rank = 0) for tokens at positions start..start+T-1: x [B, T, dim] ->
         (q_nope [B, H, T, d_h], q_rope [B, H, T, d_h^R], c_kv [B, T, d_c], k_rope [B, T, d_h^R])."""
         B, T, _ = x.shape
         H = self.n_heads
         cos, sin = self.cos[start:], self.sin[start:]
-        c_q = self.q_norm(self.w_dq(x))  # [B, T, d_c']
-        q_nope = self.w_uq(c_q).view(B, T, H, self.qk_nope_head_dim).transpose(1, 2)  # [B, H, T, d_h]
-        q_rope = apply_rope(self.w_qr(c_q).view(B, T, H, self.qk_rope_head_dim).transpose(1, 2), cos, sin)
+        dh, dr = self.qk_nope_head_dim, self.qk_rope_head_dim
+        if self.q_lora_rank:
+            c_q = self.q_norm(self.w_dq(x))  # [B, T, d_c']
+            q_nope = self.w_uq(c_q).view(B, T, H, dh).transpose(1, 2)  # [B, H, T, d_h]
+            q_rope = self.w_qr(c_q).view(B, T, H, dr).transpose(1, 2)  # [B, H, T, d_h^R], before RoPE
+        else:
+            q_nope, q_rope = self.w_q(x).view(B, T, H, dh + dr).transpose(1, 2).split([dh, dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin)
         c_kv = self.kv_norm(self.w_dkv(x))  # [B, T, d_c]
         k_rope = apply_rope(self.w_kr(x), cos, sin)  # [B, T, d_h^R]: one key for all heads
         return q_nope, q_rope, c_kv, k_rope

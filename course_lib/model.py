@@ -53,11 +53,14 @@ class ModelConfig:
     mtp_depth: int = 0  # D, the number of MTP modules ([V3]: 1)
     attention: str = "mha"  # "mha" (multi-head attention with RoPE) or "mla" (Multi-head Latent Attention)
     # MLA sizes ([V3] 2.1.1; V3: 1536, 512, 128, 64, 128 with 128 heads of a 7168 model), used when attention="mla"
-    q_lora_rank: int = 96  # d_c': the query latent
+    q_lora_rank: int = 96  # d_c': the query latent; 0 = no query compression (one W^Q, as DeepSeek-V2-Lite)
     kv_lora_rank: int = 64  # d_c: the cached key-value latent
     qk_nope_head_dim: int = 32  # d_h: per-head query/key part without RoPE
     qk_rope_head_dim: int = 16  # d_h^R: the decoupled RoPE part (per head for queries, one shared key)
     v_head_dim: int = 32  # per-head value size
+    # MLA's form: False up-projects the cached latents to keys and values (training, prefill); True attends over
+    # the latents with W^UK and W^UV absorbed (the released code's decode mode, [CODE]); the same outputs
+    mla_absorb: bool = False
 
     def __post_init__(self) -> None:
         minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
@@ -69,6 +72,8 @@ class ModelConfig:
                 check_int(f.name, value, minimum.get(f.name))
             if f.type in ("str", str) and not isinstance(value, str):
                 raise TypeError(f"{f.name} must be a string, got {value!r}")
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise TypeError(f"{f.name} must be True or False, got {value!r}")
         if self.n_dense_layers > self.n_layers:
             raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
         if self.attention not in ("mha", "mla"):
@@ -78,8 +83,9 @@ class ModelConfig:
         if self.attention == "mha" and (self.dim // self.n_heads) % 2:
             raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
         if self.attention == "mla":
-            for name in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 check_int(name, getattr(self, name), 1)
+            check_int("q_lora_rank", self.q_lora_rank, 0)
             if self.qk_rope_head_dim % 2:
                 raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
         if self.top_k > self.n_routed_experts:
@@ -200,7 +206,7 @@ class TinyDeepSeek(nn.Module):
         c = self.config
         if c.attention == "mla":
             return MultiHeadLatentAttention(c.dim, c.n_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim,
-                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len)
+                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len, absorb=c.mla_absorb)
         return MultiHeadAttention(c.dim, c.n_heads, c.max_seq_len)
 
     def moe_layers(self) -> list[DeepSeekMoE]:

@@ -740,6 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(model_defaults, name))
     p.add_argument("--attention", choices=("mha", "mla"), default=model_defaults.attention,
                    help="multi-head attention or Multi-head Latent Attention (sized by the --q-lora-rank etc.)")
+    p.add_argument("--mla-absorb", action="store_true",
+                   help="build MLA in its absorbed form (attention over the latents; the same outputs)")
     p.add_argument("--route-scale", type=float, default=model_defaults.route_scale)
     for name in ("batch_size", "seq_len", "micro_batches", "warmup_steps", "eval_interval", "eval_tokens"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(train_defaults, name))

@@ -18,7 +18,8 @@ def mla(absorb=False, seed=0, **changes):
     torch.manual_seed(seed)
     module = MultiHeadLatentAttention(**{**SIZES, **changes}, absorb=absorb).double()
     with torch.no_grad():  # RMSNorm weights other than 1, so that a missing norm shows
-        module.q_norm.weight.uniform_(0.5, 1.5)
+        if module.q_lora_rank:
+            module.q_norm.weight.uniform_(0.5, 1.5)
         module.kv_norm.weight.uniform_(0.5, 1.5)
     return module
 
@@ -53,9 +54,12 @@ def slow_mla(m: MultiHeadLatentAttention, x: torch.Tensor) -> torch.Tensor:
             k_r = rotate(m.w_kr.weight @ h, t)  # (3)
             keys.append([torch.cat([k_c[i], k_r]) for i in range(H)])  # (4)
             values.append((m.w_uv.weight @ c_kv).view(H, dv))  # (5)
-            c_q = rms(m.w_dq.weight @ h, m.q_norm.weight)  # (6)
-            q_c = (m.w_uq.weight @ c_q).view(H, dh)  # (7)
-            q_r = (m.w_qr.weight @ c_q).view(H, dr)  # (8)
+            if m.q_lora_rank:
+                c_q = rms(m.w_dq.weight @ h, m.q_norm.weight)  # (6)
+                q_c = (m.w_uq.weight @ c_q).view(H, dh)  # (7)
+                q_r = (m.w_qr.weight @ c_q).view(H, dr)  # (8)
+            else:  # no query compression: [q^C_i; q^R_i] = W^Q_i h, one matrix (DeepSeek-V2-Lite)
+                q_c, q_r = (m.w_q.weight @ h).view(H, dh + dr).split([dh, dr], dim=-1)
             heads = []
             for i in range(H):
                 q = torch.cat([q_c[i], rotate(q_r[i], t)])  # (9)
@@ -75,9 +79,10 @@ def decode_in_chunks(layer, x, chunks, cache):
 
 
 # ------------------------------------------------------------------------------------------ MLA
+@pytest.mark.parametrize("q_lora_rank", [10, 0])
 @pytest.mark.parametrize("absorb", [False, True])
-def test_mla_matches_the_equations(absorb):
-    m = mla(absorb)
+def test_mla_matches_the_equations(absorb, q_lora_rank):
+    m = mla(absorb, q_lora_rank=q_lora_rank)
     x = torch.randn(2, 5, SIZES["dim"], dtype=torch.float64)
     # 1e-7: the RoPE table is rounded to float32 (rope_angles), the loop computes its angles in float64
     torch.testing.assert_close(m(x), slow_mla(m, x), rtol=1e-7, atol=1e-7)
@@ -95,6 +100,14 @@ def test_absorbed_form_equals_naive_form_without_and_with_cache():
     torch.testing.assert_close(a, naive(x), rtol=1e-10, atol=1e-10)
 
 
+def test_mla_without_query_compression_has_one_query_matrix():
+    """q_lora_rank = 0 (DeepSeek-V2-Lite): W^Q, dim -> H (d_h + d_h^R), replaces W^DQ, q_norm, W^UQ and W^QR."""
+    m = mla(q_lora_rank=0)
+    assert sorted(n for n, _ in m.named_parameters()) == ["kv_norm.weight", "w_dkv.weight", "w_kr.weight",
+                                                          "w_o.weight", "w_q.weight", "w_uk.weight", "w_uv.weight"]
+    assert m.w_q.weight.shape == (SIZES["n_heads"] * (6 + 4), SIZES["dim"])
+
+
 def test_mla_caches_the_latent_and_one_shared_rope_key():
     m = mla()
     x = torch.randn(2, 7, SIZES["dim"], dtype=torch.float64)
@@ -109,10 +122,11 @@ def test_mla_caches_the_latent_and_one_shared_rope_key():
     assert cache.nbytes == 7 * 2 * (8 + 4) * 8  # tokens x batch x (d_c + d_h^R) x float64
 
 
-@pytest.mark.parametrize("layer", ["mha", "mla", "mla-absorbed"])
+@pytest.mark.parametrize("layer", ["mha", "mla", "mla-absorbed", "mla-q_lora_rank-0"])
 def test_token_by_token_decoding_equals_one_forward(layer):
     torch.manual_seed(1)
-    attn = MultiHeadAttention(12, 3, max_seq_len=16).double() if layer == "mha" else mla(layer == "mla-absorbed")
+    attn = (MultiHeadAttention(12, 3, max_seq_len=16).double() if layer == "mha" else
+            mla(layer == "mla-absorbed", q_lora_rank=0 if layer.endswith("-0") else SIZES["q_lora_rank"]))
     x = torch.randn(2, 9, attn.dim, dtype=torch.float64)
     with torch.no_grad():
         full = attn(x)
@@ -240,6 +254,7 @@ def test_cache_bad_use():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(qk_rope_head_dim=5), "qk_rope_head_dim must be even"),
     (dict(kv_lora_rank=0), "kv_lora_rank must be an int >= 1"),
+    (dict(q_lora_rank=-1), "q_lora_rank must be an int >= 0"),
 ])
 def test_mla_bad_sizes(kwargs, match):
     with pytest.raises(ValueError, match=match):

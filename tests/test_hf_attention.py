@@ -1,5 +1,6 @@
 """Cross-check attention.MultiHeadLatentAttention against Hugging Face transformers' DeepseekV3Attention on identical
-weights (offline: a random tiny DeepseekV3Config, no download), in both of its RoPE layouts, with and without a cache.
+weights (offline: a random tiny DeepseekV3Config, no download), in both of its RoPE layouts, with and without a cache,
+with and without query compression (q_lora_rank None in transformers, 0 in course_lib: one q_proj / w_q).
 
 Layouts. transformers fuses what [V3] writes as separate matrices: q_b_proj = per head [W^UQ_i; W^QR_i],
 kv_a_proj_with_mqa = [W^DKV; W^KR], kv_b_proj = per head [W^UK_i; W^UV_i]. With rope_interleave=True (its default,
@@ -20,20 +21,21 @@ from course_lib.attention import MultiHeadLatentAttention  # noqa: E402
 DIM, HEADS, Q_RANK, KV_RANK, NOPE, ROPE, V_DIM = 32, 4, 24, 16, 8, 6, 10
 
 
-def hf_config(rope_interleave: bool):
+def hf_config(rope_interleave: bool, q_lora_rank: int = Q_RANK):
     config = transformers.DeepseekV3Config(
-        hidden_size=DIM, num_attention_heads=HEADS, num_key_value_heads=HEADS, q_lora_rank=Q_RANK,
+        hidden_size=DIM, num_attention_heads=HEADS, num_key_value_heads=HEADS, q_lora_rank=q_lora_rank or None,
         kv_lora_rank=KV_RANK, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_DIM,
         rope_interleave=rope_interleave, attention_bias=False, rms_norm_eps=1e-6, max_position_embeddings=64)
     config._attn_implementation = "eager"
     return config
 
 
-def ours(seed: int = 0) -> MultiHeadLatentAttention:
+def ours(seed: int = 0, q_lora_rank: int = Q_RANK) -> MultiHeadLatentAttention:
     torch.manual_seed(seed)
-    m = MultiHeadLatentAttention(DIM, HEADS, Q_RANK, KV_RANK, NOPE, ROPE, V_DIM, max_seq_len=64)
+    m = MultiHeadLatentAttention(DIM, HEADS, q_lora_rank, KV_RANK, NOPE, ROPE, V_DIM, max_seq_len=64)
     with torch.no_grad():
-        m.q_norm.weight.uniform_(0.5, 1.5)
+        if q_lora_rank:
+            m.q_norm.weight.uniform_(0.5, 1.5)
         m.kv_norm.weight.uniform_(0.5, 1.5)
     return m
 
@@ -45,15 +47,19 @@ def halves_order(d: int) -> torch.Tensor:
 
 def hf_like(m: MultiHeadLatentAttention, rope_interleave: bool):
     """transformers' DeepseekV3Attention holding the weights of ``m`` (fused as transformers lays them out)."""
-    config = hf_config(rope_interleave)
+    config = hf_config(rope_interleave, m.q_lora_rank)
     hf = modeling.DeepseekV3Attention(config, layer_idx=0)
     order = torch.arange(ROPE) if rope_interleave else halves_order(ROPE)
-    w_qr = m.w_qr.weight.view(HEADS, ROPE, Q_RANK)[:, order]
     w_kr = m.w_kr.weight[order]
     with torch.no_grad():
-        hf.q_a_proj.weight.copy_(m.w_dq.weight)
-        hf.q_a_layernorm.weight.copy_(m.q_norm.weight)
-        hf.q_b_proj.weight.copy_(torch.cat([m.w_uq.weight.view(HEADS, NOPE, Q_RANK), w_qr], 1).reshape(-1, Q_RANK))
+        if m.q_lora_rank:
+            w_qr = m.w_qr.weight.view(HEADS, ROPE, Q_RANK)[:, order]
+            hf.q_a_proj.weight.copy_(m.w_dq.weight)
+            hf.q_a_layernorm.weight.copy_(m.q_norm.weight)
+            hf.q_b_proj.weight.copy_(torch.cat([m.w_uq.weight.view(HEADS, NOPE, Q_RANK), w_qr], 1).reshape(-1, Q_RANK))
+        else:  # q_lora_rank None in transformers: q_proj, per head [W^UQ_i; W^QR_i] as our w_q
+            w_q = m.w_q.weight.view(HEADS, NOPE + ROPE, DIM)
+            hf.q_proj.weight.copy_(torch.cat([w_q[:, :NOPE], w_q[:, NOPE:][:, order]], 1).reshape(-1, DIM))
         hf.kv_a_proj_with_mqa.weight.copy_(torch.cat([m.w_dkv.weight, w_kr]))
         hf.kv_a_layernorm.weight.copy_(m.kv_norm.weight)
         hf.kv_b_proj.weight.copy_(torch.cat([m.w_uk.weight.view(HEADS, NOPE, KV_RANK),
@@ -71,10 +77,11 @@ def hf_forward(hf, rotary, x: torch.Tensor, start: int = 0, cache=None) -> torch
     return out
 
 
+@pytest.mark.parametrize("q_lora_rank", [Q_RANK, 0], ids=["q_lora", "no-q_lora"])
 @pytest.mark.parametrize("rope_interleave", [True, False])
 @pytest.mark.parametrize("absorb", [False, True])
-def test_mla_agrees_with_transformers(rope_interleave, absorb):
-    m = ours()
+def test_mla_agrees_with_transformers(rope_interleave, absorb, q_lora_rank):
+    m = ours(q_lora_rank=q_lora_rank)
     m.absorb = absorb
     hf, rotary = hf_like(m, rope_interleave)
     assert hf.scaling == pytest.approx(m.scale)  # 1 / sqrt(d_h + d_h^R)

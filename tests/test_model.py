@@ -162,6 +162,7 @@ def test_bad_inputs():
 # ------------------------------------------------------------------------------------------ attention, KV cache
 MLA = dataclasses.replace(TINY, attention="mla", q_lora_rank=12, kv_lora_rank=8, qk_nope_head_dim=8,
                           qk_rope_head_dim=4, v_head_dim=8)
+MLA_NO_Q_LORA = dataclasses.replace(MLA, q_lora_rank=0)  # DeepSeek-V2-Lite's queries: one W^Q
 
 
 def test_default_attention_is_mha_with_the_old_parameter_names():
@@ -171,9 +172,40 @@ def test_default_attention_is_mha_with_the_old_parameter_names():
     mla_model = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=1))
     assert type(mla_model.blocks[0].attn).__name__ == "MultiHeadLatentAttention"
     assert type(mla_model.mtp_modules[0].block.attn).__name__ == "MultiHeadLatentAttention"
+    names = [n for n in TinyDeepSeek(MLA_NO_Q_LORA).state_dict() if n.startswith("blocks.0.attn.w_")]
+    assert "blocks.0.attn.w_q.weight" in names and not any("w_dq" in n or "q_norm" in n for n in names)
+    with pytest.raises(ValueError, match="q_lora_rank must be an int >= 0"):
+        dataclasses.replace(MLA, q_lora_rank=-1)
 
 
-@pytest.mark.parametrize("config", [TINY, MLA], ids=["mha", "mla"])
+MLA_ABSORBED = dataclasses.replace(MLA, mla_absorb=True)
+
+
+def test_the_absorbed_form_in_the_config_gives_the_naive_forms_logits():
+    """ModelConfig(mla_absorb=True) builds every MLA layer (MTP's too) in the absorbed form, with the same parameters
+    and the same logits, whole and decoded with the cache."""
+    torch.manual_seed(0)
+    naive = TinyDeepSeek(dataclasses.replace(MLA, mtp_depth=1)).double().eval()
+    absorbed = TinyDeepSeek(dataclasses.replace(MLA_ABSORBED, mtp_depth=1)).double().eval()
+    absorbed.load_state_dict(naive.state_dict())
+    assert all(block.attn.absorb for block in absorbed.blocks) and absorbed.mtp_modules[0].block.attn.absorb
+    assert not any(block.attn.absorb for block in naive.blocks)
+    x = tokens(length=10)
+    cache = absorbed.new_cache(2)
+    with torch.no_grad():
+        full = naive(x)
+        torch.testing.assert_close(absorbed(x), full, rtol=1e-6, atol=1e-6)
+        steps = [absorbed(x[:, :4], cache)] + [absorbed(x[:, t:t + 1], cache) for t in range(4, 10)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="mla_absorb must be True or False"):
+        dataclasses.replace(MLA, mla_absorb=1)
+    from course_lib.train import build_parser, configs_from_args  # the training command's flag
+    args = build_parser().parse_args(["--attention", "mla", "--mla-absorb"])
+    assert configs_from_args(args, 50)[0].mla_absorb is True
+    assert configs_from_args(build_parser().parse_args([]), 50)[0].mla_absorb is False
+
+
+@pytest.mark.parametrize("config", [TINY, MLA, MLA_NO_Q_LORA], ids=["mha", "mla", "mla-q_lora_rank-0"])
 def test_decoding_with_the_cache_gives_the_logits_of_one_forward(config):
     torch.manual_seed(0)
     model = TinyDeepSeek(config).double().eval()
