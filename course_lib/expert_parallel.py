@@ -47,7 +47,7 @@ from course_lib import balance, distributed
 from course_lib.layers import swiglu
 from course_lib.model import ModelConfig, TinyDeepSeek
 from course_lib.moe import DeepSeekMoE, RoutingStateModule
-from course_lib.train import StepRollback, TrainingDiverged, _loss_positions
+from course_lib.train import StepRollback, TrainingDiverged, loss_positions
 from course_lib.validation import check_int
 
 
@@ -473,7 +473,7 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, tokens: to
 
     tokens: int64 [B_r, T_r + 1], this rank's windows; the ranks' shares may differ in windows and in length.
     Each rank backpropagates its loss weighted by its share of the global input positions,
-    B_r T_r / sum_s B_s T_s (``train._loss_positions``, SUM-all-reduced with the losses): the main loss and every
+    B_r T_r / sum_s B_s T_s (``train.loss_positions``, SUM-all-reduced with the losses): the main loss and every
     MTP depth's loss divide their sums by B T ([V3] eq. 24), so the weighted sum over ranks is the loss of the
     whole batch. The replicated parameters' gradients are SUM-all-reduced, the experts' gradients are already
     complete (the combine's backward brings each rank's weighted share), so the step equals ``train.train_step``
@@ -492,7 +492,7 @@ def train_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, tokens: to
         model.train()
         optimizer.zero_grad(set_to_none=True)
         main, mtp = model.losses(tokens, mtp_lambda)
-        count = _loss_positions(tokens)
+        count = loss_positions(tokens)
         sums = torch.stack([main + mtp, main]).detach().double() * count
         sums = torch.cat([sums, sums.new_tensor([count])])  # [loss x count, main x count, count]
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)

@@ -271,7 +271,7 @@ def _forward_backward(model: TinyDeepSeek, micro_batches: list[torch.Tensor], de
     return totals
 
 
-def _loss_positions(tokens: torch.Tensor) -> int:
+def loss_positions(tokens: torch.Tensor) -> int:
     """B * T, the input positions of windows tokens [B, T + 1]: the count that the main loss and every MTP
     depth's loss divide their sums by ([V3] eq. 24)."""
     return tokens.shape[0] * (tokens.shape[1] - 1)
@@ -279,7 +279,7 @@ def _loss_positions(tokens: torch.Tensor) -> int:
 
 def _position_shares(micro_batches: list[torch.Tensor]) -> list[float]:
     """Each micro-batch's share of the step's input positions, B_i T_i / sum_j B_j T_j (sums to 1)."""
-    counts = [_loss_positions(tokens) for tokens in micro_batches]
+    counts = [loss_positions(tokens) for tokens in micro_batches]
     return [count / sum(counts) for count in counts]
 
 

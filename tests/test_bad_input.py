@@ -406,6 +406,7 @@ NOT_TAKING_INPUT = {  # public names with no argument to check, or checked throu
     "moe.RoutingStateModule",  # a base class: its subclasses' constructors are checked
     "layers.swiglu",  # checks nothing (it runs per expert in the MoE's loop): its rows are SwiGLU.forward's
     "model.temperature_softmax",  # checks nothing (it runs per decoded token): its rows are generate's
+    "train.loss_positions",  # checks nothing (once per micro-batch, inside a step): its rows are train_step's
 }
 
 

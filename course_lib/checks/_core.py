@@ -351,7 +351,7 @@ def check_function(
         for case in cases:
             learner_args, learner_kwargs = clone_args(case.args), clone_args(case.kwargs)
             got = call_learner(fn, *learner_args, name=f"Your {name}", label=case.describe(), **learner_kwargs)
-            _expect_inputs_unchanged(case, learner_args, learner_kwargs, name)
+            expect_inputs_unchanged(case, learner_args, learner_kwargs, name)
             expected = reference(*clone_args(case.args), **clone_args(case.kwargs))
             problem = compare_fn(got, expected)
             if problem is None:
@@ -482,7 +482,7 @@ def _learner_call(run: Callable[[], Any], name: str, case: Case) -> Any:
             f"pass; compute new tensors instead.") from None
 
 
-def _expect_inputs_unchanged(case: Case, learner_args: tuple, learner_kwargs: Mapping[str, Any], name: str) -> None:
+def expect_inputs_unchanged(case: Case, learner_args: tuple, learner_kwargs: Mapping[str, Any], name: str) -> None:
     originals = list(case.args) + list(case.kwargs.values())
     after = list(learner_args) + list(learner_kwargs.values())
     for i, (before, now) in enumerate(zip(originals, after)):

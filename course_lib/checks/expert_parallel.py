@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from course_lib import expert_parallel
-from course_lib.checks._core import (Case, CheckFailed, Mistake, _expect_inputs_unchanged, call_learner, checker,
-                                     clone_args, describe_value)
+from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, checker, clone_args, describe_value,
+                                     expect_inputs_unchanged)
 
 
 # --------------------------------------------------------------------------------------------- reading a plan
@@ -245,7 +245,7 @@ def check_dispatch_plan(fn: Callable[[torch.Tensor, int, int, int, int], Any]) -
         for case in cases:
             learner_args = clone_args(case.args)
             got = call_learner(fn, *learner_args, name="Your dispatch_plan", label=case.describe())
-            _expect_inputs_unchanged(case, learner_args, {}, "dispatch_plan")
+            expect_inputs_unchanged(case, learner_args, {}, "dispatch_plan")
             indices, n_experts, world_size, per_node, rank = case.args
             n_nodes, own = world_size // per_node, rank // per_node
             node_rows = expert_parallel.traffic(indices, torch.full((len(indices),), rank), n_experts, world_size,
