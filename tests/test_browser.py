@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import nbformat
 import pytest
 
 from course_lib.checks._core import PASS_MARK, TODO_MARK
+from course_lib.distributed import free_port
 from course_lib.make_notebooks import REPO_ROOT, dumps, learner_notebook, solution_paths
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,11 +46,6 @@ def notebooks_with_widgets() -> list[str]:
     return sorted(p.name for p in solution_paths() if "ipywidgets" in p.read_text())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
@@ -69,7 +64,7 @@ def lab(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         path = root / ".settings" / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
-    port = _free_port()
+    port = free_port()
     log = open(root / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",

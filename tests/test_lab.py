@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,16 +20,12 @@ from collections.abc import Iterator
 import pytest
 from tornado.websocket import websocket_connect
 
+from course_lib.distributed import free_port
 from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT
 
 TOKEN = "course-lab-test"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -42,7 +37,7 @@ def _get(url: str) -> dict:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[str]:
     """`make lab` running on a free port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("home")  # a learner's home, whose ~/.bashrc puts another python first (pyenv)
     (home / "shims").mkdir()
     (home / "shims" / "python").write_text("#!/bin/sh\necho 'the python of pyenv'\n")

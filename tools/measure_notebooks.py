@@ -20,6 +20,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -36,7 +37,7 @@ from course_lib.runtime import THREADS
 class PeakMemory(threading.Thread):
     """Samples the summed PSS of a process and its descendants until stopped; ``peak`` holds the largest sum."""
 
-    def __init__(self, pid_of: callable, interval_s: float = 0.1) -> None:
+    def __init__(self, pid_of: Callable[[], int | None], interval_s: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.pid_of, self.interval_s, self.peak = pid_of, interval_s, 0
         self.finished = threading.Event()
