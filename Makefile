@@ -92,7 +92,7 @@ gpu-check:
 
 # Regenerate the learner notebooks from solutions/ (and strip outputs). Run after editing a solution notebook.
 notebooks: setup
-	$(BIN)/python -m course_lib.make_notebooks
+	$(BIN)/python -m course_lib.machinery.make_notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

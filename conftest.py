@@ -32,7 +32,7 @@ from unittest import mock
 import nbval.plugin
 import pytest
 
-from course_lib.make_notebooks import clean, dumps, learner_notebook, learner_version, read
+from course_lib.machinery.make_notebooks import clean, dumps, learner_notebook, learner_version, read
 
 # A screen of JupyterLab shows about 40 lines of output; more than that hides the cells around it.
 OUTPUT_LINE_LIMIT = 40

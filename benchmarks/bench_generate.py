@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.runtime import get_device
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.core.runtime import get_device
 
 
 def set_absorb(model: TinyDeepSeek, absorb: bool) -> TinyDeepSeek:

@@ -10,8 +10,8 @@ plus the router and the gather/scatter; 1.0x is the limit).
 
 from __future__ import annotations
 
-from course_lib import dispatch
-from course_lib.moe import DeepSeekMoE
+from course_lib.moe import dispatch
+from course_lib.moe.layer import DeepSeekMoE
 
 import moe_layer
 import timing

@@ -5,16 +5,20 @@ threads, in one run.
     .venv/bin/python benchmarks/bench_moe_vs_hf.py            # --threads 1 2 --rounds 20 by default
 
 Configuration: benchmarks/moe_layer.py (dim 256, 16 experts of 128, top-2, 1 shared, 8 x 256 tokens); the HF
-layer is built by ``course_lib.hf_reference.hf_moe_like`` (the one the cross-check tests use), and its output is
+layer is built by ``tests/hf_reference.py``'s ``hf_moe_like`` (the one the cross-check tests use), and its output is
 checked equal to ours before timing. ("batched_mm" is left out: it copies the weights per token, far slower on a
 CPU.) Figure: course_lib / transformers grouped_mm at 2 threads, goal at most 0.8x.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
-from course_lib.hf_reference import hf_moe_like
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the Hugging Face reference of the tests
+from hf_reference import hf_moe_like  # noqa: E402
 
 import moe_layer
 import timing

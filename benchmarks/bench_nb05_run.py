@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from course_lib import data, train
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.runtime import seed_everything
+from course_lib.training import data, train
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.core.runtime import seed_everything
 
 import timing
 

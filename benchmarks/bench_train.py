@@ -19,9 +19,9 @@ import statistics
 
 import torch
 
-from course_lib import data, train
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.runtime import get_device
+from course_lib.training import data, train
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.core.runtime import get_device
 
 import timing
 

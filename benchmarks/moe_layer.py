@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.layers import SwiGLU
-from course_lib.moe import DeepSeekMoE
+from course_lib.core.layers import SwiGLU
+from course_lib.moe.layer import DeepSeekMoE
 
 DIM, EXPERT_DIM, N_ROUTED, TOP_K, N_SHARED = 256, 128, 16, 2, 1
 BATCH, SEQ = 8, 256

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from course_lib import data, train
-from course_lib.layers import SwiGLU
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
+from course_lib.training import data, train
+from course_lib.core.layers import SwiGLU
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.moe.layer import DeepSeekMoE
 
 PREFIX = "part: "
 PARTS = ("embedding, norms, head, loss", "attention", "routing", "dispatch (routed experts)", "shared expert",

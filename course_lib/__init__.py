@@ -19,11 +19,11 @@ tiny model share:
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise; ``formatting`` and ``diagrams``: how
   kept outputs print numbers, and the notebooks' diagrams.
 - ``make_notebooks``: generates the learner notebooks in notebooks/ from solutions/; ``doctor``:
-  ``python -m course_lib.doctor`` checks that this machine can run the course; ``notebook_costs``: each notebook's
+  ``python -m course_lib.machinery.doctor`` checks that this machine can run the course; ``notebook_costs``: each notebook's
   measured time and peak memory (docs/notebook_costs.json, written by tools/measure_notebooks.py).
 """
 
-from course_lib.runtime import get_device, seed_everything
+from course_lib.core.runtime import get_device, seed_everything
 
 __all__ = ["get_device", "seed_everything"]
 __version__ = "0.1.0"

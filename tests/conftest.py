@@ -16,7 +16,7 @@ such device; ``--dtype`` is the dtype given to the notebooks that have a ``dtype
 import pytest
 import torch
 
-from course_lib.runtime import THREADS, get_device
+from course_lib.core.runtime import THREADS, get_device
 
 if THREADS.source == "cpu budget":
     torch.set_num_threads(min(2, THREADS.threads))

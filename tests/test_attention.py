@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from course_lib.attention import (KVCache, MultiHeadAttention, MultiHeadLatentAttention, causal_attention,
+from course_lib.attention.attention import (KVCache, MultiHeadAttention, MultiHeadLatentAttention, causal_attention,
                                   kv_cache_elements_per_token)
-from course_lib.transformer import TransformerBlock
+from course_lib.model.block import TransformerBlock
 
 SIZES = dict(dim=24, n_heads=3, q_lora_rank=10, kv_lora_rank=8, qk_nope_head_dim=6, qk_rope_head_dim=4,
              v_head_dim=5, max_seq_len=32)

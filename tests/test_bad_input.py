@@ -10,9 +10,13 @@ import math
 import pytest
 import torch
 
-from course_lib import (attention, balance, compute, data, layers, model, moe, mtp, param_count, routing, toy_moe, train,
-                        transformer)
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.attention import attention
+from course_lib.core import layers
+from course_lib.headline import compute, param_count
+from course_lib.model import block as transformer, mtp, tiny as model
+from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
+from course_lib.training import data, train
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 NAN, INF = float("nan"), float("inf")
 TINY = ModelConfig(dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4, n_shared_experts=1,

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.balance import balance_loss, expert_load, max_violation, sequence_balance_loss, update_bias
+from course_lib.moe.balance import balance_loss, expert_load, max_violation, sequence_balance_loss, update_bias
 
 
 def random_scores(*shape, seed=0, dtype=torch.float64):

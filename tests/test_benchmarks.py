@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 FIGURES = {

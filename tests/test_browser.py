@@ -25,8 +25,8 @@ import nbformat
 import pytest
 
 from course_lib.checks._core import PASS_MARK, TODO_MARK
-from course_lib.distributed import free_port
-from course_lib.make_notebooks import REPO_ROOT, dumps, learner_notebook, solution_paths
+from course_lib.parallel.distributed import free_port
+from course_lib.machinery.make_notebooks import REPO_ROOT, dumps, learner_notebook, solution_paths
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

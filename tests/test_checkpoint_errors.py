@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from course_lib import data, train
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.training import data, train
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
                    top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
@@ -178,7 +178,7 @@ def test_the_cli_prints_one_line_exits_2_and_overwrites_nothing(good, tmp_path, 
 @pytest.mark.slow  # a fresh interpreter imports torch: about 10 s on a busy machine
 def test_the_real_command_exits_with_status_2(good, tmp_path):
     path = damaged(good, tmp_path, DAMAGES["model_config a number"][0])
-    run = subprocess.run([sys.executable, "-m", "course_lib.train", "--resume", str(path), "--save", str(path),
+    run = subprocess.run([sys.executable, "-m", "course_lib.training.train", "--resume", str(path), "--save", str(path),
                           "--steps", "3", *CLI_SIZES], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "'model_config'" in run.stderr and "Traceback" not in run.stderr

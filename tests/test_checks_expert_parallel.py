@@ -5,7 +5,7 @@ raised."""
 import pytest
 import torch
 
-from course_lib import expert_parallel
+from course_lib.parallel import expert_parallel
 from course_lib.checks import Case, check_dispatch_plan, outcome
 from course_lib.checks.expert_parallel import _MISTAKES, EXAMPLE, _cause, _compare_plans
 

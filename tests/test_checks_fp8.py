@@ -5,7 +5,7 @@ import pytest
 import torch
 
 
-from course_lib import fp8
+from course_lib.precision import fp8
 from course_lib.checks import check_quantize_per_tile, outcome
 
 E4M3 = torch.float8_e4m3fn

@@ -4,8 +4,8 @@ learner writes it) is rejected with its own hint."""
 import pytest
 
 from course_lib.checks import outcome, check_gpu_utilisation, check_moe_ffn_params
-from course_lib.compute import gpu_utilisation
-from course_lib.param_count import moe_ffn_params
+from course_lib.headline.compute import gpu_utilisation
+from course_lib.headline.param_count import moe_ffn_params
 
 
 def stub(*args):

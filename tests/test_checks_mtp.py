@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import mtp
+from course_lib.model import mtp
 from course_lib.checks import outcome, check_mtp_depth_loss, check_mtp_forward, check_mtp_loss
 
 

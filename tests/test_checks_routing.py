@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import balance, routing
+from course_lib.moe import balance, routing
 from course_lib.checks import (CheckFailed, outcome, check_balance_loss, check_expert_load, check_max_violation,
                                check_sequence_balance_loss, check_topk_route, check_update_bias)
 

@@ -1,11 +1,11 @@
-"""Training compute, utilisation and cost (course_lib.compute) against the report's numbers and plain loops."""
+"""Training compute, utilisation and cost (course_lib.headline.compute) against the report's numbers and plain loops."""
 
 import math
 
 import pytest
 
-from course_lib import facts
-from course_lib.compute import achieved_flops_per_gpu, gpu_utilisation, training_cost, training_flops
+from course_lib.headline import facts
+from course_lib.headline.compute import achieved_flops_per_gpu, gpu_utilisation, training_cost, training_flops
 
 
 def test_v3_cost_is_5_576_million():

@@ -5,7 +5,7 @@ with its domain."""
 import pytest
 import torch
 
-from course_lib import data
+from course_lib.training import data
 
 
 def test_tokenizer_round_trip_and_fixed_alphabet():

@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 REQUIREMENT_NAME = re.compile(r"^([A-Za-z0-9_.\-]+)")

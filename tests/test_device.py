@@ -5,10 +5,11 @@ state kept on the device and in float32."""
 import pytest
 import torch
 
-from course_lib import balance, mtp
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
-from course_lib.routing import affinity_scores, topk_route
+from course_lib.moe import balance
+from course_lib.model import mtp
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.moe.layer import DeepSeekMoE
+from course_lib.moe.routing import affinity_scores, topk_route
 
 CLOSE = {"atol": 1e-4, "rtol": 1e-3}  # float32 on two devices: different kernels, different summation orders
 
@@ -104,7 +105,7 @@ def test_the_tiny_model_trains_and_samples(device):
 
 
 def test_the_trainer_runs_on_the_device(device, tmp_path):
-    from course_lib import data, train
+    from course_lib.training import data, train
 
     config = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
                          top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)

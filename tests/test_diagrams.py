@@ -9,8 +9,8 @@ import torch  # noqa: E402
 
 import pytest  # noqa: E402
 
-from course_lib.diagrams import bias_timeline_diagram, dispatch_diagram, log_axis, moe_layer_diagram  # noqa: E402
-from course_lib.make_notebooks import read, solution_paths  # noqa: E402
+from course_lib.machinery.diagrams import bias_timeline_diagram, dispatch_diagram, log_axis, moe_layer_diagram  # noqa: E402
+from course_lib.machinery.make_notebooks import read, solution_paths  # noqa: E402
 
 
 def _texts(fig) -> str:
@@ -63,4 +63,4 @@ def test_every_log_axis_of_the_notebooks_is_labelled_plainly():
     for path in solution_paths():
         for index, cell in enumerate(read(path).cells):
             for direct in ('scale("log"', 'scale="log"'):
-                assert direct not in cell.source, f"{path.name} cell {index}: use course_lib.diagrams.log_axis"
+                assert direct not in cell.source, f"{path.name} cell {index}: use course_lib.machinery.diagrams.log_axis"

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import dispatch
-from course_lib.balance import expert_load
-from course_lib.moe import DeepSeekMoE
+from course_lib.moe import dispatch
+from course_lib.moe.balance import expert_load
+from course_lib.moe.layer import DeepSeekMoE
 
 GROUPED = dispatch._probe("cpu", torch.float32)
 needs_grouped = pytest.mark.skipif(not GROUPED, reason=f"torch {torch.__version__} has no usable CPU _grouped_mm")

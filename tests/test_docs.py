@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "AGENTS.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")

@@ -5,11 +5,12 @@ import sys
 
 import torch
 
-from course_lib import doctor, runtime
+from course_lib.machinery import doctor
+from course_lib.core import runtime
 
 
 def test_this_environment_is_ready():
-    result = subprocess.run([sys.executable, "-m", "course_lib.doctor"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "course_lib.machinery.doctor"], capture_output=True, text=True, timeout=120)
     lines = result.stdout.splitlines()
     for name in ("python", "torch", "threads", "device", "kernel", "widgets", "notebooks"):
         assert any(line.split()[1:2] == [name] for line in lines), f"no line for {name}:\n{result.stdout}"
@@ -33,7 +34,7 @@ def test_a_crashing_check_is_reported_not_raised(monkeypatch, capsys):
 
 
 def test_notebooks_out_of_step_is_a_note_not_a_failure(monkeypatch):
-    monkeypatch.setattr("course_lib.make_notebooks.out_of_step", lambda root: ["notebooks/00_x.ipynb is missing"])
+    monkeypatch.setattr("course_lib.machinery.make_notebooks.out_of_step", lambda root: ["notebooks/00_x.ipynb is missing"])
     finding = doctor.check_notebooks()
     assert finding.status == "NOTE" and "never cause this" in finding.fix
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from course_lib import distributed, expert_parallel as ep
-from course_lib.data import synthetic_task
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
-from course_lib.train import train_step
+from course_lib.parallel import distributed, expert_parallel as ep
+from course_lib.training.data import synthetic_task
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.moe.layer import DeepSeekMoE
+from course_lib.training.train import train_step
 
 
 def _moe(n_experts: int = 8, top_k: int = 3, n_groups: int = 1, topk_groups: int = 1, n_shared: int = 1,
@@ -250,7 +250,7 @@ def test_the_command_line_runs_under_torchrun():
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "course_lib.expert_parallel", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
+               "-m", "course_lib.parallel.expert_parallel", "--steps", "2", "--batch-size", "4", "--seq-len", "16",
                "--ranks-per-node", "1", "--topk-groups", "1", "--timeout", "30"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=55, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -268,7 +268,7 @@ def test_destroy_process_group_ends_the_group_even_after_an_optimizer_step():
 
     script = (
         "import os, torch, torch.distributed as dist\n"
-        "from course_lib import distributed\n"
+        "from course_lib.parallel import distributed\n"
         "distributed.init_process_group(0, 1, distributed.free_port())\n"
         "threads = len(os.listdir('/proc/self/task'))\n"
         "p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.ones(2)\n"
@@ -293,7 +293,7 @@ def test_the_readme_command_exits_cleanly_again_and_again():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
                "--master-port", str(distributed.free_port()),  # the default port, 29500, may be taken on the machine
-               "-m", "course_lib.expert_parallel", "--steps", "20"]
+               "-m", "course_lib.parallel.expert_parallel", "--steps", "20"]
     for run in range(3):
         done = subprocess.run(command, capture_output=True, text=True, timeout=150, env=env)
         output = done.stdout + done.stderr

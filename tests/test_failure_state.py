@@ -9,8 +9,10 @@ import dataclasses
 import pytest
 import torch
 
-from course_lib import balance, data, fp8, toy_moe, train
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.moe import balance, toy as toy_moe
+from course_lib.training import data, train
+from course_lib.precision import fp8
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
                    top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from course_lib.checks._core import FAIL_MARK, PASS_MARK, TODO_MARK
-from course_lib.make_notebooks import REPO_ROOT, read, solution_paths
+from course_lib.machinery.make_notebooks import REPO_ROOT, read, solution_paths
 
 # Emoji blocks, and the symbols in older blocks that browsers draw as emoji (U+2705, U+274C, U+23F3, ...).
 EMOJI_RANGES = ((0x1F000, 0x1FAFF), (0x2600, 0x26FF), (0x2700, 0x27BF), (0x2300, 0x23FF), (0xFE0F, 0xFE0F))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.formatting import format_number, format_table, format_tensor
+from course_lib.machinery.formatting import format_number, format_table, format_tensor
 
 
 @pytest.mark.parametrize("x, expected", [

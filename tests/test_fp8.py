@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib import fp8
-from course_lib.fp8 import E4M3, E5M2
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.precision import fp8
+from course_lib.precision.fp8 import E4M3, E5M2
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 MANTISSA_BITS = {E4M3: 3, E5M2: 2}
 SMALLEST_SUBNORMAL = {E4M3: 2.0 ** -9, E5M2: 2.0 ** -16}

@@ -7,9 +7,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
 
-from course_lib import hf_reference  # noqa: E402
-from course_lib.moe import DeepSeekMoE  # noqa: E402
-from course_lib.routing import topk_route  # noqa: E402
+import hf_reference  # noqa: E402  (tests/hf_reference.py)
+from course_lib.moe.layer import DeepSeekMoE  # noqa: E402
+from course_lib.moe.routing import topk_route  # noqa: E402
 
 DIM, EXPERT_DIM, N_ROUTED, TOP_K, N_SHARED = 16, 8, 8, 2, 1
 

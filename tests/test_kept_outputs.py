@@ -4,7 +4,7 @@ Tests of every notebook in solutions/ (so a notebook added later is covered with
 
 - a scan: no kept output holds a raw torch or numpy repr (``tensor(...)``, ``array(...)``): those print a
   float's last bits differently from one CPU to another. Kept cells print numbers through
-  ``course_lib.formatting`` (fixed decimals) instead.
+  ``course_lib.machinery.formatting`` (fixed decimals) instead.
 - two executions (slow) of each notebook up to its last kept cell, under nbval, at the learner notebooks' test
   sizes (a kept output that depends on a size knob fails at once):
   - with another number of torch threads than the suite's own run of the notebooks (1 where the suite runs with
@@ -29,8 +29,8 @@ import nbformat
 import pytest
 import torch
 
-from course_lib.make_notebooks import CHECK_OUTPUT_MARK, REPO_ROOT, is_kept
-from course_lib.runtime import THREADS
+from course_lib.machinery.make_notebooks import CHECK_OUTPUT_MARK, REPO_ROOT, is_kept
+from course_lib.core.runtime import THREADS
 
 SOLUTIONS = sorted((REPO_ROOT / "solutions").glob("*.ipynb"))
 # What a kept output must never contain: reprs whose digits depend on the machine (torch's and numpy's).
@@ -52,8 +52,8 @@ def test_kept_outputs_print_no_raw_repr(path):
         assert text.strip(), f"{path.name} cell {index}: a kept cell with no stored output"
         match = RAW_REPR.search(text)
         assert match is None, (f"{path.name} cell {index} keeps a raw repr ({match.group(0)!r}): print its numbers "
-                               f"through course_lib.formatting (format_tensor, format_number)")
-        assert "set_printoptions" not in cell.source, f"{path.name} cell {index}: use course_lib.formatting"
+                               f"through course_lib.machinery.formatting (format_tensor, format_number)")
+        assert "set_printoptions" not in cell.source, f"{path.name} cell {index}: use course_lib.machinery.formatting"
 
 
 def test_the_scan_catches_the_issue_example():

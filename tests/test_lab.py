@@ -20,8 +20,8 @@ from collections.abc import Iterator
 import pytest
 from tornado.websocket import websocket_connect
 
-from course_lib.distributed import free_port
-from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT
+from course_lib.parallel.distributed import free_port
+from course_lib.machinery.make_notebooks import KERNEL_NAME, REPO_ROOT
 
 TOKEN = "course-lab-test"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -115,7 +115,7 @@ def test_the_launcher_offers_the_course_kernel_alone(lab):
 
 def test_notebook_09s_command_runs_in_a_lab_terminal(lab):
     """The command notebook 09 shows, exactly as written but shorter (--steps 2), typed into a lab terminal."""
-    command = "torchrun --nproc-per-node 4 -m course_lib.expert_parallel --steps 2"
+    command = "torchrun --nproc-per-node 4 -m course_lib.parallel.expert_parallel --steps 2"
     # the quotes keep the marker "exit-status-" out of the typed text that the terminal echoes
     screen = asyncio.run(_type_in_a_terminal(lab, f'{command}; echo "exit-status"-$?', "exit-status-", timeout_s=240))
     assert "exit-status-0" in screen, f"the command failed in the lab's terminal:\n{screen[-3000:]}"

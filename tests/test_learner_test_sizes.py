@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT, clean, dumps, learner_notebook, read
+from course_lib.machinery.make_notebooks import REPO_ROOT, clean, dumps, learner_notebook, read
 
 _spec = importlib.util.spec_from_file_location("repo_root_conftest", REPO_ROOT / "conftest.py")
 _conftest = importlib.util.module_from_spec(_spec)

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from course_lib import make_notebooks as mk
+from course_lib.machinery import make_notebooks as mk
 
 SOLUTION_CELL = """def f(x):
     '''Doubles x.'''

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import mtp, train
-from course_lib.layers import SwiGLU
-from course_lib.model import ModelConfig, TinyDeepSeek, temperature_softmax
-from course_lib.moe import DeepSeekMoE
-from course_lib.param_count import moe_ffn_params
+from course_lib.model import mtp
+from course_lib.training import train
+from course_lib.core.layers import SwiGLU
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek, temperature_softmax
+from course_lib.moe.layer import DeepSeekMoE
+from course_lib.headline.param_count import moe_ffn_params
 
 TINY = ModelConfig(vocab_size=20, dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=6,
                    n_shared_experts=1, top_k=2, expert_dim=16, max_seq_len=32)
@@ -199,7 +200,7 @@ def test_the_absorbed_form_in_the_config_gives_the_naive_forms_logits():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError, match="mla_absorb must be True or False"):
         dataclasses.replace(MLA, mla_absorb=1)
-    from course_lib.train import build_parser, configs_from_args  # the training command's flag
+    from course_lib.training.train import build_parser, configs_from_args  # the training command's flag
     args = build_parser().parse_args(["--attention", "mla", "--mla-absorb"])
     assert configs_from_args(args, 50)[0].mla_absorb is True
     assert configs_from_args(build_parser().parse_args([]), 50)[0].mla_absorb is False

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.balance import sequence_balance_loss
-from course_lib.moe import DeepSeekMoE
+from course_lib.moe.balance import sequence_balance_loss
+from course_lib.moe.layer import DeepSeekMoE
 
 
 @torch.no_grad()

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib import mtp
-from course_lib.layers import RMSNorm
-from course_lib.transformer import TransformerBlock
+from course_lib.model import mtp
+from course_lib.core.layers import RMSNorm
+from course_lib.model.block import TransformerBlock
 
 
 # ------------------------------------------------------------------------------------------ slow references

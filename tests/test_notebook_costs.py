@@ -4,8 +4,8 @@ machine. A place that differs: run `.venv/bin/python tools/measure_notebooks.py 
 
 import pytest
 
-from course_lib import notebook_costs
-from course_lib.make_notebooks import REPO_ROOT, read, solution_paths
+from course_lib.machinery import notebook_costs
+from course_lib.machinery.make_notebooks import REPO_ROOT, read, solution_paths
 
 BINDER_BYTES = 10**9  # mybinder.org gives a session 1-2 GB; the course keeps each notebook within 1 GB
 NAMES = [p.stem for p in solution_paths()]

@@ -13,14 +13,14 @@ import typing
 import pytest
 
 import course_lib
-from course_lib.make_notebooks import read, solution_paths
+from course_lib.machinery.make_notebooks import read, solution_paths
 
 
 def course_functions() -> dict[str, object]:
     """Every public function of course_lib's modules, by name (the names notebooks import)."""
     found: dict[str, object] = {}
     for module_info in pkgutil.walk_packages(course_lib.__path__, "course_lib."):
-        if module_info.name.endswith(("__main__", "hf_reference")):
+        if module_info.name.endswith(("__main__",)):
             continue
         module = importlib.import_module(module_info.name)
         for name, value in vars(module).items():

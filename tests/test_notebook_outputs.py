@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT, dumps, is_kept, learner_notebook
+from course_lib.machinery.make_notebooks import KERNEL_NAME, REPO_ROOT, dumps, is_kept, learner_notebook
 
 SOLUTION = REPO_ROOT / "solutions" / "00_headline_numbers.ipynb"
 pytestmark = pytest.mark.slow

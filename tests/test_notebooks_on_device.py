@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.make_notebooks import KERNEL_NAME, REPO_ROOT, is_kept, solution_paths
+from course_lib.machinery.make_notebooks import KERNEL_NAME, REPO_ROOT, is_kept, solution_paths
 
 DEVICE_DEPENDENT_TAG = "device-dependent"
 

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 _spec = importlib.util.spec_from_file_location("root_conftest", REPO_ROOT / "conftest.py")
 root_conftest = importlib.util.module_from_spec(_spec)

@@ -1,11 +1,11 @@
-"""Parameter counts (course_lib.param_count) against real modules: a tiny Hugging Face DeepSeek-V3 model,
+"""Parameter counts (course_lib.headline.param_count) against real modules: a tiny Hugging Face DeepSeek-V3 model,
 parameter by parameter, and a plain MoE layer built from nn.Linear."""
 
 import pytest
 import torch
 from torch import nn
 
-from course_lib.param_count import DEEPSEEK_V3, ModelSizes, count_params, moe_ffn_params, param_breakdown
+from course_lib.headline.param_count import DEEPSEEK_V3, ModelSizes, count_params, moe_ffn_params, param_breakdown
 
 TINY = ModelSizes(vocab_size=97, hidden_size=32, num_hidden_layers=4, first_k_dense_replace=1,
                   intermediate_size=48, moe_intermediate_size=16, n_routed_experts=8, n_shared_experts=2,

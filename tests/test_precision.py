@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from course_lib import data, train
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.moe import DeepSeekMoE
+from course_lib.training import data, train
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.moe.layer import DeepSeekMoE
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
                    top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
@@ -148,7 +148,7 @@ def test_dtype_is_validated_saved_and_given_by_the_cli(corpus, tmp_path, capsys)
 
 # ------------------------------------------------------------------ every layer that holds routing state (issue 18)
 def _expert_parallel_layer():
-    from course_lib.expert_parallel import ExpertParallelMoE
+    from course_lib.parallel.expert_parallel import ExpertParallelMoE
     return ExpertParallelMoE(DeepSeekMoE(8, 4, 8, 1, 2), rank=1, world_size=2)  # built without a process group
 
 
@@ -188,11 +188,13 @@ def test_every_module_class_that_registers_routing_state_keeps_it_float32():
     import pkgutil
 
     import course_lib
-    from course_lib.moe import RoutingStateModule
+    from course_lib.moe.layer import RoutingStateModule
 
     holders = []
-    for info in pkgutil.iter_modules(course_lib.__path__):
-        module = importlib.import_module(f"course_lib.{info.name}")
+    for info in pkgutil.walk_packages(course_lib.__path__, "course_lib."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ != module.__name__ or not issubclass(cls, torch.nn.Module):
                 continue

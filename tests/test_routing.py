@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.routing import affinity_scores, topk_route
+from course_lib.moe.routing import affinity_scores, topk_route
 
 
 # ------------------------------------------------------------------------------------------ slow references

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import get_device, runtime, seed_everything
+from course_lib import get_device, seed_everything
+from course_lib.core import runtime
 
 
 def test_auto_picks_an_available_device():
@@ -144,7 +145,7 @@ def test_an_empty_variable_counts_as_unset():
 def _threads_after_import(**environ: str) -> str:
     """torch's thread count in a fresh interpreter that imports course_lib under ``environ``."""
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_NUM_THREADS", "OMP_NUM_THREADS")} | environ
-    code = "import torch, course_lib.runtime as r; print(torch.get_num_threads(), r.THREADS.source)"
+    code = "import torch, course_lib.core.runtime as r; print(torch.get_num_threads(), r.THREADS.source)"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                           timeout=120).stdout.strip()
 

@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-import course_lib.make_notebooks as mk
+import course_lib.machinery.make_notebooks as mk
 
 EXERCISE = "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"
 CHECK = ("try:\n    assert double(3) == 6, 'double(3) should be 6'\n    print('correct')\n"

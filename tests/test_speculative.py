@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.model import ModelConfig, TinyDeepSeek
-from course_lib.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.inference.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
 
 
 def tiny_model(mtp_depth=2, attention="mha", vocab=7, max_seq_len=40, seed=0, head_scale=1.0):

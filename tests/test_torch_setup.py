@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "tools" / "install_torch.py"
 NETWORK_VARIABLES = ("PIP_CERT", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from course_lib import balance
-from course_lib.toy_moe import (ClusterTask, ToyConfig, make_toy_moe, simulate_bias_balancing, skewed_scores, smooth,
+from course_lib.moe import balance
+from course_lib.moe.toy import (ClusterTask, ToyConfig, make_toy_moe, simulate_bias_balancing, skewed_scores, smooth,
                                 train_toy_moe)
 
 SMALL = ToyConfig(batch_size=64)

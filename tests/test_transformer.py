@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.layers import SwiGLU
-from course_lib.moe import DeepSeekMoE
-from course_lib.attention import MultiHeadAttention, apply_rope, rope_angles
-from course_lib.transformer import TransformerBlock
+from course_lib.core.layers import SwiGLU
+from course_lib.moe.layer import DeepSeekMoE
+from course_lib.attention.attention import MultiHeadAttention, apply_rope, rope_angles
+from course_lib.model.block import TransformerBlock
 
 
 # ------------------------------------------------------------------------------------------ slow references

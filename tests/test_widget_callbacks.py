@@ -15,7 +15,7 @@ import ast
 import nbformat
 import pytest
 
-from course_lib.make_notebooks import solution_paths
+from course_lib.machinery.make_notebooks import solution_paths
 
 
 def pyplot_calls_in_callbacks(source: str) -> list[str]:

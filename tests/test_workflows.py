@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.make_notebooks import REPO_ROOT
+from course_lib.machinery.make_notebooks import REPO_ROOT
 
 yaml = pytest.importorskip("yaml")
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"

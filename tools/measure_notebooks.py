@@ -1,4 +1,4 @@
-"""Measure what each notebook costs a learner and write docs/notebook_costs.json (course_lib/notebook_costs.py).
+"""Measure what each notebook costs a learner and write docs/notebook_costs.json (course_lib/machinery/notebook_costs.py).
 
 Each learner notebook runs as ``make lab`` gives it (generated from solutions/, exercises unsolved, its default
 sizes, the course's default torch threads) from a fresh kernel, with nbclient. A thread samples, every 0.1 s, the
@@ -27,11 +27,11 @@ import psutil
 from nbclient import NotebookClient
 from tqdm.auto import tqdm
 
-from course_lib import notebook_costs
-from course_lib.make_notebooks import (REPO_ROOT, clean, current_env_kernel, dumps, generate, learner_notebook, read,
+from course_lib.machinery import notebook_costs
+from course_lib.machinery.make_notebooks import (REPO_ROOT, clean, current_env_kernel, dumps, generate, learner_notebook, read,
                                        solution_paths)
-from course_lib.notebook_costs import COSTS_FILE, NotebookCost
-from course_lib.runtime import THREADS
+from course_lib.machinery.notebook_costs import COSTS_FILE, NotebookCost
+from course_lib.core.runtime import THREADS
 
 
 class PeakMemory(threading.Thread):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from course_lib import expert_parallel
+from course_lib.parallel import expert_parallel
 from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, checker, clone_args, describe_value,
                                      expect_inputs_unchanged)
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from course_lib import fp8
+from course_lib.precision import fp8
 from course_lib.checks._core import call_learner, checker, describe_value, expect, format_numbers
 
 _MAX = 448.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from course_lib import compute, param_count
+from course_lib.headline import compute, param_count
 from course_lib.checks._core import Case, Mistake, check_function
 
 # --------------------------------------------------------------------------------------------- moe_ffn_params

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from course_lib import mtp
+from course_lib.model import mtp
 from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, check_function, checker, clone_args,
                                      compare, diagnose, gradient_problem)
-from course_lib.layers import RMSNorm
-from course_lib.transformer import TransformerBlock
+from course_lib.core.layers import RMSNorm
+from course_lib.model.block import TransformerBlock
 
 
 def _with_crash_hints(run: Callable[[], None], crash_hints: Sequence[tuple[str, str]]) -> None:

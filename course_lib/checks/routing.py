@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from course_lib import balance, routing
+from course_lib.moe import balance, routing
 from course_lib.checks._core import Case, Mistake, check_function, compare, describe_value, format_numbers
 
 

@@ -4,7 +4,7 @@
 The exercise: ``verify_sampled(drafts [B, d], q [B, d, V], p [B, d + 1, V], u [B, d], generator) -> (m [B],
 token [B])``. Given the uniforms u, the accepted counts m are deterministic (accept draft j iff u q_j(x) < p_j(x)
 and every draft before it was accepted), so they are compared row by row with the reference,
-``course_lib.speculative.accept_sampled``. The emitted token is random: it is compared in distribution, on tens of
+``course_lib.inference.speculative.accept_sampled``. The emitted token is random: it is compared in distribution, on tens of
 thousands of seeded rows per case, with what it must follow: norm(max(0, p_j - q_j)) after a rejection of draft
 j + 1, p_d after a full accept, so that the first emitted token follows p_0. Everything is seeded: a given
 function always gets the same verdict.
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from course_lib import speculative
+from course_lib.inference import speculative
 from course_lib.checks._core import CheckFailed, Mistake, call_learner, checker, expect, format_numbers
 
 NAME = "verify_sampled"

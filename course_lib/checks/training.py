@@ -1,7 +1,7 @@
 """Checker for notebook 05: the training step with the auxiliary-loss-free bias update in the right place.
 
 The learner writes ``train_step(model, optimizer, micro_batches, gamma) -> float`` (the mean loss over the
-micro-batches); the checker runs it for three steps next to ``course_lib.train.train_step`` on copies of one tiny
+micro-batches); the checker runs it for three steps next to ``course_lib.training.train.train_step`` on copies of one tiny
 model, with plain SGD (so the scale of the gradient shows in the weights), and after every step compares the
 biases, the load counters and the weights. A difference is explained by the mistake it matches.
 """
@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib import train
+from course_lib.training import train
 from course_lib.checks._core import CheckFailed, call_learner, checker, expect, format_numbers
-from course_lib.model import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 _CONFIG = ModelConfig(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4,
                       n_shared_experts=1, top_k=2, expert_dim=8, max_seq_len=16)

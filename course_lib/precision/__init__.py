@@ -1,0 +1,2 @@
+"""Low-precision training (notebook 10): FP8 with fine-grained scaling (``fp8``).
+"""
