@@ -257,6 +257,7 @@ def test_the_command_line_runs_under_torchrun():
     assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
 
 
+@pytest.mark.slow  # two processes: about 4 s
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc (Linux)")
 def test_destroy_process_group_ends_the_group_even_after_an_optimizer_step():
     """The first optimizer step imports torch._dynamo, which kept references to the group then alive: the group
