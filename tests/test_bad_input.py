@@ -12,6 +12,7 @@ import inspect
 import pkgutil
 import traceback
 import types
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -26,10 +27,10 @@ from course_lib.model import block as transformer, mtp, tiny as model
 from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
 from course_lib.training import data, train
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from tiny_models import tiny_config, tiny_model
 
 NAN, INF = float("nan"), float("inf")
-TINY = ModelConfig(dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4, n_shared_experts=1,
-                   top_k=2, expert_dim=8, max_seq_len=16, mtp_depth=1)
+TINY = tiny_config()
 
 
 def scores(*shape, value=None):
@@ -42,11 +43,6 @@ def scores(*shape, value=None):
 def moe_layer(**changes):
     args = dict(dim=8, expert_dim=4, n_routed_experts=4, n_shared_experts=1, top_k=2)
     return moe.DeepSeekMoE(**{**args, **changes})
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return TinyDeepSeek(TINY)
 
 
 def tiny_corpus():
@@ -492,10 +488,15 @@ def test_the_sweep_tells_which_boundary_rejected_a_call():
     assert boundaries_whose_validator_raised(lambda: outer(2)) == []  # no error
 
 
-def package_names(code: types.CodeType, seen: set | None = None) -> tuple[list[str], list[str]]:
-    """The names a row's call (its code) reads from course_lib, and those course_lib does not have: a global of
-    this file that is a course_lib module or class, followed by the attributes read from it (``routing.topk_route``,
-    ``ModelConfig.from_dict``); the helpers of this file the call uses (``moe_layer``) are read too."""
+TESTS = Path(__file__).parent
+
+
+def package_names(fn: Callable, code: types.CodeType | None = None, seen: set | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """The names a row's call ``fn`` reads from course_lib, and those course_lib does not have: a global that is a
+    course_lib module, class or function, followed by the attributes read from it (``routing.topk_route``,
+    ``ModelConfig.from_dict``); the helpers of tests/ the call uses (``moe_layer``, ``tiny_model``) are read too."""
+    code, namespace = code or fn.__code__, fn.__globals__
     seen = set() if seen is None else seen
     reached, missing, chain, value = [], [], [], None
     for instruction in dis.get_instructions(code):
@@ -512,22 +513,22 @@ def package_names(code: types.CodeType, seen: set | None = None) -> tuple[list[s
         if instruction.opname != "LOAD_GLOBAL":
             continue
         name = instruction.argval
-        if name not in globals():
+        if name not in namespace:
             if not hasattr(builtins, name):
                 missing.append(name)
             continue
-        value = globals()[name]
-        if getattr(value, "__name__", "").startswith("course_lib") or \
-                getattr(value, "__module__", "").startswith("course_lib"):
+        value = namespace[name]
+        if any(str(getattr(value, key, "")).startswith("course_lib") for key in ("__name__", "__module__")):
             chain = [name]
             reached.append(name)
-        elif inspect.isfunction(value) and value.__module__ == __name__ and value.__code__ not in seen:
+        elif inspect.isfunction(value) and Path(value.__code__.co_filename).parent == TESTS \
+                and value.__code__ not in seen:
             seen.add(value.__code__)
-            more = package_names(value.__code__, seen)
+            more = package_names(value, None, seen)
             reached, missing = reached + more[0], missing + more[1]
     for constant in code.co_consts:  # nested functions and comprehensions
         if isinstance(constant, types.CodeType):
-            more = package_names(constant, seen)
+            more = package_names(fn, constant, seen)
             reached, missing = reached + more[0], missing + more[1]
     return reached, missing
 
@@ -537,15 +538,16 @@ def test_every_row_calls_what_the_package_has():
     AttributeError in its own test), and every row calls something of course_lib."""
     wrong = {}
     for name, call, _, _ in CASES:
-        reached, missing = package_names(call.__code__)
+        reached, missing = package_names(call)
         if missing or not reached:
             wrong[name] = missing or "calls nothing of course_lib"
     assert not wrong, f"bad-input rows that call what course_lib does not have: {wrong}"
 
 
 def test_a_row_naming_a_removed_function_is_found():
-    assert package_names((lambda: routing.topk_route(scores(4, 8), 2)).__code__)[1] == []
-    assert package_names((lambda: routing.topk_routing(scores(4, 8), 2)).__code__)[1] == ["routing.topk_routing"]
-    assert package_names((lambda: ModelConfig.from_dicts({})).__code__)[1] == ["ModelConfig.from_dicts"]
-    assert package_names((lambda: moe_layer(dim=8.5)).__code__)[0] == ["moe", "moe.DeepSeekMoE"]
-    assert package_names((lambda: no_such_helper()).__code__)[1] == ["no_such_helper"]  # noqa: F821
+    assert package_names(lambda: routing.topk_route(scores(4, 8), 2))[1] == []
+    assert package_names(lambda: routing.topk_routing(scores(4, 8), 2))[1] == ["routing.topk_routing"]
+    assert package_names(lambda: ModelConfig.from_dicts({}))[1] == ["ModelConfig.from_dicts"]
+    assert package_names(lambda: moe_layer(dim=8.5))[0] == ["moe", "moe.DeepSeekMoE"]
+    assert "TinyDeepSeek" in package_names(lambda: tiny_model()(torch.ones(1, 4)))[0]  # through tests/tiny_models.py
+    assert package_names(lambda: no_such_helper())[1] == ["no_such_helper"]  # noqa: F821

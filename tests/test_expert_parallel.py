@@ -16,9 +16,10 @@ import torch.distributed as dist
 
 from course_lib.parallel import distributed, expert_parallel as ep
 from course_lib.training.data import synthetic_task
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.training.train import train_step
+from tiny_models import tiny_config
 
 
 def _moe(n_experts: int = 8, top_k: int = 3, n_groups: int = 1, topk_groups: int = 1, n_shared: int = 1,
@@ -194,8 +195,7 @@ def test_a_failing_rank_stops_the_others_with_an_error():
 
 def _tiny_model():
     corpus = synthetic_task(n_lines=300, seed=0)
-    config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, expert_dim=16,
-                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=2)
+    config = tiny_config(vocab_size=corpus.tokenizer.vocab_size, n_routed_experts=4, mtp_depth=2)
     torch.manual_seed(0)
     return corpus, TinyDeepSeek(config)
 
