@@ -23,7 +23,7 @@ from course_lib.attention import attention
 from course_lib.core import layers
 from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
-from course_lib.model import block as transformer, mtp, tiny as model
+from course_lib.model import block as transformer, mtp
 from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
 from course_lib.training import data, train
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
