@@ -436,25 +436,27 @@ def boundaries_of(module: types.ModuleType) -> dict[str, Callable]:
 CHECKED = boundary(lambda: None)(lambda: None).__code__  # the code of every boundary's wrapper
 
 
-def boundaries_whose_validator_raised(call: Callable[[], object]) -> list[Callable]:
-    """Run ``call``; return the boundaries (their undecorated functions, ``__wrapped__``) whose validator raised the
-    error it ended with: in its traceback, a boundary's wrapper calling that boundary's validator."""
+def rejecting_boundaries(call: Callable[[], object], boundaries: dict[str, Callable]) -> list[str]:
+    """Run ``call``; return the names of the ``boundaries`` whose own validator raised the error it ended with: in
+    its traceback, the wrapper of a boundary (a frame that holds its ``__wrapped__``) calling its ``validator``."""
     try:
         call()
     except Exception as error:  # noqa: BLE001  (any error: the rows expect several types)
         frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
     else:
         return []
-    return [outer.f_locals["fn"] for outer, inner in zip(frames, frames[1:])
-            if outer.f_code is CHECKED and inner.f_code is getattr(outer.f_locals["validator"], "__code__", None)]
+    by_function = {id(fn.__wrapped__): name for name, fn in boundaries.items()}
+    return [name for outer, inner in zip(frames, frames[1:]) if outer.f_code is CHECKED
+            for name in {by_function.get(id(value)) for value in outer.f_locals.values()} - {None}
+            if inner.f_code is getattr(boundaries[name].validator, "__code__", None)]
 
 
 def test_every_boundary_has_a_row_that_its_validator_rejects():
     """Each ``@boundary`` of the package (a function or method where a user's input enters) has at least one row
     whose call raises from that boundary's own validator, not from another's or from the math."""
     boundaries = {name: fn for module in package_modules() for name, fn in boundaries_of(module).items()}
-    rejected = {id(fn) for _, call, _, _ in CASES for fn in boundaries_whose_validator_raised(call)}
-    missing = sorted(name for name, fn in boundaries.items() if id(fn.__wrapped__) not in rejected)
+    rejected = {name for _, call, _, _ in CASES for name in rejecting_boundaries(call, boundaries)}
+    missing = sorted(set(boundaries) - rejected)
     assert not missing, f"boundaries with no bad-input row that their validator rejects: {missing}"
 
 
@@ -480,12 +482,13 @@ def test_the_sweep_tells_which_boundary_rejected_a_call():
     module = types.ModuleType("made_here")
     outer.__module__ = inner.__module__ = Layer.__module__ = "made_here"
     module.outer, module.inner, module.Layer, module.positive = outer, inner, Layer, positive
-    assert set(boundaries_of(module)) == {"made_here.outer", "made_here.inner", "made_here.Layer.forward"}
-    assert boundaries_whose_validator_raised(lambda: outer(0)) == [outer.__wrapped__]
-    assert boundaries_whose_validator_raised(lambda: inner(0)) == [inner.__wrapped__]
-    assert boundaries_whose_validator_raised(lambda: outer(1)) == []  # inner(0) from inside: 1 // 0 raises
-    assert boundaries_whose_validator_raised(lambda: Layer().forward(0)) == [Layer.forward.__wrapped__]
-    assert boundaries_whose_validator_raised(lambda: outer(2)) == []  # no error
+    found = boundaries_of(module)
+    assert set(found) == {"made_here.outer", "made_here.inner", "made_here.Layer.forward"}
+    assert rejecting_boundaries(lambda: outer(0), found) == ["made_here.outer"]
+    assert rejecting_boundaries(lambda: inner(0), found) == ["made_here.inner"]
+    assert rejecting_boundaries(lambda: outer(1), found) == []  # inner(0) from inside: 1 // 0 raises
+    assert rejecting_boundaries(lambda: Layer().forward(0), found) == ["made_here.Layer.forward"]
+    assert rejecting_boundaries(lambda: outer(2), found) == []  # no error
 
 
 TESTS = Path(__file__).parent
