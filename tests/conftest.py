@@ -11,12 +11,21 @@ reference. Without ``--device`` every test runs, the device tests on the CPU. ``
 (``make test-gpu``) runs only the device tests, on CUDA, and stops at once with the reason when torch sees no
 such device; ``--dtype`` is the dtype given to the notebooks that have a ``dtype`` parameter
 (tests/test_notebooks_on_device.py).
+
+Shared fixtures: ``tiny_model``, a seeded TinyDeepSeek of ``tiny_config()`` (tests/tiny_models.py; test files import
+``tiny_config`` and ``tiny_model`` from there for other sizes, or where a fixture cannot reach), and ``corpus``,
+``data.python_docs()`` built once per session: read it, never change it (the session's end checks that no test did).
 """
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from course_lib.core.runtime import THREADS, get_device
+import tiny_models
+from course_lib.model.tiny import TinyDeepSeek
+from course_lib.training import data
 
 if THREADS.source == "cpu budget":
     torch.set_num_threads(min(2, THREADS.threads))
@@ -57,3 +66,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def device(request: pytest.FixtureRequest) -> torch.device:
     """The device of the device tests: --device, or the CPU."""
     return get_device(request.config.getoption("--device") or "cpu")
+
+
+@pytest.fixture
+def tiny_model() -> TinyDeepSeek:
+    """``tiny_models.tiny_model()``: a TinyDeepSeek of ``tiny_config()``, seeded."""
+    return tiny_models.tiny_model()
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Iterator[data.Corpus]:
+    """``data.python_docs()``, built once per session; the tests share it, so none may change it."""
+    corpus = data.python_docs()
+    tensors = {name: value.clone() for name, value in vars(corpus).items() if isinstance(value, torch.Tensor)}
+    yield corpus
+    changed = [name for name, value in tensors.items() if not torch.equal(getattr(corpus, name), value)]
+    assert not changed, f"a test changed the shared corpus (tests/conftest.py): {changed}"

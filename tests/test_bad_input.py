@@ -1,26 +1,36 @@
 """Bad input raises a clear error (issue 9 item 4): a sweep of the public functions and classes of course_lib's
 routing, balance, moe, layers, transformer, mtp, model, train, data, toy_moe, compute and param_count for
 non-finite values, wrong types and dtypes, out-of-range arguments and empty inputs. Each row: what is called, the
-error type expected and a fragment of its message. ``test_every_public_callable_is_in_the_table`` keeps the sweep
-complete as the package grows."""
+error type expected and a fragment of its message. The sweep stays complete as the package grows (issue 19): every
+``@boundary`` of course_lib (where a user's input enters, ``core.validation.boundary``) needs a row whose call its
+own validator rejects, and a row that calls what the package no longer has fails by name."""
 
+import builtins
+import dis
+import importlib
 import inspect
-import math
+import pkgutil
+import traceback
+import types
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
+import course_lib
 from course_lib.attention import attention
 from course_lib.core import layers
+from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
-from course_lib.model import block as transformer, mtp, tiny as model
+from course_lib.model import block as transformer, mtp
 from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
 from course_lib.training import data, train
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from tiny_models import tiny_config, tiny_model
 
 NAN, INF = float("nan"), float("inf")
-TINY = ModelConfig(dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4, n_shared_experts=1,
-                   top_k=2, expert_dim=8, max_seq_len=16, mtp_depth=1)
+TINY = tiny_config()
 
 
 def scores(*shape, value=None):
@@ -33,11 +43,6 @@ def scores(*shape, value=None):
 def moe_layer(**changes):
     args = dict(dim=8, expert_dim=4, n_routed_experts=4, n_shared_experts=1, top_k=2)
     return moe.DeepSeekMoE(**{**args, **changes})
-
-
-def tiny_model():
-    torch.manual_seed(0)
-    return TinyDeepSeek(TINY)
 
 
 def tiny_corpus():
@@ -396,34 +401,156 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
     assert torch.isfinite(loss) and torch.isfinite(raw.grad).all()
     # the epsilon changes no float32 number for ordinary scores
     s = torch.rand(64, 8)
-    f, p = balance._balance_terms(s, 2)
-    assert torch.equal(p, (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2))
+    f = torch.zeros_like(s).scatter(-1, s.topk(2, dim=-1).indices, 1.0).sum(dim=0) * (8 / (2 * 64))
+    p = (s / s.sum(dim=-1, keepdim=True)).mean(dim=0)
+    assert torch.equal(balance.balance_loss(s, 2, 1.0), (f * p).sum())
 
 
-SWEPT = {attention: "attention", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
-         mtp: "mtp", model: "model", train: "train", data: "data", toy_moe: "toy_moe", compute: "compute",
-         param_count: "param_count"}
-NOT_TAKING_INPUT = {  # public names with no argument to check, or checked through another row
-    "train.build_parser", "train.configs_from_args", "train.TrainingDiverged", "train.CheckpointError",
-    "train.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
-    "train.History", "moe.DeepSeekMoE.routed_experts",
-    "moe.RoutingStateModule",  # a base class: its subclasses' constructors are checked
-    "layers.swiglu",  # checks nothing (it runs per expert in the MoE's loop): its rows are SwiGLU.forward's
-    "model.temperature_softmax",  # checks nothing (it runs per decoded token): its rows are generate's
-    "train.loss_positions",  # checks nothing (once per micro-batch, inside a step): its rows are train_step's
-}
+def package_modules() -> list[types.ModuleType]:
+    """Every module of course_lib (``python -m`` entry points left out: importing one runs it)."""
+    def fail(name):
+        raise ImportError(f"course_lib: {name} does not import")
+    infos = pkgutil.walk_packages(course_lib.__path__, "course_lib.", onerror=fail)
+    return [course_lib] + [importlib.import_module(i.name) for i in infos if not i.name.endswith(".__main__")]
 
 
-def test_every_public_callable_is_in_the_table():
-    names = " ".join(c[0] for c in CASES) + " " + " ".join(inspect.getsource(c[1]) for c in CASES)
-    missing = []
-    for module, short in SWEPT.items():
-        for name, obj in vars(module).items():
-            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-                continue
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                continue
-            if f"{short}.{name}" not in NOT_TAKING_INPUT and name not in names:
-                missing.append(f"{short}.{name}")
-    assert not missing, f"public callables with no bad-input row: {missing}"
-    assert math.isfinite(len(CASES))
+def boundaries_of(module: types.ModuleType) -> dict[str, Callable]:
+    """The boundaries (``@validation.boundary``: they have a ``validator``) that ``module`` defines: its functions
+    and the methods of its classes, by dotted name."""
+    def is_boundary(obj):
+        return inspect.isfunction(obj) and callable(getattr(obj, "validator", None))
+    found = {}
+    for name, obj in vars(module).items():
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue  # imported from elsewhere: counted where it is defined
+        if is_boundary(obj):
+            found[f"{module.__name__}.{name}"] = obj
+        elif inspect.isclass(obj):
+            for attribute, member in vars(obj).items():
+                member = getattr(member, "__func__", member)  # staticmethod, classmethod
+                if is_boundary(member):
+                    found[f"{module.__name__}.{name}.{attribute}"] = member
+    return found
+
+
+CHECKED = boundary(lambda: None)(lambda: None).__code__  # the code of every boundary's wrapper
+
+
+def rejecting_boundaries(call: Callable[[], object], boundaries: dict[str, Callable]) -> list[str]:
+    """Run ``call``; return the names of the ``boundaries`` whose own validator raised the error it ended with: in
+    its traceback, the wrapper of a boundary (a frame that holds its ``__wrapped__``) calling its ``validator``."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001  (any error: the rows expect several types)
+        frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
+    else:
+        return []
+    by_function = {id(fn.__wrapped__): name for name, fn in boundaries.items()}
+    return [name for outer, inner in zip(frames, frames[1:]) if outer.f_code is CHECKED
+            for name in {by_function.get(id(value)) for value in outer.f_locals.values()} - {None}
+            if inner.f_code is getattr(boundaries[name].validator, "__code__", None)]
+
+
+def test_every_boundary_has_a_row_that_its_validator_rejects():
+    """Each ``@boundary`` of the package (a function or method where a user's input enters) has at least one row
+    whose call raises from that boundary's own validator, not from another's or from the math."""
+    boundaries = {name: fn for module in package_modules() for name, fn in boundaries_of(module).items()}
+    rejected = {name for _, call, _, _ in CASES for name in rejecting_boundaries(call, boundaries)}
+    missing = sorted(set(boundaries) - rejected)
+    assert not missing, f"boundaries with no bad-input row that their validator rejects: {missing}"
+
+
+def test_the_sweep_tells_which_boundary_rejected_a_call():
+    """The two helpers above on a module made here: a method and a function found, a validator skipped inside
+    another boundary or an error of the math not counted, two boundaries sharing one validator told apart."""
+    def positive(x):
+        check_int("x", x, 1)
+
+    @boundary(positive)
+    def outer(x):
+        return inner(x - 1)
+
+    @boundary(positive)
+    def inner(x):
+        return 1 // x
+
+    class Layer:
+        @boundary(lambda self, x: positive(x))
+        def forward(self, x):
+            return x
+
+    module = types.ModuleType("made_here")
+    outer.__module__ = inner.__module__ = Layer.__module__ = "made_here"
+    module.outer, module.inner, module.Layer, module.positive = outer, inner, Layer, positive
+    found = boundaries_of(module)
+    assert set(found) == {"made_here.outer", "made_here.inner", "made_here.Layer.forward"}
+    assert rejecting_boundaries(lambda: outer(0), found) == ["made_here.outer"]
+    assert rejecting_boundaries(lambda: inner(0), found) == ["made_here.inner"]
+    assert rejecting_boundaries(lambda: outer(1), found) == []  # inner(0) from inside: 1 // 0 raises
+    assert rejecting_boundaries(lambda: Layer().forward(0), found) == ["made_here.Layer.forward"]
+    assert rejecting_boundaries(lambda: outer(2), found) == []  # no error
+
+
+TESTS = Path(__file__).parent
+
+
+def package_names(fn: Callable, code: types.CodeType | None = None, seen: set | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """The names a row's call ``fn`` reads from course_lib, and those course_lib does not have: a global that is a
+    course_lib module, class or function, followed by the attributes read from it (``routing.topk_route``,
+    ``ModelConfig.from_dict``); the helpers of tests/ the call uses (``moe_layer``, ``tiny_model``) are read too."""
+    code, namespace = code or fn.__code__, fn.__globals__
+    seen = set() if seen is None else seen
+    reached, missing, chain, value = [], [], [], None
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
+            chain.append(instruction.argval)
+            if not hasattr(value, instruction.argval):
+                missing.append(".".join(chain))
+                chain = []
+            else:
+                value = getattr(value, instruction.argval)
+                reached.append(".".join(chain))
+            continue
+        chain = []
+        if instruction.opname != "LOAD_GLOBAL":
+            continue
+        name = instruction.argval
+        if name not in namespace:
+            if not hasattr(builtins, name):
+                missing.append(name)
+            continue
+        value = namespace[name]
+        if any(str(getattr(value, key, "")).startswith("course_lib") for key in ("__name__", "__module__")):
+            chain = [name]
+            reached.append(name)
+        elif inspect.isfunction(value) and Path(value.__code__.co_filename).parent == TESTS \
+                and value.__code__ not in seen:
+            seen.add(value.__code__)
+            more = package_names(value, None, seen)
+            reached, missing = reached + more[0], missing + more[1]
+    for constant in code.co_consts:  # nested functions and comprehensions
+        if isinstance(constant, types.CodeType):
+            more = package_names(fn, constant, seen)
+            reached, missing = reached + more[0], missing + more[1]
+    return reached, missing
+
+
+def test_every_row_calls_what_the_package_has():
+    """A row whose function, class or method was renamed or removed fails here by name (not as an
+    AttributeError in its own test), and every row calls something of course_lib."""
+    wrong = {}
+    for name, call, _, _ in CASES:
+        reached, missing = package_names(call)
+        if missing or not reached:
+            wrong[name] = missing or "calls nothing of course_lib"
+    assert not wrong, f"bad-input rows that call what course_lib does not have: {wrong}"
+
+
+def test_a_row_naming_a_removed_function_is_found():
+    assert package_names(lambda: routing.topk_route(scores(4, 8), 2))[1] == []
+    assert package_names(lambda: routing.topk_routing(scores(4, 8), 2))[1] == ["routing.topk_routing"]
+    assert package_names(lambda: ModelConfig.from_dicts({}))[1] == ["ModelConfig.from_dicts"]
+    assert package_names(lambda: moe_layer(dim=8.5))[0] == ["moe", "moe.DeepSeekMoE"]
+    assert "TinyDeepSeek" in package_names(lambda: tiny_model()(torch.ones(1, 4)))[0]  # through tests/tiny_models.py
+    assert package_names(lambda: no_such_helper())[1] == ["no_such_helper"]  # noqa: F821

@@ -10,20 +10,15 @@ import sys
 import pytest
 import torch
 
-from course_lib.training import data, train
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.training import train
+from course_lib.model.tiny import TinyDeepSeek
+from tiny_models import tiny_config
 
-TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                   top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
+TINY = tiny_config()
 FAST = train.TrainConfig(steps=2, batch_size=4, seq_len=16, warmup_steps=1, eval_interval=2, eval_tokens=128)
 CLI_SIZES = ["--dim", "32", "--n-layers", "2", "--n-heads", "2", "--expert-dim", "16", "--max-seq-len", "32",
              "--mtp-depth", "1", "--batch-size", "4", "--seq-len", "16", "--eval-tokens", "128", "--device", "cpu",
              "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return data.python_docs()
 
 
 @pytest.fixture(scope="module")

@@ -51,10 +51,9 @@ def _char_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return 0.5 * float((freq[0] - freq[1]).abs().sum())
 
 
-def test_validation_text_comes_from_the_training_distribution():
+def test_validation_text_comes_from_the_training_distribution(corpus):
     """Validation blocks are spread through the training topics, so their characters are distributed like the
     training text's; the shifted set (the last topics by name) is measurably unlike it (more code)."""
-    corpus = data.python_docs()
     same, shifted = _char_distance(corpus.val, corpus.train), _char_distance(corpus.val_shifted, corpus.train)
     assert same < 0.06 and shifted > 3 * same
 
@@ -68,8 +67,7 @@ def test_split_fractions_are_checked():
         data.python_docs(val_fraction=0.001, block_chars=10**6)
 
 
-def test_eval_batches_of_the_shifted_split():
-    corpus = data.python_docs()
+def test_eval_batches_of_the_shifted_split(corpus):
     windows = torch.cat(list(corpus.eval_batches(8, 64, split="val_shifted")))
     assert torch.equal(windows[0], corpus.val_shifted[:65])
     assert windows.shape[0] == (len(corpus.val_shifted) - 1) // 64
@@ -81,8 +79,7 @@ def test_eval_batches_of_the_shifted_split():
         synthetic.split("val_shifted")
 
 
-def test_batches_are_seeded_windows_of_consecutive_tokens():
-    corpus = data.python_docs()
+def test_batches_are_seeded_windows_of_consecutive_tokens(corpus):
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     batch = corpus.get_batch("train", 4, 32, g1)
     assert batch.shape == (4, 33) and batch.dtype == torch.long
@@ -93,8 +90,7 @@ def test_batches_are_seeded_windows_of_consecutive_tokens():
         assert corpus.tokenizer.decode(row) in text
 
 
-def test_eval_batches_cover_the_validation_split_in_order():
-    corpus = data.python_docs()
+def test_eval_batches_cover_the_validation_split_in_order(corpus):
     windows = torch.cat(list(corpus.eval_batches(8, 64)))
     assert windows.shape[1] == 65
     assert torch.equal(windows[0], corpus.val[:65]) and torch.equal(windows[1, 0], corpus.val[64])
@@ -102,8 +98,7 @@ def test_eval_batches_cover_the_validation_split_in_order():
     assert torch.cat(list(corpus.eval_batches(8, 64, max_tokens=640))).shape == (10, 65)
 
 
-def test_bad_batch_requests():
-    corpus = data.python_docs()
+def test_bad_batch_requests(corpus):
     g = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="split must be 'train', 'val' or 'val_shifted', got 'test'"):
         corpus.get_batch("test", 2, 8, g)

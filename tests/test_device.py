@@ -7,9 +7,10 @@ import torch
 
 from course_lib.moe import balance
 from course_lib.model import mtp
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.moe.routing import affinity_scores, topk_route
+from tiny_models import tiny_config
 
 CLOSE = {"atol": 1e-4, "rtol": 1e-3}  # float32 on two devices: different kernels, different summation orders
 
@@ -82,8 +83,7 @@ def test_mtp_losses(device):
 
 
 def test_the_tiny_model_trains_and_samples(device):
-    config = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                         top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
+    config = tiny_config()
     torch.manual_seed(0)
     reference = TinyDeepSeek(config)
     model = TinyDeepSeek(config)
@@ -104,19 +104,18 @@ def test_the_tiny_model_trains_and_samples(device):
     assert sample.shape == (12,) and sample.device.type == "cpu"
 
 
-def test_the_trainer_runs_on_the_device(device, tmp_path):
-    from course_lib.training import data, train
+def test_the_trainer_runs_on_the_device(device, tmp_path, corpus):
+    from course_lib.training import train
 
-    config = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                         top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
+    config = tiny_config()
     cfg = train.TrainConfig(steps=3, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=3, eval_tokens=256)
     torch.manual_seed(0)
-    trainer = train.Trainer(TinyDeepSeek(config), data.python_docs(), cfg, device)
+    trainer = train.Trainer(TinyDeepSeek(config), corpus, cfg, device)
     history = trainer.train(progress=False)
     assert trainer.device.type == device.type and len(history.loss) == 3
     assert all(torch.isfinite(torch.tensor(history.loss)))
     assert all(moe.bias.device.type == device.type and moe.bias.dtype == torch.float32
                for moe in trainer.model.moe_layers())
     trainer.save(tmp_path / "tiny.ckpt")
-    resumed = train.Trainer.resume(tmp_path / "tiny.ckpt", data.python_docs(), device)
+    resumed = train.Trainer.resume(tmp_path / "tiny.ckpt", corpus, device)
     assert resumed.step == 3 and next(resumed.model.parameters()).device.type == device.type

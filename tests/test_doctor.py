@@ -3,12 +3,14 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from course_lib.machinery import doctor
 from course_lib.core import runtime
 
 
+@pytest.mark.slow  # python -m course_lib.machinery.doctor: about 7 s
 def test_this_environment_is_ready():
     result = subprocess.run([sys.executable, "-m", "course_lib.machinery.doctor"], capture_output=True, text=True, timeout=120)
     lines = result.stdout.splitlines()

@@ -16,9 +16,10 @@ import torch.distributed as dist
 
 from course_lib.parallel import distributed, expert_parallel as ep
 from course_lib.training.data import synthetic_task
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.training.train import train_step
+from tiny_models import tiny_config
 
 
 def _moe(n_experts: int = 8, top_k: int = 3, n_groups: int = 1, topk_groups: int = 1, n_shared: int = 1,
@@ -194,8 +195,7 @@ def test_a_failing_rank_stops_the_others_with_an_error():
 
 def _tiny_model():
     corpus = synthetic_task(n_lines=300, seed=0)
-    config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, expert_dim=16,
-                         n_routed_experts=4, top_k=2, max_seq_len=32, mtp_depth=2)
+    config = tiny_config(vocab_size=corpus.tokenizer.vocab_size, n_routed_experts=4, mtp_depth=2)
     torch.manual_seed(0)
     return corpus, TinyDeepSeek(config)
 
@@ -257,6 +257,7 @@ def test_the_command_line_runs_under_torchrun():
     assert "step    2  loss" in done.stdout and "2 ranks (gloo), 2 node(s)" in done.stdout, done.stdout
 
 
+@pytest.mark.slow  # two processes: about 4 s
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc (Linux)")
 def test_destroy_process_group_ends_the_group_even_after_an_optimizer_step():
     """The first optimizer step imports torch._dynamo, which kept references to the group then alive: the group

@@ -12,20 +12,15 @@ import torch
 from course_lib.moe import balance, toy as toy_moe
 from course_lib.training import data, train
 from course_lib.precision import fp8
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
+from tiny_models import tiny_config
 
-TINY = ModelConfig(dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                   top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
+TINY = tiny_config(n_layers=3)
 FAST = train.TrainConfig(steps=6, batch_size=4, seq_len=16, warmup_steps=2, eval_interval=6, eval_tokens=256)
 
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return data.python_docs()
 
 
 def batches(seed, n=2):

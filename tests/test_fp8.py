@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from course_lib.precision import fp8
 from course_lib.precision.fp8 import E4M3, E5M2
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
+from tiny_models import tiny_config
 
 MANTISSA_BITS = {E4M3: 3, E5M2: 2}
 SMALLEST_SUBNORMAL = {E4M3: 2.0 ** -9, E5M2: 2.0 ** -16}
@@ -331,7 +332,7 @@ def test_accumulate_rejects_bad_input():
 # ------------------------------------------------------------------------------------------ the model
 def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, expert_dim=16, n_routed_experts=4)
+    config = tiny_config(vocab_size=32, n_routed_experts=4, mtp_depth=0)
     model = TinyDeepSeek(config)
     params_before = dict(model.named_parameters())
     keys_before = list(model.state_dict())
@@ -356,7 +357,7 @@ def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
 
 def test_to_fp8_passes_the_scale_format_on():
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=32, dim=32, n_layers=2, n_heads=2, expert_dim=16, n_routed_experts=4)
+    config = tiny_config(vocab_size=32, n_routed_experts=4, mtp_depth=0)
     model = TinyDeepSeek(config)
     tokens = torch.randint(0, 32, (2, 16))
     with torch.no_grad():

@@ -26,6 +26,8 @@ from course_lib.machinery.make_notebooks import KERNEL_NAME, REPO_ROOT
 TOKEN = "course-lab-test"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+pytestmark = pytest.mark.slow  # starting `make lab` takes about 15 s, notebook 09's command 12 s
+
 
 
 def _get(url: str) -> dict:

@@ -12,9 +12,9 @@ from course_lib.core.layers import SwiGLU
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek, temperature_softmax
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.headline.param_count import moe_ffn_params
+from tiny_models import tiny_config
 
-TINY = ModelConfig(vocab_size=20, dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=6,
-                   n_shared_experts=1, top_k=2, expert_dim=16, max_seq_len=32)
+TINY = tiny_config(vocab_size=20, n_layers=3, n_routed_experts=6, mtp_depth=0)
 
 
 def tokens(batch=2, length=12, seed=0, vocab=20):

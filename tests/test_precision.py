@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from course_lib.training import data, train
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.training import train
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
+from tiny_models import tiny_config
 
-TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                   top_k=2, expert_dim=16, max_seq_len=32, mtp_depth=1)
+TINY = tiny_config()
 FAST = train.TrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=30,
                          eval_tokens=512)
 
@@ -29,11 +29,6 @@ CASTS = {  # every way nn.Module casts a layer or a model
 }
 
 
-@pytest.fixture(scope="module")
-def corpus():
-    return data.python_docs()
-
-
 def test_the_issue_example_a_bf16_layer_takes_steps_of_0_001():
     moe = DeepSeekMoE(4, 4, 4, 0, 2).to(torch.bfloat16)
     with torch.no_grad():
@@ -46,9 +41,8 @@ def test_the_issue_example_a_bf16_layer_takes_steps_of_0_001():
 
 @pytest.mark.parametrize("cast", CASTS.values(), ids=CASTS.keys())
 @pytest.mark.parametrize("whole_model", [False, True], ids=["layer", "model"])
-def test_every_cast_keeps_the_routing_state_float32_with_its_values(cast, whole_model):
-    torch.manual_seed(0)
-    model = TinyDeepSeek(TINY)
+def test_every_cast_keeps_the_routing_state_float32_with_its_values(cast, whole_model, tiny_model):
+    model = tiny_model
     bias = torch.linspace(-0.0123, 0.0371, TINY.n_routed_experts)  # values bf16/fp16 cannot hold
     for moe in model.moe_layers():
         moe.bias.copy_(bias)

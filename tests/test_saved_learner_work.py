@@ -116,6 +116,7 @@ def test_the_command_line_says_what_it_kept(course, monkeypatch, capsys):
     assert "work saved in Jupyter" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a pytest run of its own: about 8 s
 def test_the_notebook_tests_execute_the_generated_notebook_not_the_saved_one(course):
     """A wrong answer and a failing scratch cell in the saved notebook, a new notebook and a copy of the saved one:
     the course's notebook test still passes, since it executes what solutions/ generates (the root conftest.py)

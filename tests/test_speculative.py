@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.inference.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
+from tiny_models import tiny_config
 
 
 def tiny_model(mtp_depth=2, attention="mha", vocab=7, max_seq_len=40, seed=0, head_scale=1.0):
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, expert_dim=16, max_seq_len=max_seq_len,
-                         mtp_depth=mtp_depth, attention=attention)
+    config = tiny_config(vocab_size=vocab, max_seq_len=max_seq_len, mtp_depth=mtp_depth, attention=attention)
     model = TinyDeepSeek(config).double().eval()
     with torch.no_grad():
         model.head.weight.mul_(head_scale)  # peakier distributions: more drafts accepted, sharper sampling tests

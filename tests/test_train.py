@@ -7,19 +7,14 @@ import json
 import pytest
 import torch
 
-from course_lib.training import data, train
+from course_lib.training import train
 from course_lib.precision import fp8
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
+from tiny_models import tiny_config
 
-TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
-                   top_k=2, expert_dim=16, max_seq_len=32)
+TINY = tiny_config(mtp_depth=0)
 FAST = train.TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=10,
                          eval_tokens=512)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return data.python_docs()
 
 
 def make_trainer(corpus, model_cfg=TINY, seed=0, **changes):
@@ -205,13 +200,13 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
     assert code == 3 and "Training stopped at step 1" in capsys.readouterr().err
 
 
-def test_bad_training_settings():
+def test_bad_training_settings(corpus):
     with pytest.raises(ValueError, match="balance must be one of"):
         train.TrainConfig(balance="auxfree")
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
         train.TrainConfig(steps=0)
     with pytest.raises(ValueError, match="max_seq_len"):
-        train.Trainer(TinyDeepSeek(TINY), data.python_docs(), train.TrainConfig(seq_len=64), "cpu")
+        train.Trainer(TinyDeepSeek(TINY), corpus, train.TrainConfig(seq_len=64), "cpu")
 
 
 def test_cli_writes_the_final_metrics(tmp_path, capsys):
