@@ -14,7 +14,7 @@ from course_lib.attention import attention
 from course_lib.core import layers
 from course_lib.headline import compute, param_count
 from course_lib.model import block as transformer, mtp, tiny as model
-from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
+from course_lib.moe import arguments as moe_arguments, balance, layer as moe, routing, toy as toy_moe
 from course_lib.training import data, train
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
@@ -78,10 +78,10 @@ CASES = [  # (name, call, error type, fragment of the message)
      ValueError, "non-empty"),
     ("affinity_scores wrong dim", lambda: routing.affinity_scores(torch.ones(2, 5), torch.ones(3, 4)), ValueError,
      "[..., 4]"),
-    ("check_route_config float", lambda: routing.check_route_config(8.0, 2), TypeError, "n_experts must be an int"),
-    ("check_route_config k > n", lambda: routing.check_route_config(4, 5), ValueError, "k <= n_experts"),
-    ("check_route_scale NaN", lambda: routing.check_route_scale(NAN), ValueError, "route_scale"),
-    ("check_route_scale string", lambda: routing.check_route_scale("2.5"), TypeError, "route_scale"),
+    ("check_route_config float", lambda: moe_arguments.check_route_config(8.0, 2), TypeError, "n_experts must be an int"),
+    ("check_route_config k > n", lambda: moe_arguments.check_route_config(4, 5), ValueError, "k <= n_experts"),
+    ("check_route_scale NaN", lambda: moe_arguments.check_route_scale(NAN), ValueError, "route_scale"),
+    ("check_route_scale string", lambda: moe_arguments.check_route_scale("2.5"), TypeError, "route_scale"),
     ("group_limit indivisible", lambda: routing.group_limit(scores(3, 8), 3, 1), ValueError, "divisible"),
     ("group_limit 1-D", lambda: routing.group_limit(scores(8), 2, 1), ValueError, "[tokens, n_experts]"),
     ("group_limit int", lambda: routing.group_limit(torch.ones(3, 8, dtype=torch.long), 2, 1), TypeError,
@@ -394,10 +394,11 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
     loss = balance.balance_loss(raw, 2, 0.01)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(raw.grad).all()
-    # the epsilon changes no float32 number for ordinary scores
+    # the epsilon changes no float32 number for ordinary scores: the loss is alpha * sum_i f_i P_i without it
     s = torch.rand(64, 8)
-    f, p = balance._balance_terms(s, 2)
-    assert torch.equal(p, (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2))
+    f = torch.zeros(8).index_add_(0, s.topk(2, dim=-1).indices.reshape(-1), torch.ones(128)) * (8 / (2 * 64))
+    p = (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2)
+    assert torch.equal(balance.balance_loss(s, 2, 1.0), (f * p).sum())
 
 
 SWEPT = {attention: "attention", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",

@@ -148,7 +148,7 @@ def test_dtype_is_validated_saved_and_given_by_the_cli(corpus, tmp_path, capsys)
 
 # ------------------------------------------------------------------ every layer that holds routing state (issue 18)
 def _expert_parallel_layer():
-    from course_lib.parallel.expert_parallel import ExpertParallelMoE
+    from course_lib.parallel.expert_parallel.layer import ExpertParallelMoE
     return ExpertParallelMoE(DeepSeekMoE(8, 4, 8, 1, 2), rank=1, world_size=2)  # built without a process group
 
 
