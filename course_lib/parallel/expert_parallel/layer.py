@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from course_lib.core.validation import boundary
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe import dispatch
 from course_lib.moe.layer import DeepSeekMoE
@@ -74,8 +73,8 @@ class ExpertParallelMoE(DeepSeekMoE):
     do not split evenly, or for a rank outside [0, world_size).
     """
 
-    @boundary(arguments.expert_parallel_moe)
     def __init__(self, moe: DeepSeekMoE, rank: int, world_size: int, ranks_per_node: int = 1) -> None:
+        arguments.expert_parallel_moe(moe, rank, world_size, ranks_per_node)
         with torch.device("meta"):  # DeepSeekMoE's structure and sizes; the weights are moe's, copied below
             super().__init__(moe.dim, moe.expert_dim, moe.n_routed_experts, moe.n_shared_experts, moe.top_k,
                              moe.n_groups, moe.topk_groups, moe.route_scale)
