@@ -472,3 +472,19 @@ def test_a_step_that_fails_on_one_rank_leaves_every_rank_as_before(failure):
         assert result["same"] and result["no_grads"], f"rank {rank}: {result}"
     expected = {"nan_loss": "TrainingDiverged", "keyboard_interrupt_in_forward": "KeyboardInterrupt"}
     assert results[1]["raised"] == expected.get(failure, "Boom")
+
+
+def test_the_expert_parallel_layer_is_the_deepseek_moe_layer():
+    """One MoE layer: routing, forward, routing state are DeepSeekMoE's; only the routed experts' execution
+    (dispatch -> local experts -> combine) and the load of the bias update (summed over ranks) differ."""
+    assert issubclass(ep_layer.ExpertParallelMoE, DeepSeekMoE)
+    for name in ("route", "forward", "__getstate__", "_apply", "_load_from_state_dict"):
+        assert getattr(ep_layer.ExpertParallelMoE, name) is getattr(DeepSeekMoE, name), name
+
+
+def test_layer_checks_a_users_hidden_states_as_the_single_process_layer_does():
+    layer = ep_layer.ExpertParallelMoE(_moe(), rank=0, world_size=2)  # no process group needed to reject them
+    with pytest.raises(ValueError, match="ExpertParallelMoE got hidden states with NaN or inf"):
+        layer(torch.full((3, 16), float("nan")))
+    with pytest.raises(ValueError, match=r"ExpertParallelMoE expects a non-empty tensor \[\.\.\., 16\]"):
+        layer(torch.ones(3, 7))

@@ -202,4 +202,7 @@ def test_every_module_class_that_registers_routing_state_keeps_it_float32():
             if 'register_buffer("bias"' in source or 'register_buffer("load"' in source:
                 holders.append(cls)
                 assert issubclass(cls, RoutingStateModule), cls
-    assert {cls.__name__ for cls in holders} >= {"DeepSeekMoE", "ExpertParallelMoE"}
+    assert {cls.__name__ for cls in holders} >= {"DeepSeekMoE"}
+    from course_lib.moe.layer import DeepSeekMoE
+    from course_lib.parallel.expert_parallel.layer import ExpertParallelMoE
+    assert issubclass(ExpertParallelMoE, DeepSeekMoE)  # one rank's part of the layer is the layer: the same state
