@@ -115,7 +115,8 @@ def test_availability_is_the_same_when_first_asked_from_a_forward_without_gradie
     (a fresh process) gives the answer this process got with gradients on."""
     program = ("import torch; from course_lib.moe import dispatch\n"
                f"with torch.{mode}():\n"
-               "    print(dispatch.grouped_mm_available(torch.zeros(2, 8), torch.zeros(3, 4, 8), torch.zeros(3, 8, 4)))")
+               "    print(dispatch.grouped_mm_available(torch.zeros(2, 8), torch.zeros(3, 4, 8),"
+               " torch.zeros(3, 8, 4)))")
     answer = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True)
     assert answer.stdout.split()[-1] == str(GROUPED)
 

@@ -6,6 +6,9 @@ value with a message that names the argument, what was expected and what was giv
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +17,56 @@ from course_lib.core.validation import check_int
 from course_lib.moe.arguments import check_expert_ids, check_integer_tensor
 
 
+BACKENDS = ("gloo", "nccl")  # torch.distributed's backends for CPUs and for CUDA GPUs
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError unless ``backend`` is 'gloo' or 'nccl' and usable here (nccl needs CUDA GPUs)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("backend 'nccl' needs CUDA GPUs, and none is visible here: use backend='gloo' on the CPU")
+
+
+def check_importable(fn: Callable[..., Any]) -> None:
+    """Raise ValueError unless a new process (forkserver or spawn) can find ``fn`` by its module and name."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if "<" in qualname or module is None or (module == "__main__" and main_file is None):
+        raise ValueError(f"run_ranks starts new processes, which import fn by its module and name; "
+                         f"{getattr(fn, '__name__', fn)!r} (module {module!r}) cannot be found that way (a lambda, a "
+                         f"nested function, or a function defined in a notebook). Put it in a .py file at module level "
+                         f"and import it from there.")
+
+
+# --------------------------------------------------------------------------------------------- process groups
+def init_process_group(rank: int, world_size: int, port: int, backend: str, timeout_s: float, address: str) -> None:
+    check_backend(backend)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+
+
+def init_from_env(backend: str, timeout_s: float) -> None:
+    check_backend(backend)
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"{missing} not set: launch with torchrun, e.g. "
+                           f"`torchrun --nproc-per-node 4 -m course_lib.parallel.expert_parallel --backend {backend}`")
+
+
+def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple, backend: str, timeout_s: float,
+              deadline_s: float) -> None:
+    check_int("world_size", world_size, 1)
+    if not (timeout_s > 0 and deadline_s > 0):
+        raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
+    check_backend(backend)
+    check_importable(fn)
+
+
+# --------------------------------------------------------------------------------------------- placement
 def check_placement(n_experts: int, world_size: int, ranks_per_node: int = 1) -> None:
     """Raise TypeError for a size that is not an int, ValueError unless ``n_experts`` split evenly over
     ``world_size`` ranks in nodes of ``ranks_per_node``."""

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from course_lib.core.runtime import seed_everything
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
-from course_lib.parallel import distributed
+from course_lib.parallel import arguments as parallel_arguments, distributed
 from course_lib.parallel.expert_parallel.layer import expert_parallel_model
 from course_lib.parallel.expert_parallel.step import expert_parallel_step
 from course_lib.parallel.expert_parallel.traffic import gather_traffic
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m course_lib.parallel.expert_parallel",
                                 description="Data + expert parallel training of the tiny DeepSeek model (one "
                                             "process per rank; gloo on CPUs, nccl on GPUs).")
-    p.add_argument("--backend", default="gloo", choices=distributed.BACKENDS)
+    p.add_argument("--backend", default="gloo", choices=parallel_arguments.BACKENDS)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16, help="global batch (windows), split evenly over the ranks")
     p.add_argument("--seq-len", type=int, default=64)

@@ -51,8 +51,8 @@ def train_worker(rank: int, world_size: int, model: TinyDeepSeek, batches: list[
                  ranks_per_node: int = 1, lr: float = 0.05, gamma: float = 0.01, grad_clip: float = 0.0,
                  shares: list[int] | None = None) -> dict:
     """Run by every rank: ``step.expert_parallel_step`` with SGD on this rank's share of each global batch in
-    ``batches``: equal chunks, or ``shares[r]`` windows for rank r; a batch given as a list of ``world_size`` tensors gives rank r
-    its r-th (shares of different lengths). Returns {"losses": [...], "state": the model's state_dict after
+    ``batches``: equal chunks, or ``shares[r]`` windows for rank r; a batch given as a list of ``world_size``
+    tensors gives rank r its r-th (shares of different lengths). Returns {"losses": [...], "state": the model's state_dict after
     training (this rank's experts)}."""
     local = expert_parallel_model(model, rank, world_size, ranks_per_node)
     optimizer = torch.optim.SGD(local.parameters(), lr=lr)
