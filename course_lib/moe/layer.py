@@ -155,7 +155,9 @@ class DeepSeekMoE(RoutingStateModule):
         x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed] assignments per expert ->
         [tokens, dim]. The (token, expert) assignments are sorted by expert and each expert runs once on its
         block of rows: as grouped GEMMs (``torch._grouped_mm``) where this torch build supports them, else by
-        the loop over experts that notebook 01 teaches (``dispatch.expert_loop``).
+        the loop over experts that notebook 01 teaches (``dispatch.expert_loop``). The one step that the
+        expert-parallel layer (``expert_parallel.layer.ExpertParallelMoE``) does another way: dispatch to the
+        ranks holding the experts, local experts, combine.
         """
         return dispatch.routed_experts(x, weights, indices, self.w_gate, self.w_up, self.w_down, load,
                                        linear=self.expert_linear)
