@@ -151,7 +151,8 @@ class StepRollback:
 
     The routing state (two [n_routed] vectors per MoE layer) is copied on entry; the weights and the optimizer
     state only in ``optimizer_step``, as nothing before it changes them. Used by ``train_step`` and by
-    ``expert_parallel.train_step`` (on each rank). Raises TypeError unless given a module and an optimizer.
+    ``expert_parallel.step.expert_parallel_step`` (on each rank). Raises TypeError unless given a module and an
+    optimizer.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
