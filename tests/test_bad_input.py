@@ -24,7 +24,9 @@ from course_lib.core import layers
 from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
 from course_lib.model import block as transformer, mtp
-from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
+from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
+from course_lib.parallel import distributed
+from course_lib.parallel.expert_parallel import placement, traffic
 from course_lib.training import data, train
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
@@ -83,10 +85,11 @@ CASES = [  # (name, call, error type, fragment of the message)
      ValueError, "non-empty"),
     ("affinity_scores wrong dim", lambda: routing.affinity_scores(torch.ones(2, 5), torch.ones(3, 4)), ValueError,
      "[..., 4]"),
-    ("check_route_config float", lambda: routing.check_route_config(8.0, 2), TypeError, "n_experts must be an int"),
-    ("check_route_config k > n", lambda: routing.check_route_config(4, 5), ValueError, "k <= n_experts"),
-    ("check_route_scale NaN", lambda: routing.check_route_scale(NAN), ValueError, "route_scale"),
-    ("check_route_scale string", lambda: routing.check_route_scale("2.5"), TypeError, "route_scale"),
+    ("check_route_config float", lambda: moe_arguments.check_route_config(8.0, 2), TypeError,
+     "n_experts must be an int"),
+    ("check_route_config k > n", lambda: moe_arguments.check_route_config(4, 5), ValueError, "k <= n_experts"),
+    ("check_route_scale NaN", lambda: moe_arguments.check_route_scale(NAN), ValueError, "route_scale"),
+    ("check_route_scale string", lambda: moe_arguments.check_route_scale("2.5"), TypeError, "route_scale"),
     ("group_limit indivisible", lambda: routing.group_limit(scores(3, 8), 3, 1), ValueError, "divisible"),
     ("group_limit 1-D", lambda: routing.group_limit(scores(8), 2, 1), ValueError, "[tokens, n_experts]"),
     ("group_limit int", lambda: routing.group_limit(torch.ones(3, 8, dtype=torch.long), 2, 1), TypeError,
@@ -361,6 +364,24 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("attention_params not sizes", lambda: param_count.attention_params({"hidden_size": 8}), TypeError, "ModelSizes"),
     ("param_breakdown not sizes", lambda: param_count.param_breakdown(None), TypeError, "ModelSizes"),
     ("count_params not sizes", lambda: param_count.count_params(V3_ARGS), TypeError, "ModelSizes"),
+    # the parallel area and the experts' dispatch
+    ("routed_experts unknown implementation", lambda: dispatch.routed_experts(
+        torch.ones(3, 8), torch.ones(3, 2), torch.zeros(3, 2, dtype=torch.long), torch.ones(4, 16, 8),
+        torch.ones(4, 16, 8), torch.ones(4, 8, 16), torch.zeros(4), implementation="fast"), ValueError,
+     "implementation must be one of"),
+    ("init_process_group rank out of range", lambda: distributed.init_process_group(4, 4, 29500), ValueError,
+     "rank must lie in [0, world_size=4)"),
+    ("init_from_env unknown backend", lambda: distributed.init_from_env("mpi"), ValueError, "backend must be one of"),
+    ("run_ranks a lambda", lambda: distributed.run_ranks(lambda rank: None, 2), ValueError, "cannot be found"),
+    ("send_splits uneven experts", lambda: placement.send_splits(torch.zeros(3, 2, dtype=torch.long), 6, 4),
+     ValueError, "must be divisible by world_size=4"),
+    ("expert_ranks float indices", lambda: placement.expert_ranks(torch.zeros(3, 2), 8, 4), TypeError, "indices"),
+    ("destination_nodes uneven nodes", lambda: placement.destination_nodes(torch.zeros(3, 2, dtype=torch.long), 8, 4, 3),
+     ValueError, "ranks_per_node=3"),
+    ("dispatch_plan rank out of range", lambda: placement.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 4),
+     ValueError, "rank must lie in [0, world_size=4)"),
+    ("traffic expert out of range", lambda: traffic.traffic(torch.full((3, 2), 9), torch.zeros(3, dtype=torch.long),
+                                                            8, 4, 2, 16), ValueError, "9"),
 ]
 
 
@@ -399,7 +420,7 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
     loss = balance.balance_loss(raw, 2, 0.01)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(raw.grad).all()
-    # the epsilon changes no float32 number for ordinary scores
+    # the epsilon changes no float32 number for ordinary scores: the loss is alpha * sum_i f_i P_i without it
     s = torch.rand(64, 8)
     f = torch.zeros_like(s).scatter(-1, s.topk(2, dim=-1).indices, 1.0).sum(dim=0) * (8 / (2 * 64))
     p = (s / s.sum(dim=-1, keepdim=True)).mean(dim=0)

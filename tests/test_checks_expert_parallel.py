@@ -5,7 +5,7 @@ raised."""
 import pytest
 import torch
 
-from course_lib.parallel import expert_parallel
+from course_lib.parallel.expert_parallel import placement
 from course_lib.checks import Case, check_dispatch_plan, outcome
 from course_lib.checks.expert_parallel import _MISTAKES, EXAMPLE, _cause, _compare_plans
 
@@ -30,13 +30,13 @@ def loop_plan(indices, n_experts, world_size, ranks_per_node, rank):
 
 
 def test_reference_and_other_right_answers_pass():
-    assert outcome(check_dispatch_plan, expert_parallel.dispatch_plan) is True
+    assert outcome(check_dispatch_plan, placement.dispatch_plan) is True
     assert outcome(check_dispatch_plan, loop_plan) is True  # rows in another order, a plain tuple
     assert outcome(check_dispatch_plan, lambda *a: [t.int() for t in loop_plan(*a)]) is True  # int32, 0/1 ints
 
 
 def test_the_example_of_the_notebook():
-    plan = expert_parallel.dispatch_plan(*EXAMPLE)
+    plan = placement.dispatch_plan(*EXAMPLE)
     assert plan.sends.tolist() == [[0, 1], [1, 1], [3, 1], [0, 2], [1, 2], [3, 2]]
     assert plan.forward.tolist() == [[True, False], [False, True], [False, True], [True, False], [True, False],
                                      [True, True]]
@@ -52,7 +52,7 @@ def test_stub_returns_false(capsys):
 def test_each_mistake_is_named_by_its_own_output_on_the_example():
     """The first case tells every mistake apart: its output differs from the reference's and draws its own hint
     (not an earlier mistake's)."""
-    reference = expert_parallel.dispatch_plan(*EXAMPLE)
+    reference = placement.dispatch_plan(*EXAMPLE)
     for m in _MISTAKES:
         assert _compare_plans(m.fn(*EXAMPLE), reference) is not None, m.hint
         assert _cause(m.fn(*EXAMPLE), Case(EXAMPLE)) == m.hint
@@ -192,5 +192,5 @@ def test_a_crash_or_a_wrong_type_is_explained():
 def test_an_input_changed_in_place_is_named():
     def sorts_in_place(indices, n_experts, world_size, ranks_per_node, rank):
         indices[:] = indices.sort(dim=1).values
-        return expert_parallel.dispatch_plan(indices, n_experts, world_size, ranks_per_node, rank)
+        return placement.dispatch_plan(indices, n_experts, world_size, ranks_per_node, rank)
     rejected_with(sorts_in_place, "in place")

@@ -1,6 +1,9 @@
 """The routed experts' dispatch: the expert loop and the grouped GEMMs against a slow per-token loop, in outputs and
 gradients, including experts that receive no token and a batch of one token; the choice between them."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,8 @@ from course_lib.moe import dispatch
 from course_lib.moe.balance import expert_load
 from course_lib.moe.layer import DeepSeekMoE
 
-GROUPED = dispatch._probe("cpu", torch.float32)
+ALIGNED = (torch.zeros(2, 8), torch.zeros(3, 4, 8), torch.zeros(3, 8, 4))  # x, w_gate, w_down: 16-byte rows
+GROUPED = dispatch.grouped_mm_available(*ALIGNED)
 needs_grouped = pytest.mark.skipif(not GROUPED, reason=f"torch {torch.__version__} has no usable CPU _grouped_mm")
 
 
@@ -105,13 +109,16 @@ def test_the_choice_falls_back_to_the_loop():
         dispatch.routed_experts(x, weights, indices, w_gate, w_up, w_down, load, "fast")
 
 
-def test_probe_answers_the_same_under_no_grad():
-    dispatch._probe.cache_clear()
-    with torch.no_grad():
-        assert dispatch._probe("cpu", torch.float32) == GROUPED
-    dispatch._probe.cache_clear()
-    with torch.inference_mode():
-        assert dispatch._probe("cpu", torch.float32) == GROUPED
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_availability_is_the_same_when_first_asked_from_a_forward_without_gradients(mode):
+    """The answer is found once per device and dtype: a first question from a no_grad or inference_mode forward
+    (a fresh process) gives the answer this process got with gradients on."""
+    program = ("import torch; from course_lib.moe import dispatch\n"
+               f"with torch.{mode}():\n"
+               "    print(dispatch.grouped_mm_available(torch.zeros(2, 8), torch.zeros(3, 4, 8),"
+               " torch.zeros(3, 8, 4)))")
+    answer = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True)
+    assert answer.stdout.split()[-1] == str(GROUPED)
 
 
 @needs_grouped

@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from course_lib.parallel import distributed, expert_parallel as ep
+from course_lib.parallel import distributed
+from course_lib.parallel.expert_parallel import layer as ep_layer, placement, workers
+from course_lib.parallel.expert_parallel import step as ep_step, traffic as ep_traffic
 from course_lib.training.data import synthetic_task
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
@@ -45,21 +47,21 @@ def _splits_loop(indices: torch.Tensor, n_experts: int, world_size: int) -> list
 def test_send_splits_equal_a_loop_and_sum_to_pairs(world_size):
     g = torch.Generator().manual_seed(world_size)
     indices = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(50)])
-    splits = ep.send_splits(indices, 16, world_size)
+    splits = placement.send_splits(indices, 16, world_size)
     assert splits == _splits_loop(indices, 16, world_size)
     assert sum(splits) == indices.numel()
 
 
 def test_send_splits_reject_uneven_placement():
     with pytest.raises(ValueError, match="divisible by world_size"):
-        ep.send_splits(torch.zeros(3, 2, dtype=torch.long), 6, 4)
+        placement.send_splits(torch.zeros(3, 2, dtype=torch.long), 6, 4)
 
 
 def test_traffic_equals_a_loop_over_pairs():
     g = torch.Generator().manual_seed(0)
     indices = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(40)])  # 16 experts, 8 ranks, 4 nodes
     source = torch.arange(40) % 8
-    t = ep.traffic(indices, source, 16, 8, ranks_per_node=2, row_bytes=10)
+    t = ep_traffic.traffic(indices, source, 16, 8, ranks_per_node=2, row_bytes=10)
     dispatch, combine, cross, dedup = [0] * 8, [0] * 8, [0] * 4, [0] * 4
     for token, (experts, src) in enumerate(zip(indices.tolist(), source.tolist())):
         for expert in experts:
@@ -78,7 +80,7 @@ def test_traffic_equals_a_loop_over_pairs():
     assert t.cross_node_bytes_per_node() == cross
     assert t.dedup_cross_node_bytes_per_node() == dedup
     assert t.total_bytes() == sum(dispatch) + sum(combine)
-    nodes = ep.destination_nodes(indices, 16, 8, 2)
+    nodes = placement.destination_nodes(indices, 16, 8, 2)
     assert nodes.tolist() == [len({e // 4 for e in experts}) for experts in indices.tolist()]
 
 
@@ -86,7 +88,7 @@ def test_traffic_equals_a_loop_over_pairs():
 def test_dispatch_plan_equals_a_loop_and_the_traffic_accounting(world_size, ranks_per_node, rank):
     g = torch.Generator().manual_seed(rank)
     indices = torch.stack([torch.randperm(32, generator=g)[:6] for _ in range(30)])  # 32 experts, top_k = 6
-    plan = ep.dispatch_plan(indices, 32, world_size, ranks_per_node, rank)
+    plan = placement.dispatch_plan(indices, 32, world_size, ranks_per_node, rank)
     rows, forward = [], []
     for token, experts in enumerate(indices.tolist()):
         ranks = {e // (32 // world_size) for e in experts}
@@ -96,7 +98,7 @@ def test_dispatch_plan_equals_a_loop_and_the_traffic_accounting(world_size, rank
     order = sorted(range(len(rows)), key=rows.__getitem__)  # by node, then token
     assert plan.sends.tolist() == [[rows[i][1], rows[i][0]] for i in order]
     assert plan.forward.tolist() == [forward[i] for i in order] and plan.forward.dtype == torch.bool
-    flow = ep.traffic(indices, torch.full((30,), rank), 32, world_size, ranks_per_node, row_bytes=1)
+    flow = ep_traffic.traffic(indices, torch.full((30,), rank), 32, world_size, ranks_per_node, row_bytes=1)
     per_node = torch.bincount(plan.sends[:, 1], minlength=world_size // ranks_per_node).tolist()
     own = rank // ranks_per_node
     assert per_node == [0 if n == own else r for n, r in enumerate(flow.node_rows[rank])]
@@ -106,36 +108,36 @@ def test_dispatch_plan_equals_a_loop_and_the_traffic_accounting(world_size, rank
 
 def test_dispatch_plan_rejects_a_bad_rank():
     with pytest.raises(ValueError, match="rank must lie"):
-        ep.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 4)
+        placement.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 4)
     with pytest.raises(TypeError, match="rank must be an int"):
-        ep.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 1.0)
+        placement.dispatch_plan(torch.zeros(3, 2, dtype=torch.long), 8, 4, 2, 1.0)
 
 
 def test_group_limited_routing_bounds_the_destination_nodes():
     moe = _moe(n_experts=16, top_k=4, n_groups=4, topk_groups=2)
     _, _, indices = moe.route(torch.randn(200, 16))
-    assert int(ep.destination_nodes(indices, 16, 8, 2).max()) <= 2
+    assert int(placement.destination_nodes(indices, 16, 8, 2).max()) <= 2
 
 
 # --------------------------------------------------------------------------------------------- errors
 def test_layer_rejects_groups_that_are_not_nodes():
     with pytest.raises(ValueError, match="groups = nodes"):
-        ep.ExpertParallelMoE(_moe(n_groups=4, topk_groups=2), rank=0, world_size=4, ranks_per_node=2)
+        ep_layer.ExpertParallelMoE(_moe(n_groups=4, topk_groups=2), rank=0, world_size=4, ranks_per_node=2)
     with pytest.raises(ValueError, match="divisible by world_size"):
-        ep.ExpertParallelMoE(_moe(), rank=0, world_size=3)
+        ep_layer.ExpertParallelMoE(_moe(), rank=0, world_size=3)
     with pytest.raises(ValueError, match="rank must lie"):
-        ep.ExpertParallelMoE(_moe(), rank=4, world_size=4)
+        ep_layer.ExpertParallelMoE(_moe(), rank=4, world_size=4)
 
 
 def test_layer_without_a_process_group_says_so():
-    layer = ep.ExpertParallelMoE(_moe(), rank=0, world_size=2)
+    layer = ep_layer.ExpertParallelMoE(_moe(), rank=0, world_size=2)
     with pytest.raises(RuntimeError, match="process group"):
         layer(torch.randn(3, 16))
 
 
 def test_layer_holds_its_slice_of_the_experts():
     moe = _moe()
-    layer = ep.ExpertParallelMoE(moe, rank=1, world_size=4)
+    layer = ep_layer.ExpertParallelMoE(moe, rank=1, world_size=4)
     assert torch.equal(layer.w_up, moe.w_up[2:4]) and torch.equal(layer.centroids, moe.centroids)
     assert layer.w_up.data_ptr() != moe.w_up.data_ptr()  # copies: training one does not touch the other
 
@@ -163,7 +165,7 @@ def test_layer_equals_single_process_layer(world_size, ranks_per_node, groups):
     x[: 6] += 2 * moe.centroids[0].detach()  # rank 0's tokens prefer expert 0: the ranks' loads differ
     grad_out = torch.randn(x.shape, generator=g)
     steps, gamma = 6, 0.01
-    results = distributed.run_ranks(ep.layer_worker, world_size, (moe, x, grad_out, ranks_per_node, steps, gamma),
+    results = distributed.run_ranks(workers.layer_worker, world_size, (moe, x, grad_out, ranks_per_node, steps, gamma),
                                     timeout_s=30, deadline_s=55)
     ref, out, biases = _reference(moe, x, grad_out, steps, gamma)
     torch.testing.assert_close(torch.cat([r["out"] for r in results]), out, rtol=0, atol=1e-5)
@@ -184,7 +186,7 @@ def test_layer_equals_single_process_layer(world_size, ranks_per_node, groups):
 def test_a_failing_rank_stops_the_others_with_an_error():
     start = time.monotonic()
     with pytest.raises(distributed.DistributedRunError) as caught:
-        distributed.run_ranks(ep.layer_worker, 2, (_moe(), torch.randn(8, 16), torch.randn(8, 16), 1, 0, 0.01, 1),
+        distributed.run_ranks(workers.layer_worker, 2, (_moe(), torch.randn(8, 16), torch.randn(8, 16), 1, 0, 0.01, 1),
                               timeout_s=5, deadline_s=55)
     assert time.monotonic() - start < 55
     error = caught.value
@@ -226,7 +228,7 @@ def test_data_and_expert_parallel_step_equals_the_single_process_step(shares):
     g = torch.Generator().manual_seed(0)
     batches = [corpus.get_batch("train", 4, 16, g) for _ in range(2)]
     lr, gamma, clip = 0.1, 0.01, 0.5
-    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, clip, shares), timeout_s=30,
+    results = distributed.run_ranks(workers.train_worker, 2, (model, batches, 1, lr, gamma, clip, shares), timeout_s=30,
                                     deadline_s=55)
     _assert_same_training(results, model, [[b] for b in batches], lr, gamma, clip)
 
@@ -237,7 +239,7 @@ def test_ranks_with_windows_of_different_lengths_train_as_micro_batches_of_those
     g = torch.Generator().manual_seed(0)
     batches = [[corpus.get_batch("train", 3, 8, g), corpus.get_batch("train", 2, 16, g)] for _ in range(2)]
     lr, gamma = 0.1, 0.01
-    results = distributed.run_ranks(ep.train_worker, 2, (model, batches, 1, lr, gamma, 0.0), timeout_s=30,
+    results = distributed.run_ranks(workers.train_worker, 2, (model, batches, 1, lr, gamma, 0.0), timeout_s=30,
                                     deadline_s=55)
     _assert_same_training(results, model, batches, lr, gamma, 0.0)
 
@@ -322,21 +324,21 @@ def test_ranks_share_the_pages_of_torch():
 
 def test_placement_helpers_reject_bad_indices():
     with pytest.raises(ValueError, match=r"\[tokens, top_k\]"):
-        ep.send_splits(torch.tensor([0, 1]), 8, 4)
+        placement.send_splits(torch.tensor([0, 1]), 8, 4)
     with pytest.raises(TypeError, match="integer tensor"):
-        ep.send_splits(torch.tensor([[0.0, 1.0]]), 8, 4)
+        placement.send_splits(torch.tensor([[0.0, 1.0]]), 8, 4)
     with pytest.raises(ValueError, match=r"lie in \[0, 7\]"):
-        ep.expert_ranks(torch.tensor([[0, 9]]), 8, 4)  # would name a rank that does not exist
+        placement.expert_ranks(torch.tensor([[0, 9]]), 8, 4)  # would name a rank that does not exist
     with pytest.raises(ValueError, match=r"lie in \[0, 7\]"):
-        ep.destination_nodes(torch.tensor([[0, 9]]), 8, 4, 2)
+        placement.destination_nodes(torch.tensor([[0, 9]]), 8, 4, 2)
     indices, source = torch.tensor([[0, 1], [2, 3]]), torch.tensor([0, 1])
     with pytest.raises(TypeError, match="source_rank"):
-        ep.traffic(indices, source.float(), 8, 4)
+        ep_traffic.traffic(indices, source.float(), 8, 4)
     for row_bytes in (0, -4):
         with pytest.raises(ValueError, match="row_bytes must be an int >= 1"):
-            ep.traffic(indices, source, 8, 4, 1, row_bytes)
+            ep_traffic.traffic(indices, source, 8, 4, 1, row_bytes)
     with pytest.raises(TypeError, match="row_bytes must be an int"):
-        ep.traffic(indices, source, 8, 4, 1, 0.5)
+        ep_traffic.traffic(indices, source, 8, 4, 1, 0.5)
 
 
 def _nested_worker_factory():
@@ -350,9 +352,9 @@ def test_run_ranks_rejects_what_a_new_process_cannot_import():
         with pytest.raises(ValueError, match="cannot be found that way"):
             distributed.run_ranks(fn, 2)
     with pytest.raises(TypeError, match="world_size must be an int"):
-        distributed.run_ranks(ep.layer_worker, 2.0)
+        distributed.run_ranks(workers.layer_worker, 2.0)
     with pytest.raises(ValueError, match="timeout_s"):
-        distributed.run_ranks(ep.layer_worker, 2, timeout_s=0)
+        distributed.run_ranks(workers.layer_worker, 2, timeout_s=0)
 
 
 def test_run_ranks_rejects_a_function_defined_in_a_notebook(monkeypatch):
@@ -379,13 +381,13 @@ def _nan_loss(model, optimizer):
 def _forward_hook_raises(model, optimizer):  # after the last MoE layer counted its load and ran its all-to-alls
     def hook(module, args, output):
         raise Boom("from a forward hook")
-    ep.expert_parallel_layers(model)[-1].register_forward_hook(hook)
+    ep_layer.expert_parallel_layers(model)[-1].register_forward_hook(hook)
 
 
 def _keyboard_interrupt_in_forward(model, optimizer):  # before the last layer's dispatch
     def hook(module, args):
         raise KeyboardInterrupt
-    ep.expert_parallel_layers(model)[-1].register_forward_pre_hook(hook)
+    ep_layer.expert_parallel_layers(model)[-1].register_forward_pre_hook(hook)
 
 
 def _backward_raises(model, optimizer):
@@ -404,7 +406,7 @@ def _optimizer_step_raises_after_updating(model, optimizer):
 
 
 def _bias_update_raises_after_the_last_exchange(model, optimizer):  # the other ranks finish the step's work
-    layer = ep.expert_parallel_layers(model)[-1]
+    layer = ep_layer.expert_parallel_layers(model)[-1]
     real = layer.update_bias
 
     def update_bias(gamma, global_load):
@@ -420,23 +422,24 @@ STEP_FAILURES = {f.__name__.strip("_"): f for f in (_nan_loss, _forward_hook_rai
 
 def _state(model, optimizer):
     return ({k: v.clone() for k, v in model.state_dict().items()},
-            [layer.load.clone() for layer in ep.expert_parallel_layers(model)], copy.deepcopy(optimizer.state_dict()))
+            [layer.load.clone() for layer in ep_layer.expert_parallel_layers(model)],
+            copy.deepcopy(optimizer.state_dict()))
 
 
 def failing_step_worker(rank, world_size, model, batches, failure, fail_rank):
     """One good step (optimizer state, moved biases), loads set as if counted outside a step, then a step in which
     ``STEP_FAILURES[failure]`` strikes on rank ``fail_rank``. Returns what the step raised and whether the weights,
     the biases, the loads and the optimizer state are as before it."""
-    local = ep.expert_parallel_model(model, rank, world_size)
+    local = ep_layer.expert_parallel_model(model, rank, world_size)
     optimizer = torch.optim.AdamW(local.parameters(), lr=1e-2)
-    ep.train_step(local, optimizer, batches[0].chunk(world_size)[rank])
-    for i, layer in enumerate(ep.expert_parallel_layers(local)):
+    ep_step.expert_parallel_step(local, optimizer, batches[0].chunk(world_size)[rank])
+    for i, layer in enumerate(ep_layer.expert_parallel_layers(local)):
         layer.load.fill_(float(i + 3))  # counts from forwards outside a step are kept, not mixed with the step's
     if rank == fail_rank:
         STEP_FAILURES[failure](local, optimizer)
     weights, loads, optimizer_state = _state(local, optimizer)
     try:
-        ep.train_step(local, optimizer, batches[1].chunk(world_size)[rank])
+        ep_step.expert_parallel_step(local, optimizer, batches[1].chunk(world_size)[rank])
         raised = None
     except BaseException as error:  # noqa: BLE001 (KeyboardInterrupt included)
         raised = type(error).__name__
@@ -470,3 +473,19 @@ def test_a_step_that_fails_on_one_rank_leaves_every_rank_as_before(failure):
         assert result["same"] and result["no_grads"], f"rank {rank}: {result}"
     expected = {"nan_loss": "TrainingDiverged", "keyboard_interrupt_in_forward": "KeyboardInterrupt"}
     assert results[1]["raised"] == expected.get(failure, "Boom")
+
+
+def test_the_expert_parallel_layer_is_the_deepseek_moe_layer():
+    """One MoE layer: routing, forward, routing state are DeepSeekMoE's; only the routed experts' execution
+    (dispatch -> local experts -> combine) and the load of the bias update (summed over ranks) differ."""
+    assert issubclass(ep_layer.ExpertParallelMoE, DeepSeekMoE)
+    for name in ("route", "forward", "__getstate__", "_apply", "_load_from_state_dict"):
+        assert getattr(ep_layer.ExpertParallelMoE, name) is getattr(DeepSeekMoE, name), name
+
+
+def test_layer_checks_a_users_hidden_states_as_the_single_process_layer_does():
+    layer = ep_layer.ExpertParallelMoE(_moe(), rank=0, world_size=2)  # no process group needed to reject them
+    with pytest.raises(ValueError, match="ExpertParallelMoE got hidden states with NaN or inf"):
+        layer(torch.full((3, 16), float("nan")))
+    with pytest.raises(ValueError, match=r"ExpertParallelMoE expects a non-empty tensor \[\.\.\., 16\]"):
+        layer(torch.ones(3, 7))

@@ -175,3 +175,68 @@ def test_bad_input(x, error, phrase):
     with pytest.raises(error) as info:
         make()(x)
     assert phrase in str(info.value)
+
+
+HOST_READS = ("__bool__", "__int__", "__float__", "item")  # what a check reads back from the device
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    reads = []
+    for name in HOST_READS:
+        def spy(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return reads
+
+
+def test_a_forward_reads_back_once_for_a_user_and_never_inside_another_boundary(monkeypatch):
+    """The user's hidden states are checked once (NaN / inf); inside a boundary (a model calling the layer) the
+    forward reads nothing back for a check: topk_route and the load count are not re-checked."""
+    from course_lib.core.validation import boundary
+
+    torch.manual_seed(0)
+    moe = DeepSeekMoE(16, 8, 8, 1, 2).train()
+    x = torch.randn(2, 5, 16)
+    expected = moe(x)  # also finds, once, whether the grouped GEMMs run here
+    reads = count_host_reads(monkeypatch)
+    moe.routed_experts = lambda flat, weights, indices, load: flat * weights.sum(-1, keepdim=True)  # no dispatch
+    moe(x)
+    assert reads == ["__bool__"]
+    reads.clear()
+    boundary(lambda x: None)(lambda x: moe(x))(x)
+    assert reads == []
+    assert expected.shape == x.shape
+
+
+def test_balance_modes_are_defined_once():
+    from course_lib.moe import balance, toy
+    from course_lib.training import train
+
+    assert train.BALANCE_MODES is balance.BALANCE_MODES
+    assert "BALANCE_MODES" not in vars(toy)
+
+
+def test_no_module_of_moe_or_parallel_uses_another_modules_private_name():
+    """A private name (``_name``) of a course_lib module is used only inside that module."""
+    import ast
+    from pathlib import Path
+
+    import course_lib
+
+    root = Path(course_lib.__file__).parent
+    found = []
+    for path in sorted([*root.glob("moe/**/*.py"), *root.glob("parallel/**/*.py")]):
+        tree = ast.parse(path.read_text())
+        modules = set()  # names this file binds to course_lib modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("course_lib"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path.name}: from {node.module} import {alias.name}")
+                    modules.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not found, found

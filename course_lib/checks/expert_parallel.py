@@ -1,11 +1,11 @@
 """Checker for notebook 09: the node-deduplicated dispatch plan ([V3] 3.2.2).
 
-The design the checker holds the learner to (stated in the notebook and in ``expert_parallel.dispatch_plan``):
+The design the checker holds the learner to (stated in the notebook and in ``placement.dispatch_plan``):
 rank r holds the experts r * E_r ... (r + 1) * E_r - 1 (E_r = n_experts / world_size), a node is ``ranks_per_node``
 consecutive ranks; a token crosses InfiniBand once per REMOTE node that holds at least one of its experts (its
 own node is reached over NVLink alone), and inside that node it is forwarded once to each rank holding at least
 one of its experts. The number of (token, node) rows towards each node is checked against the layer's own traffic
-accounting (``expert_parallel.traffic(...).node_rows``), the rows and the forwarding map against the reference.
+accounting (``traffic.traffic(...).node_rows``), the rows and the forwarding map against the reference.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from course_lib.parallel import expert_parallel
+from course_lib.parallel.expert_parallel import placement, traffic
 from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, checker, clone_args, describe_value,
                                      expect_inputs_unchanged)
 
@@ -210,7 +210,7 @@ def _cases() -> list[Case]:
 def _cause(got: Any, case: Case) -> str | None:
     """The hint of the first mistake that explains ``got`` on ``case``: by its rows alone when the rows are wrong
     (however the learner then built the forwarding map), by the whole plan when only the forwarding map is."""
-    plan, right = _as_plan(got), _as_plan(expert_parallel.dispatch_plan(*clone_args(case.args)))
+    plan, right = _as_plan(got), _as_plan(placement.dispatch_plan(*clone_args(case.args)))
     if isinstance(plan, str):
         return None
     rows_wrong = not torch.equal(plan[0], right[0])
@@ -237,7 +237,7 @@ def _node_counts(plan: Any, n_nodes: int) -> list[int] | None:
 def check_dispatch_plan(fn: Callable[[torch.Tensor, int, int, int, int], Any]) -> None:
     """Check ``dispatch_plan(indices, n_experts, world_size, ranks_per_node, rank) -> (sends, forward)``: the rows
     towards each node against the layer's traffic accounting (``Traffic.node_rows``, own node excluded), the rows
-    and the forwarding map against ``expert_parallel.dispatch_plan`` (rows in any order)."""
+    and the forwarding map against ``placement.dispatch_plan`` (rows in any order)."""
     cases = _cases()
 
     @checker("dispatch_plan")
@@ -248,7 +248,7 @@ def check_dispatch_plan(fn: Callable[[torch.Tensor, int, int, int, int], Any]) -
             expect_inputs_unchanged(case, learner_args, {}, "dispatch_plan")
             indices, n_experts, world_size, per_node, rank = case.args
             n_nodes, own = world_size // per_node, rank // per_node
-            node_rows = expert_parallel.traffic(indices, torch.full((len(indices),), rank), n_experts, world_size,
+            node_rows = traffic.traffic(indices, torch.full((len(indices),), rank), n_experts, world_size,
                                                 per_node).node_rows[rank]
             crossing = [0 if n == own else rows for n, rows in enumerate(node_rows)]
             plan = _as_plan(got)
@@ -262,7 +262,7 @@ def check_dispatch_plan(fn: Callable[[torch.Tensor, int, int, int, int], Any]) -
                            f"accounting counts {crossing} distinct (token, node) pairs (Traffic.node_rows of rank "
                            f"{rank}; its own node {own} is not crossed)")
             else:
-                problem = _compare_plans(got, expert_parallel.dispatch_plan(*clone_args(case.args)))
+                problem = _compare_plans(got, placement.dispatch_plan(*clone_args(case.args)))
             if problem is None:
                 continue
             cause = _cause(got, case)

@@ -27,7 +27,7 @@ from course_lib.attention.attention import KVCache, MultiHeadAttention, MultiHea
 from course_lib.core.layers import RMSNorm, SwiGLU
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.headline.param_count import moe_ffn_params
-from course_lib.moe.routing import check_route_config, check_route_scale
+from course_lib.moe.arguments import check_route_config, check_route_scale
 from course_lib.model.block import TransformerBlock
 from course_lib.core.validation import check_int, check_number
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.core.layers import swiglu
+from course_lib.core.validation import boundary
+from course_lib.moe import arguments
 
 IMPLEMENTATIONS = ("auto", "grouped_mm", "loop")
 
@@ -76,6 +78,7 @@ def grouped_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     return torch.zeros_like(x).index_add_(0, token_of, torch._grouped_mm(hidden, w_down.transpose(1, 2), offs=ends))
 
 
+@boundary(arguments.routed_experts)
 def routed_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w_gate: torch.Tensor,
                    w_up: torch.Tensor, w_down: torch.Tensor, load: torch.Tensor,
                    implementation: str = "auto",
@@ -83,31 +86,23 @@ def routed_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
     """sum over chosen i of g_{i,t} FFN_i(x_t) for every token (shapes in the module docstring) -> [T, dim].
 
     implementation: "auto" (the grouped GEMMs where ``grouped_mm_available``, else the loop), "grouped_mm"
-    (ValueError where unavailable) or "loop". Both give the same outputs and gradients up to float rounding.
-    ``linear``: the product of the experts' projections; any other than ``F.linear`` (the FP8 simulation's
-    ``fp8.fp8_linear``) runs the loop, since the grouped GEMMs are plain products.
+    or "loop". Both give the same outputs and gradients up to float rounding. ``linear``: the product of the
+    experts' projections; any other than ``F.linear`` (the FP8 simulation's ``fp8.fp8_linear``) runs the loop,
+    since the grouped GEMMs are plain products. Raises ValueError for an unknown implementation, and for
+    "grouped_mm" where it cannot run (another linear, or ``grouped_mm_available`` says no).
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if linear is not F.linear:
-        if implementation == "grouped_mm":
-            raise ValueError("implementation='grouped_mm' computes plain products: it cannot use another linear")
-        return expert_loop(x, weights, indices, w_gate, w_up, w_down, load, linear)
-    if implementation != "loop" and grouped_mm_available(x, w_gate, w_down):
+    grouped = implementation == "grouped_mm" or (
+        implementation == "auto" and linear is F.linear and grouped_mm_available(x, w_gate, w_down))
+    if grouped:
         return grouped_experts(x, weights, indices, w_gate, w_up, w_down, load)
-    if implementation == "grouped_mm":
-        raise ValueError(f"torch._grouped_mm cannot run this layer here (torch {torch.__version__}, device "
-                         f"{x.device}, dtype {x.dtype}, dim {x.shape[-1]}, expert_dim {w_gate.shape[1]}): it needs "
-                         f"a float16/bfloat16/float32 build that supports it and rows of a multiple of 16 bytes; "
-                         f"use implementation='loop' or 'auto'")
-    return expert_loop(x, weights, indices, w_gate, w_up, w_down, load)
+    return expert_loop(x, weights, indices, w_gate, w_up, w_down, load, linear)
 
 
 def grouped_mm_available(x: torch.Tensor, w_gate: torch.Tensor, w_down: torch.Tensor) -> bool:
     """Whether ``grouped_experts`` can run on these tensors: same dtype and device, rows of dim and expert_dim
     elements a multiple of 16 bytes (the kernel's alignment rule), 16-byte aligned weights, and a torch build
     whose ``_grouped_mm`` runs forward and backward correctly on this device and dtype (``_probe``, run once per
-    device and dtype)."""
+    device and dtype, also when the first call comes from a no_grad or inference_mode forward)."""
     if w_gate.dtype != x.dtype or w_down.dtype != x.dtype or w_gate.device != x.device:
         return False
     row_bytes = x.element_size()

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.moe import balance, dispatch
 from course_lib.core.layers import SwiGLU
-from course_lib.moe.routing import check_route_config, check_route_scale, topk_route
-from course_lib.core.validation import NonFiniteError, check_int
+from course_lib.core.validation import boundary
+from course_lib.moe import arguments, balance, dispatch
+from course_lib.moe.routing import topk_route
 
 ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 
@@ -44,9 +44,9 @@ ROUTING_STATE = ("bias", "load")  # float32 buffers whatever the module's dtype
 class RoutingStateModule(nn.Module):
     """Base of every layer that holds routing state: float32 buffers ``bias`` and ``load`` [n_routed] that keep
     their dtype and values under every cast (``.to(dtype)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``,
-    ``.double()``, ``.type(...)``) and when a state_dict in another dtype is loaded. A subclass registers both
-    buffers in its ``__init__`` (``DeepSeekMoE``, and ``expert_parallel.ExpertParallelMoE``, one rank's part of
-    it). ``train.StepRollback`` finds the routing state to restore through this class.
+    ``.double()``, ``.type(...)``) and when a state_dict in another dtype is loaded. ``DeepSeekMoE`` registers both
+    buffers in its ``__init__`` (its expert-parallel part, ``expert_parallel.layer.ExpertParallelMoE``, is a
+    DeepSeekMoE). ``train.StepRollback`` finds the routing state to restore through this class.
     """
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
@@ -82,12 +82,9 @@ class DeepSeekMoE(RoutingStateModule):
 
     def __init__(self, dim: int, expert_dim: int, n_routed_experts: int, n_shared_experts: int, top_k: int,
                  n_groups: int = 1, topk_groups: int = 1, route_scale: float = 1.0) -> None:
+        arguments.deepseek_moe(dim, expert_dim, n_routed_experts, n_shared_experts, top_k, n_groups, topk_groups,
+                               route_scale)
         super().__init__()
-        check_route_config(n_routed_experts, top_k, n_groups, topk_groups)
-        check_route_scale(route_scale)
-        check_int("dim", dim, 1)
-        check_int("expert_dim", expert_dim, 1)
-        check_int("n_shared_experts", n_shared_experts, 0)
         self.dim, self.expert_dim = dim, expert_dim
         self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
         self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
@@ -131,17 +128,14 @@ class DeepSeekMoE(RoutingStateModule):
                                           self.route_scale)
         return scores, weights, indices
 
+    @boundary(arguments.moe_forward)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"DeepSeekMoE expects a floating-point tensor [..., {self.dim}], got {x!r:.80}")
-        if x.dim() < 1 or x.shape[-1] != self.dim or x.numel() == 0:
-            raise ValueError(f"DeepSeekMoE expects a non-empty tensor [..., {self.dim}], got shape {list(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
-            raise NonFiniteError("DeepSeekMoE got hidden states with NaN or inf: the layers before it diverged")
+        """x: [..., dim] -> [..., dim]. Raises TypeError for x that is not a floating-point tensor, ValueError for
+        a wrong last dimension, an empty x, or NaN or inf in it (checked where a user calls the layer)."""
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
-        load = balance._expert_load_unchecked(indices, self.n_routed_experts)  # topk_route's own choices
+        load = balance.expert_load(indices, self.n_routed_experts)  # [n_routed] float32
         if self.training and torch.is_grad_enabled():
             self.load += load
         self.last_scores = scores.view(*lead, -1)
@@ -161,18 +155,23 @@ class DeepSeekMoE(RoutingStateModule):
         x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed] assignments per expert ->
         [tokens, dim]. The (token, expert) assignments are sorted by expert and each expert runs once on its
         block of rows: as grouped GEMMs (``torch._grouped_mm``) where this torch build supports them, else by
-        the loop over experts that notebook 01 teaches (``dispatch.expert_loop``).
+        the loop over experts that notebook 01 teaches (``dispatch.expert_loop``). The one step that the
+        expert-parallel layer (``expert_parallel.layer.ExpertParallelMoE``) does another way: dispatch to the
+        ranks holding the experts, local experts, combine.
         """
         return dispatch.routed_experts(x, weights, indices, self.w_gate, self.w_up, self.w_down, load,
                                        linear=self.expert_linear)
 
     @torch.no_grad()
-    def update_bias(self, gamma: float = 0.001) -> torch.Tensor:
-        """Apply b <- b + gamma * sign(mean(load) - load) with the load counted since the last call, then reset the
-        count. Call once per optimizer step. Returns the load that was used ([n_routed] float32, a copy).
-        Raises ValueError for a gamma that is not a finite number >= 0 or a load that is not finite (the bias and
+    def update_bias(self, gamma: float = 0.001, load: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply b <- b + gamma * sign(mean(load) - load), then reset the count. Call once per optimizer step.
+
+        load: [n_routed] the assignments to balance; None (the single-process layer) takes the count of this
+        layer's training forwards since the last call (``expert_parallel.layer.ExpertParallelMoE`` gives the count
+        summed over the ranks). Returns the load that was used ([n_routed] float32, a copy). Raises ValueError for a
+        gamma that is not a finite number >= 0 or a load that is not finite (``balance.update_bias``; the bias and
         the count are then left as they were)."""
-        used = self.load.clone()
+        used = self.load.clone() if load is None else load
         self.bias.copy_(balance.update_bias(self.bias, used, gamma))
         self.load.zero_()
         return used

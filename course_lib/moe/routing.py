@@ -18,64 +18,30 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.core.validation import NonFiniteError, check_int, check_number
+from course_lib.core.validation import boundary
+from course_lib.moe import arguments
 
 
+@boundary(arguments.affinity_scores)
 def affinity_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Sigmoid affinities of every token to every routed expert: sigmoid(x @ centroids^T).
 
     x: [..., dim]; centroids: [n_experts, dim] -> [..., n_experts], each in [0, 1]. Raises TypeError for
     tensors that are not floating point, ValueError for mismatched or empty shapes and NaN or inf values.
     """
-    for name, t in (("x", x), ("centroids", centroids)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point torch tensor, got {t!r:.80}")
-    if centroids.dim() != 2 or centroids.numel() == 0:
-        raise ValueError(f"centroids must be a non-empty [n_experts, dim], got shape {list(centroids.shape)}")
-    if x.dim() < 1 or x.shape[-1] != centroids.shape[1]:
-        raise ValueError(f"x must be [..., {centroids.shape[1]}] to match centroids [n_experts, "
-                         f"{centroids.shape[1]}], got shape {list(x.shape)}")
-    for name, t in (("x", x), ("centroids", centroids)):
-        if not bool(torch.isfinite(t).all()):
-            raise NonFiniteError(f"{name} contains NaN or inf: affinities need finite hidden states and centroids")
     return torch.sigmoid(x @ centroids.T)
 
 
-def check_route_config(n_experts: int, k: int, n_groups: int = 1, topk_groups: int = 1) -> None:
-    """Raise ValueError/TypeError unless top-k of ``n_experts`` over ``topk_groups`` of ``n_groups`` groups is
-    possible (shared by ``topk_route`` and the MoE layer's constructor)."""
-    for name, value in (("n_experts", n_experts), ("k", k), ("n_groups", n_groups), ("topk_groups", topk_groups)):
-        check_int(name, value, 1)
-    if k > n_experts:
-        raise ValueError(f"k={k} experts per token, but there are only n_experts={n_experts}: k <= n_experts expected")
-    if n_experts % n_groups:
-        raise ValueError(f"n_experts={n_experts} must be divisible by n_groups={n_groups}")
-    if topk_groups > n_groups:
-        raise ValueError(f"topk_groups={topk_groups} exceeds n_groups={n_groups}: at most n_groups groups can be kept")
-    kept = topk_groups * (n_experts // n_groups)
-    if k > kept:
-        raise ValueError(f"k={k} experts per token, but the {topk_groups} kept group(s) hold only {kept} experts "
-                         f"({n_experts // n_groups} per group): raise topk_groups or lower k")
-
-
-def check_route_scale(route_scale: float) -> None:
-    """Raise unless ``route_scale`` (the gate multiplier, V3: 2.5) is a finite number > 0."""
-    check_number("route_scale (V3: 2.5)", route_scale, 0, strict=True)
-
-
+@boundary(arguments.group_limit)
 def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:
     """Mask with -inf the experts outside each token's ``topk_groups`` best groups.
 
     choice: [tokens, n_experts] biased scores -> [tokens, n_experts]. A group's score is the sum of its two
     highest biased scores (its one score when a group holds a single expert). -inf, not 0: biased scores can be
-    negative, and a 0 would then beat experts of the kept groups.
+    negative, and a 0 would then beat experts of the kept groups. Raises TypeError for a choice that is not a
+    floating-point tensor, ValueError for one not 2-D or impossible group settings.
     """
-    if not isinstance(choice, torch.Tensor) or not choice.is_floating_point():
-        raise TypeError(f"choice must be a floating-point tensor [tokens, n_experts], got {choice!r:.80}")
-    if choice.dim() != 2:
-        raise ValueError(f"choice must be [tokens, n_experts], got shape {list(choice.shape)}")
     tokens, n_experts = choice.shape
-    check_route_config(n_experts, 1, n_groups, topk_groups)
     grouped = choice.view(tokens, n_groups, n_experts // n_groups)  # [tokens, n_groups, group_size]
     group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # [tokens, n_groups]
     kept = group_scores.topk(topk_groups, dim=-1).indices  # [tokens, topk_groups]
@@ -83,6 +49,7 @@ def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> torch.
     return grouped.masked_fill(dropped.unsqueeze(-1), float("-inf")).view(tokens, n_experts)
 
 
+@boundary(arguments.topk_route)
 def topk_route(
     scores: torch.Tensor,
     k: int,
@@ -101,33 +68,10 @@ def topk_route(
 
     Raises TypeError for scores or a bias that are not floating-point tensors, ValueError for scores that are
     empty, not 2-D, NaN, infinite or negative, a bias of the wrong shape or not finite, a route_scale that is
-    not a finite number > 0, and impossible k / group settings (``check_route_config``).
+    not a finite number > 0, and impossible k / group settings (``arguments.check_route_config``).
     """
-    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
-        raise TypeError(f"scores must be a floating-point torch tensor [tokens, n_experts], got {scores!r:.80}")
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be 2-D [tokens, n_experts], got shape {list(scores.shape)}; "
-                         f"flatten the leading dimensions first (scores.reshape(-1, n_experts))")
-    tokens, n_experts = scores.shape
-    if tokens == 0 or n_experts == 0:
-        raise ValueError(f"scores is empty (shape {list(scores.shape)}): at least one token and one expert expected")
-    check_route_config(n_experts, k, n_groups, topk_groups)
-    check_route_scale(route_scale)
-    if not bool(((scores >= 0) & (scores < float("inf"))).all()):  # one check (one device sync) for all kinds
-        if torch.isnan(scores).any():
-            raise NonFiniteError("scores contain NaN: check the hidden states and centroids that produced them")
-        if torch.isinf(scores).any():
-            raise NonFiniteError("scores contain inf: affinities are finite sigmoid outputs in [0, 1]")
-        raise ValueError("scores must be affinities >= 0 (sigmoid outputs); got negative values: apply sigmoid first")
     choice = scores.detach()
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.shape != (n_experts,):
-            shape = list(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-            raise ValueError(f"bias must be a tensor of shape [{n_experts}] (one per expert), got {shape}")
-        if not bias.is_floating_point():
-            raise TypeError(f"bias must be a floating-point tensor (float32), got {bias.dtype}")
-        if not bool(torch.isfinite(bias).all()):
-            raise NonFiniteError("bias contains NaN or inf: every expert's bias must be a finite number")
         choice = choice + bias.detach().to(scores.device)
     if n_groups > 1:
         choice = group_limit(choice, n_groups, topk_groups)

@@ -23,13 +23,12 @@ from typing import Literal
 
 import torch
 
-from course_lib.moe import balance
+from course_lib.core.validation import boundary
+from course_lib.moe import arguments, balance
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.moe.routing import topk_route
-from course_lib.core.validation import check_int, check_number
 
-BalanceMode = Literal["none", "aux", "loss_free"]
-BALANCE_MODES: tuple[str, ...] = ("none", "aux", "loss_free")
+BalanceMode = Literal["none", "aux", "loss_free"]  # balance.BALANCE_MODES
 
 
 @contextmanager
@@ -61,13 +60,7 @@ class ToyConfig:
     lr: float = 1e-2  # Adam learning rate
 
     def __post_init__(self) -> None:
-        for name in ("dim", "expert_dim", "n_experts", "top_k", "n_clusters", "batch_size"):
-            check_int(name, getattr(self, name), 1)
-        if self.top_k > self.n_experts:
-            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}")
-        for name in ("noise", "offset", "skew"):
-            check_number(name, getattr(self, name), 0)
-        check_number("lr", self.lr, 0, strict=True)
+        arguments.toy_config(self)
 
 
 class ClusterTask:
@@ -78,9 +71,8 @@ class ClusterTask:
     cluster to its own experts.
     """
 
+    @boundary(arguments.cluster_task)
     def __init__(self, config: ToyConfig, seed: int = 0) -> None:
-        if not isinstance(config, ToyConfig):
-            raise TypeError(f"ClusterTask needs a ToyConfig, got {type(config).__name__}")
         g = torch.Generator().manual_seed(seed)
         self.config = config
         direction = torch.randn(config.dim, generator=g)
@@ -89,23 +81,21 @@ class ClusterTask:
         self.centres = torch.randn(config.n_clusters, config.dim, generator=g)  # [n_clusters, dim]
         self.maps = torch.randn(config.n_clusters, config.dim, config.dim, generator=g) / math.sqrt(config.dim)
 
+    @boundary(arguments.sample)
     def sample(self, n_tokens: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of n_tokens: (x [n_tokens, dim], y [n_tokens, dim])."""
-        check_int("n_tokens", n_tokens)
-        if n_tokens < 1:
-            raise ValueError(f"n_tokens must be at least 1, got {n_tokens}")
+        """A batch of n_tokens: (x [n_tokens, dim], y [n_tokens, dim]). Raises TypeError / ValueError for an
+        n_tokens that is not an int >= 1."""
         cluster = torch.randint(0, self.config.n_clusters, (n_tokens,), generator=generator)  # [n_tokens]
         centred = self.centres[cluster] + self.config.noise * torch.randn(n_tokens, self.config.dim, generator=generator)
         y = torch.einsum("tij,tj->ti", self.maps[cluster], centred)  # [n_tokens, dim]
         return self.offset + centred, y
 
 
+@boundary(arguments.make_toy_moe)
 def make_toy_moe(config: ToyConfig, task: ClusterTask, seed: int = 0) -> DeepSeekMoE:
     """A DeepSeekMoE layer for the toy task, initialised from ``seed``, with a skewed router: the centroids of
-    experts 0..top_k-1 get ``config.skew`` times the task's shared direction, so every token scores them highest."""
-    if not isinstance(config, ToyConfig) or not isinstance(task, ClusterTask):
-        raise TypeError(f"make_toy_moe(config: ToyConfig, task: ClusterTask), got {type(config).__name__}, "
-                        f"{type(task).__name__}")
+    experts 0..top_k-1 get ``config.skew`` times the task's shared direction, so every token scores them highest.
+    Raises TypeError unless given a ToyConfig and a ClusterTask."""
     with torch.random.fork_rng(devices=[]):  # the notebook's global random state is left alone
         torch.manual_seed(seed)
         moe = DeepSeekMoE(config.dim, config.expert_dim, config.n_experts, 0, config.top_k)
@@ -145,6 +135,7 @@ class TrainHistory:
                 f"eval loss {self.eval_loss:.4f}, MaxVio_global {self.eval_max_vio:.3f})")
 
 
+@boundary(arguments.train_toy_moe)
 @one_cpu_thread()
 def train_toy_moe(
     mode: BalanceMode = "none",
@@ -162,16 +153,10 @@ def train_toy_moe(
     mode: "none"; "aux" adds ``balance.balance_loss(scores, top_k, alpha)`` to the task loss; "loss_free" calls
     ``moe.update_bias(gamma)`` after every optimizer step ([V3] 2.1.2). The seed fixes the task, the initial
     weights and the batches, so runs that differ only in mode, alpha or gamma see the same data.
-    Returns a ``TrainHistory``.
+    Returns a ``TrainHistory``. Raises ValueError for a mode not in ``balance.BALANCE_MODES``, TypeError /
+    ValueError for steps or n_eval_tokens that are not ints >= 1, alpha or gamma not finite numbers >= 0, and
+    TypeError for a config that is not a ToyConfig.
     """
-    if mode not in BALANCE_MODES:
-        raise ValueError(f"mode must be one of {BALANCE_MODES}, got {mode!r}")
-    check_int("steps", steps, 1)
-    check_number("alpha", alpha, 0)
-    check_number("gamma", gamma, 0)
-    check_int("n_eval_tokens", n_eval_tokens, 1)
-    if not isinstance(config, ToyConfig):
-        raise TypeError(f"config must be a ToyConfig, got {type(config).__name__}")
     device = torch.device(device)
     task = ClusterTask(config, seed)
     moe = make_toy_moe(config, task, seed).to(device)
@@ -201,18 +186,13 @@ def train_toy_moe(
                         balance.max_violation(eval_load), eval_load)
 
 
+@boundary(arguments.smooth)
 def smooth(values: torch.Tensor, window: int = 20) -> torch.Tensor:
     """Trailing moving average over ``window`` steps (shorter at the start), for plotting noisy per-step curves.
 
-    values: [steps] -> [steps]
+    values: [steps] -> [steps]. Raises TypeError / ValueError for values that are not a finite 1-D tensor or a
+    window that is not an int >= 1.
     """
-    check_int("window", window)
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(f"smooth expects a tensor [steps], got {values!r:.80}")
-    if values.dim() == 1 and values.is_floating_point() and not bool(torch.isfinite(values).all()):
-        raise ValueError("smooth got NaN or inf values: a running sum would spread them over the whole curve")
-    if values.dim() != 1 or window < 1:
-        raise ValueError(f"smooth expects a 1-D tensor and window >= 1, got shape {list(values.shape)}, {window}")
     sums = torch.cat([torch.zeros(1, dtype=values.dtype), values.cumsum(0)])
     ends = torch.arange(1, values.shape[0] + 1)
     starts = (ends - window).clamp_min(0)
@@ -220,21 +200,20 @@ def smooth(values: torch.Tensor, window: int = 20) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- simulation
+@boundary(arguments.expert_popularity)
 def expert_popularity(n_experts: int) -> torch.Tensor:
     """How much the skewed router favours each expert: evenly from +1 (expert 0) to -1 (the last). [n_experts]"""
-    check_int("n_experts", n_experts, 1)
     return torch.linspace(1.0, -1.0, n_experts)
 
 
+@boundary(arguments.skewed_scores)
 def skewed_scores(n_tokens: int, n_experts: int, skew: float, generator: torch.Generator) -> torch.Tensor:
     """Sigmoid affinities of a router that prefers low-numbered experts: sigmoid(z + skew * popularity_i),
     z ~ N(0, 1) independently per token and expert. skew = 0 is an unbiased random router.
 
-    -> [n_tokens, n_experts], each in (0, 1)
+    -> [n_tokens, n_experts], each in (0, 1). Raises TypeError / ValueError for sizes that are not ints >= 1 or
+    a skew that is not a finite number.
     """
-    check_int("n_tokens", n_tokens, 1)
-    check_int("n_experts", n_experts, 1)
-    check_number("skew", skew)
     z = torch.randn(n_tokens, n_experts, generator=generator)
     return torch.sigmoid(z + skew * expert_popularity(n_experts))
 
@@ -255,6 +234,7 @@ class SimulationHistory:
                 f"[{float(self.bias[-1].min()):.4f}, {float(self.bias[-1].max()):.4f}])")
 
 
+@boundary(arguments.simulate_bias_balancing)
 @one_cpu_thread()
 def simulate_bias_balancing(
     steps: int = 200,
@@ -270,15 +250,9 @@ def simulate_bias_balancing(
     load with ``balance.expert_load``, then move the bias with ``balance.update_bias(bias, load, gamma)``.
 
     Nothing is trained: the score distribution stays skewed, and the bias alone has to balance the load.
+    Raises TypeError / ValueError for sizes that are not ints >= 1, top_k > n_experts, and gamma or skew that
+    are not finite numbers (gamma >= 0).
     """
-    check_int("steps", steps, 1)
-    check_number("gamma", gamma, 0)
-    check_number("skew", skew)
-    check_int("n_tokens", n_tokens, 1)
-    check_int("n_experts", n_experts, 1)
-    check_int("top_k", top_k, 1)
-    if top_k > n_experts:
-        raise ValueError(f"top_k={top_k} exceeds n_experts={n_experts}")
     generator = torch.Generator().manual_seed(seed)
     bias = torch.zeros(n_experts)
     loads, biases = torch.zeros(steps, n_experts), torch.zeros(steps, n_experts)

@@ -1,3 +1,4 @@
 """Parallelism on torch.distributed (notebook 09): process groups and the launcher (``distributed``), expert
-parallelism (``expert_parallel``).
+parallelism (the package ``expert_parallel``: placement, traffic, layer, step, workers, cli), and the checks of
+their boundaries (``arguments``).
 """

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -31,10 +30,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from course_lib.core.validation import check_int
-
-BACKENDS = ("gloo", "nccl")
-
+from course_lib.core.validation import boundary
+from course_lib.parallel import arguments
 
 class DistributedRunError(RuntimeError):
     """Some ranks of a ``run_ranks`` launch failed or hung. ``errors``: rank -> the rank's traceback (text);
@@ -56,14 +53,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_backend(backend: str) -> None:
-    """Raise ValueError unless ``backend`` is 'gloo' or 'nccl' and usable here (nccl needs CUDA GPUs)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise ValueError("backend 'nccl' needs CUDA GPUs, and none is visible here: use backend='gloo' on the CPU")
-
-
 def _import_dynamo_first() -> None:
     """Import torch._dynamo before a process group exists, so that ``dist.destroy_process_group`` really ends it.
 
@@ -76,16 +65,13 @@ def _import_dynamo_first() -> None:
     import torch._dynamo  # noqa: F401  (for its side effect only)
 
 
+@boundary(arguments.init_process_group)
 def init_process_group(rank: int, world_size: int, port: int, backend: str = "gloo", timeout_s: float = 60.0,
                        address: str = "127.0.0.1") -> torch.device:
     """Join the default process group as ``rank`` of ``world_size`` (rendezvous at ``address:port``), with
     collectives that raise after ``timeout_s`` seconds instead of hanging. Returns this rank's device: cpu for
-    gloo, ``cuda:rank % n_gpus`` for nccl."""
-    check_backend(backend)
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    gloo, ``cuda:rank % n_gpus`` for nccl. Raises ValueError for an unknown or unusable backend, a rank outside
+    [0, world_size) or a timeout_s <= 0."""
     device = torch.device("cpu")
     if backend == "nccl":
         device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -96,14 +82,11 @@ def init_process_group(rank: int, world_size: int, port: int, backend: str = "gl
     return device
 
 
+@boundary(arguments.init_from_env)
 def init_from_env(backend: str = "gloo", timeout_s: float = 60.0) -> torch.device:
     """Join the default process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-    MASTER_PORT). Returns this rank's device (cpu for gloo, ``cuda:LOCAL_RANK`` for nccl)."""
-    check_backend(backend)
-    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
-        raise RuntimeError(f"{missing} not set: launch with torchrun, e.g. "
-                           f"`torchrun --nproc-per-node 4 -m course_lib.parallel.expert_parallel --backend {backend}`")
+    MASTER_PORT). Returns this rank's device (cpu for gloo, ``cuda:LOCAL_RANK`` for nccl). Raises ValueError for
+    an unknown or unusable backend, RuntimeError when torchrun's variables are not set."""
     device = torch.device("cpu")
     if backend == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -143,18 +126,6 @@ def _rank_main(rank: int, fn: Callable[..., Any], world_size: int, port: int, ba
     torch.save(outcome, Path(out_dir) / f"rank{rank}.pt")
 
 
-def _check_importable(fn: Callable[..., Any]) -> None:
-    """Raise ValueError unless a new process (forkserver or spawn) can find ``fn`` by its module and name."""
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", "")
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if "<" in qualname or module is None or (module == "__main__" and main_file is None):
-        raise ValueError(f"run_ranks starts new processes, which import fn by its module and name; "
-                         f"{getattr(fn, '__name__', fn)!r} (module {module!r}) cannot be found that way (a lambda, a "
-                         f"nested function, or a function defined in a notebook). Put it in a .py file at module level "
-                         f"and import it from there.")
-
-
 def _rank_context() -> Any:
     """The multiprocessing context of ``run_ranks``: 'forkserver' where the platform has it (Linux, macOS), with
     torch and torch._dynamo (see ``_import_dynamo_first``) preloaded; else 'spawn'. Each rank is then a fork of one
@@ -168,6 +139,7 @@ def _rank_context() -> Any:
     return context
 
 
+@boundary(arguments.run_ranks)
 def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend: str = "gloo",
               timeout_s: float = 30.0, deadline_s: float = 120.0) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` new local processes that form a process group, and
@@ -177,13 +149,10 @@ def run_ranks(fn: Callable[..., Any], world_size: int, args: tuple = (), backend
     processes are started by a server process that has torch imported (``_rank_context``). Each process uses one
     thread (torch.set_num_threads(1)). ``timeout_s`` is the process group's timeout (a collective
     waiting longer for a peer raises); ``deadline_s`` bounds the whole launch. Raises DistributedRunError when a
-    rank raised or was still running at the deadline (then it is killed): never hangs.
+    rank raised or was still running at the deadline (then it is killed): never hangs. Raises TypeError /
+    ValueError for a world_size that is not an int >= 1, timeouts <= 0, an unknown backend, or an fn that a new
+    process cannot import by name.
     """
-    check_int("world_size", world_size, 1)
-    if not (timeout_s > 0 and deadline_s > 0):
-        raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
-    check_backend(backend)
-    _check_importable(fn)
     context = _rank_context()
     with tempfile.TemporaryDirectory(prefix="course_ranks_") as out_dir:
         port = free_port()

@@ -47,13 +47,13 @@ from typing import Any, NamedTuple
 import torch
 
 from course_lib.moe import balance
+from course_lib.moe.balance import BALANCE_MODES
 from course_lib.training.data import CharTokenizer, Corpus, python_docs, synthetic_task
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.moe.layer import RoutingStateModule
 from course_lib.core.runtime import get_device, seed_everything
 from course_lib.core.validation import NonFiniteError, check_int, check_number
 
-BALANCE_MODES = ("none", "aux", "loss_free")
 DTYPES = ("float32", "bfloat16")  # TrainConfig.dtype: float32, or bfloat16 autocast
 CHECKPOINT_FORMAT = "course_lib.tiny_deepseek"
 CHECKPOINT_VERSION = 1
@@ -151,7 +151,8 @@ class StepRollback:
 
     The routing state (two [n_routed] vectors per MoE layer) is copied on entry; the weights and the optimizer
     state only in ``optimizer_step``, as nothing before it changes them. Used by ``train_step`` and by
-    ``expert_parallel.train_step`` (on each rank). Raises TypeError unless given a module and an optimizer.
+    ``expert_parallel.step.expert_parallel_step`` (on each rank). Raises TypeError unless given a module and an
+    optimizer.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
