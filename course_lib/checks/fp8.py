@@ -24,7 +24,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from course_lib.precision import fp8
-from course_lib.checks._core import call_learner, checker, describe_value, expect, format_numbers
+from course_lib.checks.comparison import describe_value, format_value
+from course_lib.checks.learner import call_learner, expect_inputs_unchanged
+from course_lib.checks.verdict import CheckFailed, checker, expect
 
 _MAX = 448.0
 
@@ -93,14 +95,6 @@ def _describe(value: Any) -> str:
     return describe_value(value)
 
 
-def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, what: str, function: str) -> None:
-    """Fail when the learner's function changed its input tensor in place."""
-    if not (after.shape == before.shape and torch.equal(after.detach().float(), before.float())):
-        raise AssertionError(f"Your {function} changed {what} in place (an in-place operation such as /=, mul_ or "
-                             f"x[...] = on the input, or on a view of it). The caller's tensor must stay as it was: "
-                             f"compute new tensors (tiles = tiles / s) instead.")
-
-
 def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
     """What is wrong with the learner's x_fp8 for x [tokens, channels], or None if it is an E4M3 tensor of x's shape."""
     T, C = x.shape
@@ -138,7 +132,7 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     global_scale = x.abs().max() / _MAX
     if got.numel() >= 1 and (close(global_scale) if got.shape == expected.shape
                              else torch.allclose(got, global_scale.expand_as(got), rtol=1e-5)):
-        return (f"every scale is {format_numbers(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
+        return (f"every scale is {format_value(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
                 f"per-tensor scaling, where one outlier sets the scale for everything. Take the max over each 1 x 128 "
                 f"tile: one scale per token and 128 channels, shape {shape}")
     if got.shape == (T, C // 128, 1):
@@ -159,16 +153,16 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     wrong = ~torch.isclose(got, expected, rtol=1e-5, atol=0) & live
     if wrong.any():
         row = int(wrong.nonzero()[0, 0])
-        return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
-                f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+        return (f"for token {row} your scales are {format_value(got[row])}, but they should be "
+                f"{format_value(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
     t, j = (int(i) for i in (~live).nonzero()[0])
     if not (got[t, j] > 0 and torch.isfinite(got[t, j])):
-        return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+        return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_value(float(got[t, j]))}: "
                 f"0 / 448 = 0 and the codes become 0 / 0 = NaN. Floor the max before dividing by 448, "
                 f"amax.clamp(min=1e-4) as DeepSeek's kernels do, so that an empty tile gets a positive scale")
-    return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+    return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_value(float(got[t, j]))}: "
             f"floor the max at 1e-4 (DeepSeek's kernels) or less, which gives at most "
-            f"{format_numbers(_FLOOR_SCALE)}, not more")
+            f"{format_value(_FLOOR_SCALE)}, not more")
 
 
 def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> None:
@@ -179,12 +173,12 @@ def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Te
     start = f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}] your dequantize_per_tile"
     back = back.detach().float()
     if torch.isnan(back).any():
-        raise AssertionError(f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite).")
+        raise CheckFailed(f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite).")
     if torch.equal(back, reference.data.float()):
-        raise AssertionError(f"{start} returned the FP8 values without the scales: multiply by them, "
+        raise CheckFailed(f"{start} returned the FP8 values without the scales: multiply by them, "
                              f"x ~ x_fp8.float() * s, each scale repeated over its 128 channels.")
     if C > 128 and torch.allclose(back, reference.data.float() * reference.scale.repeat(1, 128), rtol=1e-5):
-        raise AssertionError(f"{start} spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: "
+        raise CheckFailed(f"{start} spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: "
                              f"channel c needs the scale of tile c // 128, s0 128 times then s1 128 times, "
                              f"which is scales.repeat_interleave(128, dim=1).")
 
@@ -198,7 +192,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         given = x.clone()
         with _NonSaturatingCast():
             result = call_learner(quantize_fn, given, name="Your quantize_per_tile", label=label)
-        _expect_unchanged(x, given, "its input x", "quantize_per_tile")
+        expect_inputs_unchanged([x], [given], "quantize_per_tile", names=["x"])
         expect(isinstance(result, (tuple, list)) and len(result) == 2,
                f"quantize_per_tile{label} should return a pair (x_fp8, scales), but it returned "
                f"{_describe(result)}")
@@ -207,7 +201,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         expect(problem is None, f"For x of shape [{T}, {C}]: {problem}.")
         codes = x_fp8.float()
         if _scales_match(scales, x, reference.scale) and torch.isnan(codes).any():
-            raise AssertionError(
+            raise CheckFailed(
                 f"For x of shape [{T}, {C}] some of your FP8 values are NaN.\nLikely cause: no clamp to 448. "
                 f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value, and further "
                 f"with a scale that is not exactly max|x| / 448. torch 2.13's cast saturates; this checker converts "
@@ -215,13 +209,13 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                 f"saturation does beyond the format's range. Clamp x / s to [-448, 448] before "
                 f".to(torch.float8_e4m3fn).")
         if not _scales_match(scales, x, reference.scale):
-            raise AssertionError(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
+            raise CheckFailed(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
         scaled = x / reference.scale.repeat_interleave(128, 1)  # what x_fp8 rounds, in units of the scale
         bound = scaled.abs() / 16 + 2.0 ** -10 + 1e-6  # half an E4M3 step: 2^-4 relative, 2^-10 among subnormals
         wrong = ~((codes - scaled).abs() <= bound)
         if wrong.any():
             t, c = (int(i) for i in wrong.nonzero()[0])
-            raise AssertionError(
+            raise CheckFailed(
                 f"For x of shape [{T}, {C}], token {t}, channel {c}: x = {float(x[t, c]):.6g} and its tile's scale is "
                 f"{float(reference.scale[t, c // 128]):.6g}, so x_fp8 should be x / s = {float(scaled[t, c]):.6g} "
                 f"rounded to E4M3 ({float(reference.data[t, c].float()):.6g}), but yours is {float(codes[t, c]):.6g}. "
@@ -229,14 +223,14 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         given_codes, given_scales = reference.data.clone(), reference.scale.clone()
         back = call_learner(dequantize_fn, given_codes, given_scales,
                             name="Your dequantize_per_tile", label=f"(x_fp8 [{T}, {C}], scales [{T}, {C // 128}])")
-        _expect_unchanged(reference.data, given_codes, "its input x_fp8", "dequantize_per_tile")
-        _expect_unchanged(reference.scale, given_scales, "its input scales", "dequantize_per_tile")
+        expect_inputs_unchanged([reference.data, reference.scale], [given_codes, given_scales], "dequantize_per_tile",
+                                names=["x_fp8", "scales"])
         expected = reference.dequantize()
         _explain_dequantized(back, reference, expected)
         if isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point() and \
                 torch.allclose(back.float(), reference.data.float() / reference.scale.repeat_interleave(128, 1),
                                rtol=1e-5):
-            raise AssertionError(
+            raise CheckFailed(
                 f"For x_fp8 [{T}, {C}] your dequantize_per_tile divides by the scales: with s = max|x| / 448, the "
                 f"way back multiplies, x ~ x_fp8.float() * s (each scale repeated over its 128 channels).")
         expect(isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()

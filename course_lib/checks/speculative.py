@@ -26,7 +26,10 @@ from typing import Any
 import torch
 
 from course_lib.inference import speculative
-from course_lib.checks._core import CheckFailed, Mistake, call_learner, checker, expect, format_numbers
+from course_lib.checks.cases import Mistake
+from course_lib.checks.comparison import format_value
+from course_lib.checks.learner import call_learner
+from course_lib.checks.verdict import CheckFailed, checker, expect
 
 NAME = "verify_sampled"
 TV_ALLOWED = 0.05  # total variation allowed between an empirical token distribution and its target
@@ -61,8 +64,8 @@ class SampledCase:
         x = self.drafts[i]
         p_x = [float(self.p[i, j, x[j]]) for j in range(d)]
         q_x = [float(self.q[i, j, x[j]]) for j in range(d)]
-        return (f"row {i} of {self.label}: drafts {x.tolist()}, u {format_numbers(self.u[i])}, "
-                f"p_j(x) {format_numbers(torch.tensor(p_x))}, q_j(x) {format_numbers(torch.tensor(q_x))}")
+        return (f"row {i} of {self.label}: drafts {x.tolist()}, u {format_value(self.u[i])}, "
+                f"p_j(x) {format_value(torch.tensor(p_x))}, q_j(x) {format_value(torch.tensor(q_x))}")
 
 
 def _edge_case() -> SampledCase:
@@ -392,13 +395,13 @@ def check_verify_sampled(fn: Callable[..., Any]) -> str:
                          f"the {int(rows.sum()):,} rows that reject draft {j + 1} (m = {j})")
                 should = "p_d" if j == d else f"norm(max(0, p_{j} - q_{j}))"
                 first = _histogram(_first_emitted(case, m, token), V)
-                effect = (f"So the first token your step emits follows {format_numbers(first)} instead of p_0 = "
-                          f"{format_numbers(_padded_p0(case))}." if _tv(first, _padded_p0(case)) > TV_ALLOWED else
+                effect = (f"So the first token your step emits follows {format_value(first)} instead of p_0 = "
+                          f"{format_value(_padded_p0(case))}." if _tv(first, _padded_p0(case)) > TV_ALLOWED else
                           "(The first token your step emits does follow p_0; the one after it does not.)")
                 cause = NO_BONUS if j == d and all(bonus_missing) else _token_mistake(results, all_cases)
                 raise CheckFailed(
-                    f"On {case.label}, for {where}, your tokens are distributed as {format_numbers(seen)} (the last "
-                    f"entry: not a token in [0, {V})); they should follow {should} = {format_numbers(target)} (total "
+                    f"On {case.label}, for {where}, your tokens are distributed as {format_value(seen)} (the last "
+                    f"entry: not a token in [0, {V})); they should follow {should} = {format_value(target)} (total "
                     f"variation {tv:.3f}; the check allows {TV_ALLOWED}). {effect}\n"
                     + (f"Likely cause: {cause}" if cause else f"Hint: {TOKEN_HINT}"))
         worst = max(worst, _tv(_histogram(_first_emitted(case, m, token), V), _padded_p0(case)))

@@ -13,7 +13,9 @@ from collections.abc import Callable
 import torch
 
 from course_lib.training import train
-from course_lib.checks._core import CheckFailed, call_learner, checker, expect, format_numbers
+from course_lib.checks.comparison import format_value
+from course_lib.checks.learner import call_learner
+from course_lib.checks.verdict import CheckFailed, checker, expect
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 _CONFIG = ModelConfig(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4,
@@ -58,14 +60,14 @@ def _explain_bias(got: torch.Tensor, before: torch.Tensor, after_ref: torch.Tens
     """Name the mistake behind biases ``got`` [n_moe, n_experts] that differ from the reference ``after_ref``."""
     total = sum(loads)
     close = lambda a, b: torch.allclose(a, b, atol=1e-6)  # noqa: E731
-    seen = f"after step {step} your biases are {format_numbers(got[0])} (first MoE layer), expected {format_numbers(after_ref[0])}"
+    seen = f"after step {step} your biases are {format_value(got[0])} (first MoE layer), expected {format_value(after_ref[0])}"
     if previous_ref is not None and close(got, previous_ref) and not close(got, before):
         return (f"{seen}, which is what they should have been one step EARLIER. Your update runs before the "
                 f"forward pass, so it uses the previous step's load. Update the biases at the end of the step, after "
                 f"optimizer.step(), from the load this step counted.")
     if close(got, before):
         if counters.sum() > 0:
-            return (f"{seen}: they did not change, and moe.load still holds {format_numbers(counters[0])}. The update "
+            return (f"{seen}: they did not change, and moe.load still holds {format_value(counters[0])}. The update "
                     f"never ran, or ran before the forward pass while the count was still empty. Call "
                     f"moe.update_bias(gamma) for every layer in model.moe_layers(), after optimizer.step().")
         return (f"{seen}: they did not change and nothing was counted. The load is counted only by TRAINING forwards "
@@ -120,7 +122,7 @@ def check_train_step(fn: Callable[..., float]) -> str:
         if not torch.allclose(biases, ref_biases, atol=1e-6):
             raise CheckFailed(_explain_bias(biases, before, ref_biases, previous_ref, loads, counters, step))
         expect(float(counters.sum()) == 0,
-               f"After step {step} the biases are right, but moe.load still holds {format_numbers(counters[0])}. The "
+               f"After step {step} the biases are right, but moe.load still holds {format_value(counters[0])}. The "
                f"count must start from zero at every step: moe.update_bias(gamma) resets it (if you wrote the rule "
                f"by hand, zero moe.load after using it).")
         _expect_same_weights(learner, reference, weights_before, len(micro_batches), step)
