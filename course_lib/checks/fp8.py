@@ -24,6 +24,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from course_lib.precision import fp8
+from course_lib.checks.cases import Mistake
 from course_lib.checks.comparison import describe_value, format_value
 from course_lib.checks.learner import call_learner, expect_inputs_unchanged
 from course_lib.checks.verdict import CheckFailed, checker, expect
@@ -112,6 +113,18 @@ def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
     return None
 
 
+# Scales of the right shape computed the wrong way: Mistake(hint, fn(x, the right scales) -> that mistake's scales).
+_SCALE_MISTAKES = [
+    Mistake("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
+            "back, s = max|x| / 448, so that x ~ x_fp8 * s", lambda x, scales: 1 / scales),
+    Mistake("your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)",
+            lambda x, scales: scales * _MAX),
+    Mistake("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
+            "is negative gets too small a scale. Take x.abs() before the max",
+            lambda x, scales: x.view(x.shape[0], -1, 128).amax(dim=-1) / _MAX),
+]
+
+
 def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     """What is wrong with the learner's scales, for x [tokens, channels]; expected [tokens, channels / 128]."""
     T, C = x.shape
@@ -142,14 +155,9 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     if (torch.isnan(got) & live).any():
         return (f"your scales contain NaN (for instance at token {int((torch.isnan(got) & live).nonzero()[0, 0])}); "
                 f"they should be max |x| over each tile divided by 448, finite and > 0")
-    if close(1 / expected):
-        return ("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
-                "back, s = max|x| / 448, so that x ~ x_fp8 * s")
-    if close(expected * _MAX):
-        return "your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)"
-    if close(x.view(T, -1, 128).amax(dim=-1) / _MAX):
-        return ("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
-                "is negative gets too small a scale. Take x.abs() before the max")
+    for mistake in _SCALE_MISTAKES:
+        if close(mistake.fn(x, expected)):
+            return mistake.hint
     wrong = ~torch.isclose(got, expected, rtol=1e-5, atol=0) & live
     if wrong.any():
         row = int(wrong.nonzero()[0, 0])
