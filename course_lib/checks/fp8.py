@@ -173,22 +173,34 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
             f"{format_value(_FLOOR_SCALE)}, not more")
 
 
-def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> None:
-    """Name the likely mistake of a learner's dequantize_per_tile output (a float tensor of the right shape)."""
-    if not (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()):
-        return
+# Ways back from FP8 that are wrong: Mistake(hint, fn(x_fp8 as float32, scales) -> that mistake's x).
+_DEQUANTIZE_MISTAKES = [
+    Mistake("returned the FP8 values without the scales: multiply by them, x ~ x_fp8.float() * s, each scale "
+            "repeated over its 128 channels.", lambda codes, scales: codes),
+    Mistake("spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: channel c needs the scale of "
+            "tile c // 128, s0 128 times then s1 128 times, which is scales.repeat_interleave(128, dim=1).",
+            lambda codes, scales: codes * scales.repeat(1, 128)),
+    Mistake("divides by the scales: with s = max|x| / 448, the way back multiplies, x ~ x_fp8.float() * s (each "
+            "scale repeated over its 128 channels).", lambda codes, scales: codes / scales.repeat_interleave(128, 1)),
+]
+
+
+def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> str:
+    """What is wrong with a learner's dequantize_per_tile output ``back`` that differs from ``expected``
+    [tokens, channels]: its kind, NaN, or the mistake of the catalogue it matches."""
     T, C = expected.shape
     start = f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}] your dequantize_per_tile"
+    generic = (f"{start} returned {_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale "
+               f"repeated over its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
+    if not (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()):
+        return generic
     back = back.detach().float()
     if torch.isnan(back).any():
-        raise CheckFailed(f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite).")
-    if torch.equal(back, reference.data.float()):
-        raise CheckFailed(f"{start} returned the FP8 values without the scales: multiply by them, "
-                             f"x ~ x_fp8.float() * s, each scale repeated over its 128 channels.")
-    if C > 128 and torch.allclose(back, reference.data.float() * reference.scale.repeat(1, 128), rtol=1e-5):
-        raise CheckFailed(f"{start} spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: "
-                             f"channel c needs the scale of tile c // 128, s0 128 times then s1 128 times, "
-                             f"which is scales.repeat_interleave(128, dim=1).")
+        return f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite)."
+    for mistake in _DEQUANTIZE_MISTAKES:
+        if torch.allclose(back, mistake.fn(reference.data.float(), reference.scale), rtol=1e-5):
+            return f"{start} {mistake.hint}"
+    return generic
 
 
 @checker("quantize_per_tile")
@@ -234,18 +246,10 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         expect_inputs_unchanged([reference.data, reference.scale], [given_codes, given_scales], "dequantize_per_tile",
                                 names=["x_fp8", "scales"])
         expected = reference.dequantize()
-        _explain_dequantized(back, reference, expected)
-        if isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point() and \
-                torch.allclose(back.float(), reference.data.float() / reference.scale.repeat_interleave(128, 1),
-                               rtol=1e-5):
-            raise CheckFailed(
-                f"For x_fp8 [{T}, {C}] your dequantize_per_tile divides by the scales: with s = max|x| / 448, the "
-                f"way back multiplies, x ~ x_fp8.float() * s (each scale repeated over its 128 channels).")
-        expect(isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
-               and torch.allclose(back.float(), expected, rtol=1e-5, atol=0),
-               f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
-               f"{_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
-               f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
+        right = (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
+                 and torch.allclose(back.float(), expected, rtol=1e-5, atol=0))
+        if not right:
+            raise CheckFailed(_explain_dequantized(back, reference, expected))
     return (f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
             f"one with an all-zero tile")
 
