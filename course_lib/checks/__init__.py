@@ -8,9 +8,10 @@ otherwise; a notebook shows that message alone. Checkers return None; ``outcome(
 The framework: ``verdict`` (CheckFailed, ``@checker``, ``expect``, ``outcome``), ``learner`` (``call_learner``, the
 one wrapper around a call to the learner's code), ``comparison`` (``compare``, ``describe_value``), ``cases``
 (``Case``, ``Mistake``: every catalogue of mistakes is a list of them), ``gradients`` (``gradient_problem``) and
-``function`` (``check_function``). The checkers, one module per topic: ``headline`` (notebook 00), ``routing`` (01),
-``balance`` (02-03), ``mtp`` (04), ``training`` (05), ``attention`` (07), ``speculative`` (08), ``expert_parallel``
-(09), ``fp8`` (10).
+``function`` (``check_function``). The checkers, one module per topic: ``headline`` (notebook 00), ``routing`` (the
+top-k route, 01 and 03), ``balance`` (load, MaxVio, bias update, balance losses, 02-03), ``mtp`` (04),
+``training`` (05), ``attention`` (07), ``speculative`` (08; its inputs and catalogue in ``speculative_cases``),
+``expert_parallel`` (09), ``fp8`` (10).
 
 Names are imported on first use (module ``__getattr__``): importing notebook 01's checkers loads neither
 torch.distributed's expert parallelism, nor training, nor FP8.
