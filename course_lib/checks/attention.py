@@ -210,39 +210,64 @@ def _check_cache(got_cache: Any, case: MLACase) -> None:
         _, _, want_c, want_k = attn.project(case.h_full)
         problem = compare(c_kv, want_c, **_TOL, what="your cached c_kv")
         if problem:
-            raise CheckFailed(f"For the input {label}: {problem}.\n{_latent_hint(c_kv[:, L:], case)}")
+            cause = _cause(c_kv[:, L:], case, _LATENT_MISTAKES)
+            raise CheckFailed(f"For the input {label}: {problem}.\n" + (
+                f"Likely cause: {cause}" if cause else
+                "Hint: c_kv = kv_norm(w_dkv(h)), the RMSNorm over the d_c features of the latent alone."))
         problem = compare(k_rope, want_k, **_TOL, what="your cached k_rope")
         if problem:
-            cos, sin = attn.cos, attn.sin
-            raw_new = attn.w_kr(case.h)  # [B, T, d_h^R], before RoPE
-            if L and compare(k_rope[:, :L], apply_rope(case.past[1], cos, sin), **_TOL) is None:
-                hint = ("Likely cause: the cached keys were rotated a second time. The k^R in the cache are already "
-                        "rotated for their positions 0..L-1; rotate only the new tokens' keys (rows cos[L:], "
-                        "sin[L:] of the tables) and append them.")
-            elif L and compare(k_rope[:, L:], apply_rope(raw_new, cos, sin), **_TOL) is None:
-                hint = ("Likely cause: the new keys were rotated for positions 0..T-1. After a cache of L tokens they "
-                        "sit at positions L..L+T-1: k^R = apply_rope(w_kr(h), attn.cos[L:], attn.sin[L:]).")
-            elif compare(k_rope[:, L:], raw_new, **_TOL) is None:
-                hint = "Hint: k_rope is not rotated: k^R = RoPE(W^KR h) (apply_rope(w_kr(h), cos, sin))."
-            else:
-                hint = "Hint: k^R = RoPE(W^KR h), computed from h (not from the latent c^KV)."
+            cause = _cause(k_rope, case, _KEY_MISTAKES)
+            hint = (f"Likely cause: {cause}" if cause else
+                    "Hint: k^R = RoPE(W^KR h), computed from h (not from the latent c^KV).")
             raise CheckFailed(f"For the input {label}: {problem}.\n{hint}")
 
 
-def _latent_hint(c_kv_new: torch.Tensor, case: MLACase) -> str:
-    """Why the new tokens' cached latents c_kv_new [B, T, d_c] differ from kv_norm(w_dkv(h))."""
+def _fused_norm(case: MLACase, weighted: bool) -> torch.Tensor:
+    """The new tokens' latents [B, T, d_c] normalised over the fused [c^KV; k^R] (with or without kv_norm's weight)."""
     attn, h = case.attn, case.h
-    dc, norm = attn.kv_lora_rank, attn.kv_norm
-    raw = attn.w_dkv(h)  # [B, T, d_c]
-    fused = F.rms_norm(torch.cat([raw, attn.w_kr(h)], -1), (dc + attn.qk_rope_head_dim,), eps=norm.eps)[..., :dc]
-    if compare(c_kv_new, raw, **_TOL) is None:
-        return "Hint: the RMSNorm is missing: c^KV = kv_norm(w_dkv(h))."
-    if any(compare(c_kv_new, wrong, **_TOL) is None for wrong in (fused * norm.weight, fused)):
-        return ("Likely cause: the RMSNorm was taken over the fused [c^KV; k^R] (what Hugging Face's "
-                "kv_a_proj_with_mqa computes in one matrix). Only the d_c features of the latent are normalised: "
-                "split first, then c^KV = kv_norm(w_dkv(h)) (HF: kv_a_layernorm on the c^KV part alone); k^R is "
-                "rotated, never normalised ([V3] eqs. 1 and 3, 4.2).")
-    return "Hint: c_kv = kv_norm(w_dkv(h)), the RMSNorm over the d_c features of the latent alone."
+    dc = attn.kv_lora_rank
+    fused = F.rms_norm(torch.cat([attn.w_dkv(h), attn.w_kr(h)], -1), (dc + attn.qk_rope_head_dim,),
+                       eps=attn.kv_norm.eps)[..., :dc]
+    return fused * attn.kv_norm.weight if weighted else fused
+
+
+_FUSED_NORM = ("the RMSNorm was taken over the fused [c^KV; k^R] (what Hugging Face's kv_a_proj_with_mqa computes in "
+               "one matrix). Only the d_c features of the latent are normalised: split first, then c^KV = "
+               "kv_norm(w_dkv(h)) (HF: kv_a_layernorm on the c^KV part alone); k^R is rotated, never normalised "
+               "([V3] eqs. 1 and 3, 4.2).")
+# The cache's mistakes: Mistake(hint, fn(case) -> what that mistake caches): the new tokens' latents [B, T, d_c],
+# and the whole k_rope [B, L + T, d_h^R].
+_LATENT_MISTAKES = [
+    Mistake("the RMSNorm is missing: c^KV = kv_norm(w_dkv(h)).", lambda case: case.attn.w_dkv(case.h)),
+    Mistake(_FUSED_NORM, lambda case: _fused_norm(case, weighted=True)),
+    Mistake(_FUSED_NORM, lambda case: _fused_norm(case, weighted=False)),
+]
+_KEY_MISTAKES = [
+    Mistake("the cached keys were rotated a second time. The k^R in the cache are already rotated for their "
+            "positions 0..L-1; rotate only the new tokens' keys (rows cos[L:], sin[L:] of the tables) and append "
+            "them.", lambda case: torch.cat([apply_rope(case.past[1], case.attn.cos, case.attn.sin),
+                                             case.attn.project(case.h_full)[3][:, case.start:]], 1)),
+    Mistake("the new keys were rotated for positions 0..T-1. After a cache of L tokens they sit at positions "
+            "L..L+T-1: k^R = apply_rope(w_kr(h), attn.cos[L:], attn.sin[L:]).",
+            lambda case: torch.cat([case.past[1], apply_rope(case.attn.w_kr(case.h), case.attn.cos, case.attn.sin)],
+                                   1)),
+    Mistake("k_rope is not rotated: k^R = RoPE(W^KR h) (apply_rope(w_kr(h), cos, sin)).",
+            lambda case: torch.cat([case.past[1], case.attn.w_kr(case.h)], 1) if case.past is not None
+            else case.attn.w_kr(case.h)),
+]
+
+
+def _cause(got: Any, case: MLACase, mistakes: Sequence[Mistake]) -> str | None:
+    """The hint of the first mistake whose ``fn(case)`` equals ``got``, or None."""
+    with torch.no_grad():
+        for mistake in mistakes:
+            try:
+                wrong = mistake.fn(case)
+            except Exception:  # a mistake model may not apply to every input (no cache before position 0)
+                continue
+            if compare(got, wrong, **_TOL) is None:
+                return mistake.hint
+    return None
 
 
 def _rows(value: Any, shape: torch.Size) -> Any:
