@@ -4,7 +4,6 @@ raised."""
 
 from functools import partial
 
-import pytest
 import torch
 
 from checking import rejected_with

@@ -3,9 +3,7 @@ written the way a learner writes it, is rejected with its own hint."""
 
 from functools import partial
 
-import pytest
 import torch
-
 
 from checking import rejected_with, stub
 from course_lib.precision import fp8
