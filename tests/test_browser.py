@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.checks._core import PASS_MARK, TODO_MARK
+from course_lib.checks.verdict import PASS_MARK, TODO_MARK
 from course_lib.parallel.distributed import free_port
 from course_lib.machinery.make_notebooks import REPO_ROOT, dumps, learner_notebook, solution_paths
 

@@ -9,10 +9,10 @@ import torch
 
 import torch.nn.functional as F
 
+from checking import stub
 from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
-from course_lib.checks import check_attend_absorbed, check_mla_forward, outcome
-from course_lib.checks._core import CheckFailed
-from course_lib.checks.attention import _absorbed_mistakes, _Case, _output_mistakes
+from course_lib.checks import CheckFailed, check_attend_absorbed, check_mla_forward, outcome
+from course_lib.checks.attention import MLACase, absorbed_mistakes, output_mistakes
 
 
 def learner_mla(attn, h, past=None, *, scale_dh=False, scale_mha=False, cache_keys=False, per_head_rope_key=False,
@@ -86,10 +86,6 @@ def learner_absorbed(attn, q_nope, q_rope, c_kv, k_rope, *, default_scale=False,
     return o if no_w_uv else torch.einsum("bhtc,hvc->bhtv", o, w_uv)
 
 
-def stub(*args):
-    raise NotImplementedError
-
-
 def test_right_answers_pass_and_stubs_give_false(capsys):
     assert outcome(check_mla_forward, learner_mla) is True
     assert outcome(check_attend_absorbed, learner_absorbed) is True
@@ -117,7 +113,7 @@ def test_right_answers_pass_and_stubs_give_false(capsys):
     ("fused_norm", r"the RMSNorm was taken over the fused \[c\^KV; k\^R\]"),
 ])
 def test_mla_forward_mistakes_are_named(mistake, message):
-    with pytest.raises(AssertionError, match=message):
+    with pytest.raises(CheckFailed, match=message):
         check_mla_forward(lambda attn, h, past=None: learner_mla(attn, h, past, **{mistake: True}))
 
 
@@ -128,7 +124,7 @@ def test_mla_forward_mistakes_are_named(mistake, message):
     ("is_causal", "the causal mask is aligned to the top-left corner"),
 ])
 def test_attend_absorbed_mistakes_are_named(mistake, message):
-    with pytest.raises(AssertionError, match=message):
+    with pytest.raises(CheckFailed, match=message):
         check_attend_absorbed(lambda *args: learner_absorbed(*args, **{mistake: True}))
 
 
@@ -138,13 +134,13 @@ def test_a_function_without_the_cache_argument_is_explained():
 
 
 def test_a_crash_is_explained():
-    with pytest.raises(AssertionError, match="raised ZeroDivisionError"):
+    with pytest.raises(CheckFailed, match="raised ZeroDivisionError"):
         check_mla_forward(lambda attn, h: 1 / 0)
-    with pytest.raises(AssertionError, match="should return \\(u, \\(c_kv, k_rope\\)\\)"):
+    with pytest.raises(CheckFailed, match="should return \\(u, \\(c_kv, k_rope\\)\\)"):
         check_mla_forward(lambda attn, h: attn(h))
 
 
-# Wrong code of every kind: each must be explained (CheckFailed, an AssertionError), never crash the checker.
+# Wrong code of every kind: each must be explained (CheckFailed), never crash the checker.
 WRONG_MLA = {
     "raises": lambda attn, h: 1 / 0,
     "returns None": lambda attn, h: None,
@@ -221,9 +217,8 @@ def test_every_catalogue_entry_runs_for_any_sizes(sizes, shape):
     attn = MultiHeadLatentAttention(*sizes, max_seq_len=16)
     h = torch.randn(*shape, sizes[0])
     for past_len in (0, shape[1] // 2):
-        case = _Case(attn, h, past_len)
+        case = MLACase(attn, h, past_len)
         with torch.no_grad():
             inputs = (*attn.project(case.h, past_len)[:2], *attn.project(h)[2:])
-            for _, mistake in itertools.chain(_output_mistakes(case).values(),
-                                              _absorbed_mistakes(attn, inputs).values()):
-                assert mistake().isfinite().all()
+            for mistake in itertools.chain(output_mistakes(case), absorbed_mistakes(attn, inputs)):
+                assert mistake.fn().isfinite().all()

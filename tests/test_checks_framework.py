@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from course_lib.checks import outcome, Case, Mistake, call_learner, check_function, checker, expect
-from course_lib.checks._core import compare
+from course_lib.checks import CheckFailed, Case, Mistake, call_learner, check_function, checker, expect, outcome
+from course_lib.checks.comparison import compare
 
 
 def reference_double(x: torch.Tensor) -> torch.Tensor:
@@ -35,12 +35,12 @@ def test_stub_returns_false_with_friendly_line(capsys):
 
 
 def test_known_mistake_is_named():
-    with pytest.raises(AssertionError, match="you squared x"):
+    with pytest.raises(CheckFailed, match="you squared x"):
         check_double(lambda x: x ** 2)
 
 
 def test_unknown_mistake_shows_seen_and_expected():
-    with pytest.raises(AssertionError) as info:
+    with pytest.raises(CheckFailed) as info:
         check_double(lambda x: x + 1)
     message = str(info.value)
     assert "x = [1, 2, 3]" in message and "should be" in message and "Hint:" in message
@@ -50,14 +50,14 @@ def test_learner_exception_is_explained_not_raised():
     def buggy(x):
         return x @ torch.ones(5)
 
-    with pytest.raises(AssertionError, match="raised RuntimeError"):
+    with pytest.raises(CheckFailed, match="raised RuntimeError"):
         check_double(buggy)
 
 
 def test_wrong_type_and_shape_are_explained():
-    with pytest.raises(AssertionError, match="torch tensor"):
+    with pytest.raises(CheckFailed, match="torch tensor"):
         check_double(lambda x: (2 * x).tolist())
-    with pytest.raises(AssertionError, match="shape"):
+    with pytest.raises(CheckFailed, match="shape"):
         check_double(lambda x: (2 * x).reshape(-1, 1))
 
 
@@ -66,12 +66,12 @@ def test_in_place_edit_of_input_is_reported():
         x *= 2
         return x
 
-    with pytest.raises(AssertionError, match="in place"):
+    with pytest.raises(CheckFailed, match="in place"):
         check_double(in_place)
 
 
 def test_not_callable_is_explained():
-    with pytest.raises(AssertionError, match="should be a function"):
+    with pytest.raises(CheckFailed, match="should be a function"):
         check_double(torch.tensor([2.0]))
 
 
@@ -86,7 +86,7 @@ def test_checker_decorator_handles_stub_and_success(capsys):
 
     assert outcome(check_module, lambda x: 2 * x) is True
     assert outcome(check_module, stub) is False
-    with pytest.raises(AssertionError, match="expected 6, got 4"):
+    with pytest.raises(CheckFailed, match="expected 6, got 4"):
         check_module(lambda x: x + 1)
     assert "not implemented yet" in capsys.readouterr().out
 
@@ -115,7 +115,7 @@ def test_torch_not_implemented_for_a_dtype_is_a_bug_not_the_stub():
     def float_bincount(x):
         return torch.bincount(x / 2)  # torch: "bincount_cpu" not implemented for 'Float' (NotImplementedError)
 
-    with pytest.raises(AssertionError, match="not implemented for"):
+    with pytest.raises(CheckFailed, match="not implemented for"):
         check_function(float_bincount, name="f", reference=lambda x: torch.bincount(x // 2),
                        cases=[Case((torch.tensor([0, 2, 3]),))])
 
@@ -144,7 +144,6 @@ def test_a_wrong_answer_shows_the_message_alone_in_ipython(capsys):
 
 
 def test_outcome_gives_tests_a_boolean():
-    from course_lib.checks import CheckFailed
 
     def stub(x):
         raise NotImplementedError
@@ -173,7 +172,7 @@ def check_double_with_grad(fn) -> None:
     (lambda x: x * x.detach() / x.detach() * 2 + (x ** 2 - (x ** 2).detach()), "the factor 2 must reach"),
 ])
 def test_right_value_with_wrong_gradient_is_named(wrong, phrase):
-    with pytest.raises(AssertionError, match=phrase) as info:
+    with pytest.raises(CheckFailed, match=phrase) as info:
         check_double_with_grad(wrong)
     assert "gives the right value" in str(info.value)
 
@@ -181,3 +180,73 @@ def test_right_value_with_wrong_gradient_is_named(wrong, phrase):
 def test_gradient_checked_and_reported_on_success(capsys):
     check_double_with_grad(lambda x: x + x)
     assert "agrees with the reference, values and gradients, on all 2 cases" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ one wrapper around the learner's call
+def test_torch_not_implemented_while_the_gradient_is_computed_is_the_learners_error():
+    """The gradient path goes through the same wrapper as the value: torch's own NotImplementedError raised from
+    the learner's code is explained, not taken for the stub."""
+    def float_bincount_on_the_gradient_path(x):
+        if x.requires_grad:
+            torch.bincount(x / 2)  # torch: "bincount_cpu" not implemented for 'Float' (NotImplementedError)
+        return 2 * x
+
+    with pytest.raises(CheckFailed, match="raised NotImplementedError while its gradient was computed"):
+        check_double_with_grad(float_bincount_on_the_gradient_path)
+
+
+def test_a_stub_on_the_gradient_path_is_still_the_stub():
+    def stub_when_differentiated(x):
+        if x.requires_grad:
+            raise NotImplementedError
+        return 2 * x
+
+    assert outcome(check_double_with_grad, stub_when_differentiated) is False
+
+
+def test_crash_hints_name_the_cause_of_a_crash_in_the_value_and_in_the_gradient():
+    hints = {"cannot be multiplied": "x is a vector: no matrix product here."}
+
+    def check(fn):
+        return check_function(fn, name="double", reference=reference_double, cases=CASES, differentiable=(0,),
+                              crash_hints=hints)
+
+    with pytest.raises(CheckFailed, match="raised RuntimeError(.|\n)*Likely cause: x is a vector"):
+        check(lambda x: x.reshape(1, -1) @ torch.ones(5, 5))
+    with pytest.raises(CheckFailed, match="while its gradient was computed(.|\n)*Likely cause: x is a vector"):
+        check(lambda x: 2 * x if not x.requires_grad else x.reshape(1, -1) @ torch.ones(5, 5))
+    with pytest.raises(CheckFailed, match="raised ZeroDivisionError(.|\n)*Hint: run it by hand"):
+        check(lambda x: 1 / 0)
+
+
+def test_every_checker_fails_with_check_failed_only():
+    """No checker module raises a plain AssertionError: CheckFailed is the one way to fail."""
+    import pathlib
+
+    import course_lib.checks
+
+    for path in pathlib.Path(course_lib.checks.__file__).parent.glob("*.py"):
+        assert "raise AssertionError" not in path.read_text(), path.name
+
+
+# ------------------------------------------------------------------ what importing a notebook's checkers loads
+def test_importing_notebook_01s_checker_loads_no_parallel_training_or_fp8():
+    """Notebook 01 imports check_topk_route: the checkers of the other notebooks (expert parallelism on
+    torch.distributed, training, FP8, attention, ...) stay unimported until a notebook asks for them."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom course_lib.checks import check_topk_route\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('course_lib'))))")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                            env=env).stdout.split()
+    assert "course_lib.checks.routing" in loaded
+    for absent in ("course_lib.parallel", "course_lib.parallel.distributed", "course_lib.parallel.expert_parallel",
+                   "course_lib.training", "course_lib.training.train", "course_lib.precision",
+                   "course_lib.precision.fp8", "course_lib.checks.expert_parallel", "course_lib.checks.training",
+                   "course_lib.checks.fp8"):
+        assert absent not in loaded, (absent, loaded)

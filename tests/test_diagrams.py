@@ -9,7 +9,8 @@ import torch  # noqa: E402
 
 import pytest  # noqa: E402
 
-from course_lib.machinery.diagrams import bias_timeline_diagram, dispatch_diagram, log_axis, moe_layer_diagram  # noqa: E402
+from course_lib.machinery.diagrams import (bias_timeline_diagram, dispatch_diagram, log_axis, moe_layer_diagram,  # noqa: E402
+                                           mtp_designs_diagram)
 from course_lib.machinery.make_notebooks import read, solution_paths  # noqa: E402
 
 
@@ -37,6 +38,17 @@ def test_dispatch_diagram_follows_the_assignments():
 def test_bias_timeline_says_which_loads_the_bias_comes_from():
     fig = bias_timeline_diagram()
     assert "step t comes from the loads of step t - 1" in _texts(fig)
+    plt.close(fig)
+
+
+def test_mtp_designs_diagram_shows_both_designs():
+    """Notebook 04's figure: Meta's parallel heads on one trunk beside V3's chain of modules fed Emb(t_{i+k})."""
+    fig = mtp_designs_diagram()
+    text = " ".join(t.get_text() for ax in fig.axes for t in ax.texts) + " ".join(ax.get_title() for ax in fig.axes)
+    for part in ("shared trunk", "head 3", "main model", "MTP module 2", "Emb($t_{i+2}$)", "shared head", "[META]",
+                 "[V3]"):
+        assert part in text, part
+    assert [len(ax.patches) for ax in fig.axes] == [5, 9]  # the boxes: 2 + 3 heads; 2 + 2 x 2 modules + 3 heads
     plt.close(fig)
 
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from course_lib.checks._core import FAIL_MARK, PASS_MARK, TODO_MARK
+from course_lib.checks.verdict import FAIL_MARK, PASS_MARK, TODO_MARK
 from course_lib.machinery.make_notebooks import REPO_ROOT, read, solution_paths
 
 # Emoji blocks, and the symbols in older blocks that browsers draw as emoji (U+2705, U+274C, U+23F3, ...).

@@ -51,3 +51,15 @@ def test_format_table():
     assert text.splitlines() == ["name     loss   n", "a       1.235   3", "longer  0.000  12"]
     with pytest.raises(ValueError, match="row 0 has 1 cells"):
         format_table(["a", "b"], [["x"]])
+
+
+def test_significant_digits_for_numbers_of_any_size():
+    """What the exercise checkers print: significant digits, whatever the size (a scale of 2e-7 is not 0.0000)."""
+    assert format_number(1e-4 / 448, significant=4) == "2.232e-07"
+    assert format_number(1 / 30, significant=6) == "0.0333333"
+    assert format_number(-1e-20, significant=3) == "-1e-20" and format_number(-0.0, significant=3) == "0"
+    assert format_number(7, significant=2) == "7" and format_number(True, significant=2) == "True"
+    assert format_tensor(torch.tensor([0.54123, 0.5, 2e-7]), significant=4) == "[0.5412, 0.5, 2e-07]"
+    assert format_tensor(torch.tensor([[1, 2]]), significant=4) == "[[1, 2]]"
+    with pytest.raises(ValueError, match="significant must be a positive integer"):
+        format_number(1.0, significant=0)

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
-from course_lib.checks._core import call_learner, checker, clone_args, compare, describe_value
+from course_lib.checks.cases import Mistake
+from course_lib.checks.comparison import compare, describe_value
+from course_lib.checks.learner import call_learner, clone_args
+from course_lib.checks.verdict import CheckFailed, checker
 
 # (dim, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim), (batch, T).
 # The first two have d_h != d_h^R, d_c != d_v and dim / n_heads different from d_h and d_h + d_h^R (MHA's habit),
@@ -42,7 +45,7 @@ def _layer(sizes: Sequence[int], generator: torch.Generator) -> MultiHeadLatentA
     return attn
 
 
-class _Case:
+class MLACase:
     """One input: the layer, the new tokens h [B, T, dim] at positions L..L+T-1, the cache of the L tokens before
     them (None when L = 0, else (c_kv [B, L, d_c], k_rope [B, L, d_h^R]) as the layer computes it), the whole
     sequence h_full [B, L + T, dim] and its label."""
@@ -61,16 +64,16 @@ class _Case:
                       f"d_v={attn.v_head_dim}; {where})")
 
 
-def _cases() -> list[_Case]:
+def _cases() -> list[MLACase]:
     """The cases from position 0, then the ones that decode after a cache."""
     layers, cases = [], []
     for seed, (sizes, (batch, T)) in enumerate(_SIZES):
         generator = torch.Generator().manual_seed(100 + seed)
         layers.append(_layer(sizes, generator))
-        cases.append(_Case(layers[-1], torch.randn(batch, T, sizes[0], generator=generator), 0))
+        cases.append(MLACase(layers[-1], torch.randn(batch, T, sizes[0], generator=generator), 0))
     for index, batch, L, T in _DECODE:
         generator = torch.Generator().manual_seed(200 + index)
-        cases.append(_Case(layers[index], torch.randn(batch, L + T, layers[index].dim, generator=generator), L))
+        cases.append(MLACase(layers[index], torch.randn(batch, L + T, layers[index].dim, generator=generator), L))
     return cases
 
 
@@ -85,7 +88,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, 
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _variant(case: _Case, *, scale: float | None = None, rope_on_compressed=False, q_norm=True, kv_norm=True,
+def _variant(case: MLACase, *, scale: float | None = None, rope_on_compressed=False, q_norm=True, kv_norm=True,
              mask="causal", merge_transposed=True, query_rope_at_zero=False) -> torch.Tensor:
     """MLA's output u on a case with one deliberate change (the mistakes the checker recognises); safe for any
     sizes. The cached latents, if any, are the layer's own."""
@@ -112,84 +115,84 @@ def _variant(case: _Case, *, scale: float | None = None, rope_on_compressed=Fals
     return attn.w_o(o.reshape(B, T, H * dv))
 
 
-def _output_mistakes(case: _Case) -> dict[str, tuple[str, Callable[[], Any]]]:
-    """The forward's catalogue for a case: {name: (hint, u of the mistake, computed when called)}."""
+def output_mistakes(case: MLACase) -> list[Mistake]:
+    """The forward's catalogue for a case: Mistake(hint in the case's sizes, u of the mistake when called with no
+    argument), in the same order for every case (the entry that needs an even d_h last, absent otherwise)."""
     attn = case.attn
     dh, dr, dim, H = attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.dim, attn.n_heads
-    mistakes = {
-        "scale d_h": (
+    mistakes = [
+        Mistake(
             f"the softmax scale is 1/sqrt(d_h) = 1/sqrt({dh}). In MLA each query and key has d_h + d_h^R features "
             f"(the compressed part and the RoPE part), so [V3] eq. 10 divides by sqrt(d_h + d_h^R) = sqrt({dh + dr}).",
             lambda: _variant(case, scale=1 / math.sqrt(dh))),
-        "scale dim / n_heads": (
+        Mistake(
             f"the softmax scale is MHA's 1/sqrt(dim / n_heads) = 1/sqrt({dim / H:g}). In MLA the head size is not "
             f"dim / n_heads: each query and key has d_h + d_h^R features, so [V3] eq. 10 divides by "
             f"sqrt(d_h + d_h^R) = sqrt({dh + dr}).", lambda: _variant(case, scale=1 / math.sqrt(dim / H))),
-        "no q_norm": (
+        Mistake(
             "the q_norm is missing: c^Q = q_norm(w_dq(h)) (the released model normalises both latents, [V3] 4.2).",
             lambda: _variant(case, q_norm=False)),
-        "no norms": (
+        Mistake(
             "the RMSNorms on the latents are missing: c^Q = q_norm(w_dq(h)) and c^KV = kv_norm(w_dkv(h)) (the "
             "released model normalises both latents, [V3] 4.2).", lambda: _variant(case, q_norm=False, kv_norm=False)),
-        "no causal mask": (
+        Mistake(
             "there is no causal mask: position t may attend only to positions j <= t.",
             lambda: _variant(case, mask="none")),
-        "mask top-left": (
+        Mistake(
             "the causal mask is aligned to the top-left corner: with L cached tokens and T new ones, "
             "is_causal=True lets new token i see keys 0..i only (scaled_dot_product_attention aligns it that way "
             "when there are more keys than queries). Token i sits at position L + i and sees keys 0..L + i: "
             "attn_mask=torch.ones(T, L + T, dtype=torch.bool).tril(L).",
             lambda: _variant(case, mask="top-left")),
-        "query RoPE at position 0": (
+        Mistake(
             "the new queries were rotated for positions 0..T-1: after a cache of L tokens they sit at positions "
             "L..L+T-1, so q^R = RoPE(W^QR c^Q) takes the rows cos[L:], sin[L:] of the tables (as k^R of the new "
             "tokens does).", lambda: _variant(case, query_rope_at_zero=True)),
-        "heads merged without transpose": (
+        Mistake(
             "the heads were merged without moving the head axis back: o is [B, H, T, d_v], and "
             "o.transpose(1, 2).reshape(B, T, H * d_v) puts each token's heads side by side, while "
             "o.reshape(B, T, H * d_v) alone mixes positions and heads.", lambda: _variant(case, merge_transposed=False)),
-    }
+    ]
     if dh % 2 == 0:  # with RoPE tables of width d_h (with the layer's own, of width d_h^R, apply_rope raises)
-        mistakes["RoPE on q^C, k^C"] = (
+        mistakes.append(Mistake(
             "RoPE was applied to the compressed parts q^C and k^C as well. Position goes only into the decoupled parts "
             "q^R = RoPE(W^QR c^Q) and k^R = RoPE(W^KR h): a rotation between W^UQ and W^UK would stop W^UK from "
-            "being absorbed into the query at inference (section 3).", lambda: _variant(case, rope_on_compressed=True))
+            "being absorbed into the query at inference (section 3).", lambda: _variant(case, rope_on_compressed=True)))
     return mistakes
 
 
-def _named_cause(outputs: Sequence[Any], catalogues: Sequence[dict[str, tuple[str, Callable[[], Any]]]],
-                 shown: int) -> str | None:
+def _named_cause(outputs: Sequence[Any], catalogues: Sequence[list[Mistake]], shown: int) -> str | None:
     """The hint (in the sizes of case ``shown``) of the first mistake whose output equals the learner's on EVERY
     case, or None: one case alone may not tell mistakes apart, and a hint that explains one case and not the
     next would send the learner the wrong way."""
     with torch.no_grad():
-        for name in catalogues[0]:
-            if all(name in catalogue and compare(got, catalogue[name][1](), **_TOL) is None
+        for i in range(len(catalogues[0])):
+            if all(i < len(catalogue) and compare(got, catalogue[i].fn(), **_TOL) is None
                    for got, catalogue in zip(outputs, catalogues)):
-                return catalogues[shown][name][0]
+                return catalogues[shown][i].hint
     return None
 
 
-def _check_cache(got_cache: Any, case: _Case) -> None:
+def _check_cache(got_cache: Any, case: MLACase) -> None:
     """The returned cache against the layer's, for the L cached and the T new tokens."""
     attn, label, L = case.attn, case.label, case.start
     B, T, _ = case.h.shape
     H, dh, dr, dc = attn.n_heads, attn.qk_nope_head_dim, attn.qk_rope_head_dim, attn.kv_lora_rank
     if not isinstance(got_cache, (tuple, list)) or len(got_cache) != 2:
-        raise AssertionError(f"For the input {label}: the second item you return should be the cache, a tuple "
+        raise CheckFailed(f"For the input {label}: the second item you return should be the cache, a tuple "
                              f"(c_kv, k_rope), but it is {describe_value(got_cache)}.")
     c_kv, k_rope = got_cache
     for name, value in (("c_kv", c_kv), ("k_rope", k_rope)):
         if not isinstance(value, torch.Tensor):
-            raise AssertionError(f"For the input {label}: {name} should be a tensor, but it is {describe_value(value)}.")
+            raise CheckFailed(f"For the input {label}: {name} should be a tensor, but it is {describe_value(value)}.")
     if L and list(c_kv.shape) == [B, T, dc]:
-        raise AssertionError(
+        raise CheckFailed(
             f"For the input {label}: your cached c_kv has shape {list(c_kv.shape)}, the new tokens only, but the "
             f"cache you return holds every token so far, [B, L + T, d_c] = {[B, L + T, dc]}.\nHint: append the new "
             f"latents to the past ones, torch.cat([past_c_kv, c_kv], dim=1), and the same for k_rope.")
     if list(c_kv.shape) != [B, L + T, dc]:
         per_head = c_kv.dim() == 4 or c_kv.shape[-1] in (H * dh, dh, dh + dr, H * (dh + dr))
-        raise AssertionError(
+        raise CheckFailed(
             f"For the input {label}: your cached c_kv has shape {list(c_kv.shape)}, but MLA caches the latent "
             f"c^KV of shape [B, L + T, d_c] = {[B, L + T, dc]}.\n" + (
                 "Likely cause: a cache of keys instead of the latent. Caching the up-projected keys k^C = W^UK c^KV "
@@ -197,7 +200,7 @@ def _check_cache(got_cache: Any, case: _Case) -> None:
                 "recomputes or absorbs the rest ([V3] eq. 1)." if per_head else "Hint: c_kv = kv_norm(w_dkv(h))."))
     if list(k_rope.shape) != [B, L + T, dr]:
         per_head = k_rope.numel() == B * (L + T) * H * dr
-        raise AssertionError(
+        raise CheckFailed(
             f"For the input {label}: your cached k_rope has shape {list(k_rope.shape)}, but it should be "
             f"[B, L + T, d_h^R] = {[B, L + T, dr]}.\n" + (
                 "Likely cause: a per-head RoPE key. [V3] eq. 3 computes ONE k^R_t = RoPE(W^KR h_t), shared by every "
@@ -207,39 +210,64 @@ def _check_cache(got_cache: Any, case: _Case) -> None:
         _, _, want_c, want_k = attn.project(case.h_full)
         problem = compare(c_kv, want_c, **_TOL, what="your cached c_kv")
         if problem:
-            raise AssertionError(f"For the input {label}: {problem}.\n{_latent_hint(c_kv[:, L:], case)}")
+            cause = _cause(c_kv[:, L:], case, _LATENT_MISTAKES)
+            raise CheckFailed(f"For the input {label}: {problem}.\n" + (
+                f"Likely cause: {cause}" if cause else
+                "Hint: c_kv = kv_norm(w_dkv(h)), the RMSNorm over the d_c features of the latent alone."))
         problem = compare(k_rope, want_k, **_TOL, what="your cached k_rope")
         if problem:
-            cos, sin = attn.cos, attn.sin
-            raw_new = attn.w_kr(case.h)  # [B, T, d_h^R], before RoPE
-            if L and compare(k_rope[:, :L], apply_rope(case.past[1], cos, sin), **_TOL) is None:
-                hint = ("Likely cause: the cached keys were rotated a second time. The k^R in the cache are already "
-                        "rotated for their positions 0..L-1; rotate only the new tokens' keys (rows cos[L:], "
-                        "sin[L:] of the tables) and append them.")
-            elif L and compare(k_rope[:, L:], apply_rope(raw_new, cos, sin), **_TOL) is None:
-                hint = ("Likely cause: the new keys were rotated for positions 0..T-1. After a cache of L tokens they "
-                        "sit at positions L..L+T-1: k^R = apply_rope(w_kr(h), attn.cos[L:], attn.sin[L:]).")
-            elif compare(k_rope[:, L:], raw_new, **_TOL) is None:
-                hint = "Hint: k_rope is not rotated: k^R = RoPE(W^KR h) (apply_rope(w_kr(h), cos, sin))."
-            else:
-                hint = "Hint: k^R = RoPE(W^KR h), computed from h (not from the latent c^KV)."
-            raise AssertionError(f"For the input {label}: {problem}.\n{hint}")
+            cause = _cause(k_rope, case, _KEY_MISTAKES)
+            hint = (f"Likely cause: {cause}" if cause else
+                    "Hint: k^R = RoPE(W^KR h), computed from h (not from the latent c^KV).")
+            raise CheckFailed(f"For the input {label}: {problem}.\n{hint}")
 
 
-def _latent_hint(c_kv_new: torch.Tensor, case: _Case) -> str:
-    """Why the new tokens' cached latents c_kv_new [B, T, d_c] differ from kv_norm(w_dkv(h))."""
+def _fused_norm(case: MLACase, weighted: bool) -> torch.Tensor:
+    """The new tokens' latents [B, T, d_c] normalised over the fused [c^KV; k^R] (with or without kv_norm's weight)."""
     attn, h = case.attn, case.h
-    dc, norm = attn.kv_lora_rank, attn.kv_norm
-    raw = attn.w_dkv(h)  # [B, T, d_c]
-    fused = F.rms_norm(torch.cat([raw, attn.w_kr(h)], -1), (dc + attn.qk_rope_head_dim,), eps=norm.eps)[..., :dc]
-    if compare(c_kv_new, raw, **_TOL) is None:
-        return "Hint: the RMSNorm is missing: c^KV = kv_norm(w_dkv(h))."
-    if any(compare(c_kv_new, wrong, **_TOL) is None for wrong in (fused * norm.weight, fused)):
-        return ("Likely cause: the RMSNorm was taken over the fused [c^KV; k^R] (what Hugging Face's "
-                "kv_a_proj_with_mqa computes in one matrix). Only the d_c features of the latent are normalised: "
-                "split first, then c^KV = kv_norm(w_dkv(h)) (HF: kv_a_layernorm on the c^KV part alone); k^R is "
-                "rotated, never normalised ([V3] eqs. 1 and 3, 4.2).")
-    return "Hint: c_kv = kv_norm(w_dkv(h)), the RMSNorm over the d_c features of the latent alone."
+    dc = attn.kv_lora_rank
+    fused = F.rms_norm(torch.cat([attn.w_dkv(h), attn.w_kr(h)], -1), (dc + attn.qk_rope_head_dim,),
+                       eps=attn.kv_norm.eps)[..., :dc]
+    return fused * attn.kv_norm.weight if weighted else fused
+
+
+_FUSED_NORM = ("the RMSNorm was taken over the fused [c^KV; k^R] (what Hugging Face's kv_a_proj_with_mqa computes in "
+               "one matrix). Only the d_c features of the latent are normalised: split first, then c^KV = "
+               "kv_norm(w_dkv(h)) (HF: kv_a_layernorm on the c^KV part alone); k^R is rotated, never normalised "
+               "([V3] eqs. 1 and 3, 4.2).")
+# The cache's mistakes: Mistake(hint, fn(case) -> what that mistake caches): the new tokens' latents [B, T, d_c],
+# and the whole k_rope [B, L + T, d_h^R].
+_LATENT_MISTAKES = [
+    Mistake("the RMSNorm is missing: c^KV = kv_norm(w_dkv(h)).", lambda case: case.attn.w_dkv(case.h)),
+    Mistake(_FUSED_NORM, lambda case: _fused_norm(case, weighted=True)),
+    Mistake(_FUSED_NORM, lambda case: _fused_norm(case, weighted=False)),
+]
+_KEY_MISTAKES = [
+    Mistake("the cached keys were rotated a second time. The k^R in the cache are already rotated for their "
+            "positions 0..L-1; rotate only the new tokens' keys (rows cos[L:], sin[L:] of the tables) and append "
+            "them.", lambda case: torch.cat([apply_rope(case.past[1], case.attn.cos, case.attn.sin),
+                                             case.attn.project(case.h_full)[3][:, case.start:]], 1)),
+    Mistake("the new keys were rotated for positions 0..T-1. After a cache of L tokens they sit at positions "
+            "L..L+T-1: k^R = apply_rope(w_kr(h), attn.cos[L:], attn.sin[L:]).",
+            lambda case: torch.cat([case.past[1], apply_rope(case.attn.w_kr(case.h), case.attn.cos, case.attn.sin)],
+                                   1)),
+    Mistake("k_rope is not rotated: k^R = RoPE(W^KR h) (apply_rope(w_kr(h), cos, sin)).",
+            lambda case: torch.cat([case.past[1], case.attn.w_kr(case.h)], 1) if case.past is not None
+            else case.attn.w_kr(case.h)),
+]
+
+
+def _cause(got: Any, case: MLACase, mistakes: Sequence[Mistake]) -> str | None:
+    """The hint of the first mistake whose ``fn(case)`` equals ``got``, or None."""
+    with torch.no_grad():
+        for mistake in mistakes:
+            try:
+                wrong = mistake.fn(case)
+            except Exception:  # a mistake model may not apply to every input (no cache before position 0)
+                continue
+            if compare(got, wrong, **_TOL) is None:
+                return mistake.hint
+    return None
 
 
 def _rows(value: Any, shape: torch.Size) -> Any:
@@ -249,20 +277,10 @@ def _rows(value: Any, shape: torch.Size) -> Any:
     return value
 
 
-_RoPE_CRASH = ("apply_rope expected", "RoPE goes only on the decoupled parts, of size d_h^R: q^R = RoPE(W^QR c^Q) "
-                                      "and k^R = RoPE(W^KR h). The compressed latent and q^C, k^C carry no position.")
-
-
-def _call(fn: Callable[..., Any], *args: Any, name: str, label: str) -> Any:
-    try:
-        return call_learner(fn, *args, name=name, label=label)
-    except AssertionError as error:
-        if _RoPE_CRASH[0] in str(error):
-            raise AssertionError(f"{error}\nLikely cause: {_RoPE_CRASH[1]}") from None
-        if "raised TypeError" in str(error) and "positional argument" in str(error) and len(args) == 3:
-            raise AssertionError(f"{error}\nLikely cause: the function takes no cache. After a cache of L tokens the "
-                                 f"checker calls mla_forward(attn, h, past): give it the parameter past=None.") from None
-        raise
+_ROPE_CRASH = {"apply_rope expected": "RoPE goes only on the decoupled parts, of size d_h^R: q^R = RoPE(W^QR c^Q) "
+                                     "and k^R = RoPE(W^KR h). The compressed latent and q^C, k^C carry no position."}
+_NO_PAST_CRASH = {"positional argument": "the function takes no cache. After a cache of L tokens the checker calls "
+                                         "mla_forward(attn, h, past): give it the parameter past=None."}
 
 
 def check_mla_forward(fn: Callable[..., Any]) -> None:
@@ -277,9 +295,11 @@ def check_mla_forward(fn: Callable[..., Any]) -> None:
         outputs, first_problem = [], None
         for case in cases:
             args = (case.attn, case.h) if case.past is None else (case.attn, case.h, case.past)
-            got = _call(fn, *clone_args(args), name="Your mla_forward", label=case.label)
+            crash_hints = _ROPE_CRASH if case.past is None else {**_ROPE_CRASH, **_NO_PAST_CRASH}
+            got = call_learner(fn, *clone_args(args), name="Your mla_forward", label=case.label,
+                               crash_hints=crash_hints)
             if not isinstance(got, (tuple, list)) or len(got) != 2:
-                raise AssertionError(f"For the input {case.label}: mla_forward should return (u, (c_kv, k_rope)), "
+                raise CheckFailed(f"For the input {case.label}: mla_forward should return (u, (c_kv, k_rope)), "
                                      f"but it returned {describe_value(got)}.")
             _check_cache(got[1], case)
             with torch.no_grad():
@@ -292,10 +312,10 @@ def check_mla_forward(fn: Callable[..., Any]) -> None:
         if first_problem is None:
             return (f"it agrees with MultiHeadLatentAttention on all {len(cases)} cases (from position 0 and after "
                     f"a cache), output and cache")
-        cause = _named_cause(outputs, [_output_mistakes(case) for case in cases], first_problem[0])
+        cause = _named_cause(outputs, [output_mistakes(case) for case in cases], first_problem[0])
         if cause is not None:
-            raise AssertionError(f"{first_problem[1]}\nLikely cause: {cause}")
-        raise AssertionError(f"{first_problem[1]}\nHint: go through eqs. 1-11 one by one and check each shape: q "
+            raise CheckFailed(f"{first_problem[1]}\nLikely cause: {cause}")
+        raise CheckFailed(f"{first_problem[1]}\nHint: go through eqs. 1-11 one by one and check each shape: q "
                              f"and k of head i are [q^C_i; q^R_i] and [k^C_i; k^R], the value v^C_i; the heads are "
                              f"split with view(B, T, H, d).transpose(1, 2) and merged back with transpose(1, 2); "
                              f"after a cache of L tokens, the new ones sit at positions L..L+T-1.")
@@ -317,30 +337,30 @@ def _absorbed_variant(attn: MultiHeadLatentAttention, q_nope: torch.Tensor, q_ro
     return torch.einsum("bhtc,hvc->bhtv", o_latent, attn.w_uv.weight.view(H, attn.v_head_dim, attn.kv_lora_rank))
 
 
-def _absorbed_mistakes(attn: MultiHeadLatentAttention, inputs: tuple[torch.Tensor, ...]
-                       ) -> dict[str, tuple[str, Callable[[], Any]]]:
-    """The absorbed form's catalogue for these sizes: {name: (hint, o of the mistake, computed when called)}."""
+def absorbed_mistakes(attn: MultiHeadLatentAttention, inputs: tuple[torch.Tensor, ...]
+                       ) -> list[Mistake]:
+    """The absorbed form's catalogue for these sizes: Mistake(hint, o of the mistake when called with no argument)."""
     dc, dr, dv = attn.kv_lora_rank, attn.qk_rope_head_dim, attn.v_head_dim
-    return {
-        "default scale": (
+    return [
+        Mistake(
             f"the scale is 1/sqrt(d_c + d_h^R) = 1/sqrt({dc + dr}), the default of scaled_dot_product_attention for "
             f"the absorbed query's width. The scores are the same dot products as in the naive form, so the scale "
             f"stays 1/sqrt(d_h + d_h^R): pass scale=attn.scale.",
             lambda: _absorbed_variant(attn, *inputs, scale=1 / math.sqrt(dc + dr))),
-        "no W^UV": (
+        Mistake(
             f"W^UV is missing. Attention on the latents gives sum_j a_j c^KV_j (d_c = {dc} features per head); head "
             f"i's output is W^UV_i times that ({dv} features).",
             lambda: _absorbed_variant(attn, *inputs, scale=attn.scale, w_uv=False)),
-        "no causal mask": (
+        Mistake(
             "there is no causal mask: position t may attend only to positions j <= t.",
             lambda: _absorbed_variant(attn, *inputs, scale=attn.scale, mask="none")),
-        "mask top-left": (
+        Mistake(
             "the causal mask is aligned to the top-left corner: with L cached latents and T new queries, "
             "is_causal=True lets query i see positions 0..i only (scaled_dot_product_attention aligns it that way "
             "when there are more keys than queries). Query i sits at position L - T + i and sees positions "
             "0..L - T + i: attn_mask=torch.ones(T, L, dtype=torch.bool).tril(L - T).",
             lambda: _absorbed_variant(attn, *inputs, scale=attn.scale, mask="top-left")),
-    }
+    ]
 
 
 def check_attend_absorbed(fn: Callable[..., Any]) -> None:
@@ -358,20 +378,21 @@ def check_attend_absorbed(fn: Callable[..., Any]) -> None:
                 q_nope, q_rope = attn.project(case.h, case.start)[:2]
                 inputs = (q_nope, q_rope, *attn.project(case.h_full)[2:])
                 expected = attn.attend_naive(*inputs, case.start)
-            got = _call(fn, *clone_args((attn, *inputs)), name="Your attend_absorbed", label=case.label)
+            got = call_learner(fn, *clone_args((attn, *inputs)), name="Your attend_absorbed", label=case.label,
+                               crash_hints=_ROPE_CRASH)
             with torch.no_grad():
                 problem = compare(_rows(got, expected.shape), _rows(expected, expected.shape), **_TOL,
                                   what="your o (rows: batch, head, position, flattened)")
             if problem and first_problem is None:
                 first_problem = (len(outputs), f"For the input {case.label}: {problem}.")
             outputs.append(got)
-            catalogues.append(_absorbed_mistakes(attn, inputs))
+            catalogues.append(absorbed_mistakes(attn, inputs))
         if first_problem is None:
             return f"it equals the naive form on all {len(cases)} cases (from position 0 and after a cache)"
         cause = _named_cause(outputs, catalogues, first_problem[0])
         if cause is not None:
-            raise AssertionError(f"{first_problem[1]}\nLikely cause: {cause}")
-        raise AssertionError(f"{first_problem[1]}\nHint: q_latent[b, i, t] = (W^UK_i)^T q^C_{{t,i}} with W^UK_i = "
+            raise CheckFailed(f"{first_problem[1]}\nLikely cause: {cause}")
+        raise CheckFailed(f"{first_problem[1]}\nHint: q_latent[b, i, t] = (W^UK_i)^T q^C_{{t,i}} with W^UK_i = "
                              f"attn.w_uk.weight.view(H, d_h, d_c)[i]; the keys are [c^KV; k^R], the values c^KV; "
                              f"then apply W^UV_i = attn.w_uv.weight.view(H, d_v, d_c)[i].")
 

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 
 from course_lib.parallel.expert_parallel import placement, traffic
-from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, checker, clone_args, describe_value,
-                                     expect_inputs_unchanged)
+from course_lib.checks.cases import Case, Mistake
+from course_lib.checks.comparison import describe_value
+from course_lib.checks.learner import call_learner, clone_args, expect_inputs_unchanged
+from course_lib.checks.verdict import CheckFailed, checker
 
 
 # --------------------------------------------------------------------------------------------- reading a plan
@@ -151,7 +153,7 @@ def _forward_counts(indices, n_experts, world_size, ranks_per_node, rank):
     return _plan_from(token, node, local, node != rank // ranks_per_node, ranks_per_node, dedup_ranks=False)
 
 
-_MISTAKES = [
+MISTAKES = [
     Mistake("you sent one row per (token, expert) PAIR: a token with two experts on one node crossed InfiniBand "
             "twice. V3 sends a token to each node ONCE, however many of its experts live there, and the node "
             "forwards it to its GPUs over NVLink ([V3] 3.2.2): keep each (token, node) pair once (e.g. a bool "
@@ -214,7 +216,7 @@ def _cause(got: Any, case: Case) -> str | None:
     if isinstance(plan, str):
         return None
     rows_wrong = not torch.equal(plan[0], right[0])
-    for mistake in _MISTAKES:
+    for mistake in MISTAKES:
         try:
             wrong = _as_plan(mistake.fn(*clone_args(case.args)))
         except Exception:  # a mistake model may not apply to every input
@@ -245,7 +247,7 @@ def check_dispatch_plan(fn: Callable[[torch.Tensor, int, int, int, int], Any]) -
         for case in cases:
             learner_args = clone_args(case.args)
             got = call_learner(fn, *learner_args, name="Your dispatch_plan", label=case.describe())
-            expect_inputs_unchanged(case, learner_args, {}, "dispatch_plan")
+            expect_inputs_unchanged(case.args, learner_args, "dispatch_plan")
             indices, n_experts, world_size, per_node, rank = case.args
             n_nodes, own = world_size // per_node, rank // per_node
             node_rows = traffic.traffic(indices, torch.full((len(indices),), rank), n_experts, world_size,

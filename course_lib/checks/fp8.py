@@ -24,7 +24,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from course_lib.precision import fp8
-from course_lib.checks._core import call_learner, checker, describe_value, expect, format_numbers
+from course_lib.checks.cases import Mistake
+from course_lib.checks.comparison import describe_value, format_value
+from course_lib.checks.learner import call_learner, expect_inputs_unchanged
+from course_lib.checks.verdict import CheckFailed, checker, expect
 
 _MAX = 448.0
 
@@ -93,14 +96,6 @@ def _describe(value: Any) -> str:
     return describe_value(value)
 
 
-def _expect_unchanged(before: torch.Tensor, after: torch.Tensor, what: str, function: str) -> None:
-    """Fail when the learner's function changed its input tensor in place."""
-    if not (after.shape == before.shape and torch.equal(after.detach().float(), before.float())):
-        raise AssertionError(f"Your {function} changed {what} in place (an in-place operation such as /=, mul_ or "
-                             f"x[...] = on the input, or on a view of it). The caller's tensor must stay as it was: "
-                             f"compute new tensors (tiles = tiles / s) instead.")
-
-
 def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
     """What is wrong with the learner's x_fp8 for x [tokens, channels], or None if it is an E4M3 tensor of x's shape."""
     T, C = x.shape
@@ -116,6 +111,18 @@ def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
         return (f"x_fp8 has dtype {str(x_fp8.dtype).replace('torch.', '')}, but it should be float8_e4m3fn (E4M3, "
                 f"the format V3 uses for every tensor): convert with .to(torch.float8_e4m3fn)")
     return None
+
+
+# Scales of the right shape computed the wrong way: Mistake(hint, fn(x, the right scales) -> that mistake's scales).
+_SCALE_MISTAKES = [
+    Mistake("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
+            "back, s = max|x| / 448, so that x ~ x_fp8 * s", lambda x, scales: 1 / scales),
+    Mistake("your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)",
+            lambda x, scales: scales * _MAX),
+    Mistake("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
+            "is negative gets too small a scale. Take x.abs() before the max",
+            lambda x, scales: x.view(x.shape[0], -1, 128).amax(dim=-1) / _MAX),
+]
 
 
 def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
@@ -138,7 +145,7 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     global_scale = x.abs().max() / _MAX
     if got.numel() >= 1 and (close(global_scale) if got.shape == expected.shape
                              else torch.allclose(got, global_scale.expand_as(got), rtol=1e-5)):
-        return (f"every scale is {format_numbers(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
+        return (f"every scale is {format_value(float(global_scale))} = max|x| / 448 over the WHOLE tensor: that is "
                 f"per-tensor scaling, where one outlier sets the scale for everything. Take the max over each 1 x 128 "
                 f"tile: one scale per token and 128 channels, shape {shape}")
     if got.shape == (T, C // 128, 1):
@@ -148,45 +155,52 @@ def _explain_scales(got: Any, x: torch.Tensor, expected: torch.Tensor) -> str:
     if (torch.isnan(got) & live).any():
         return (f"your scales contain NaN (for instance at token {int((torch.isnan(got) & live).nonzero()[0, 0])}); "
                 f"they should be max |x| over each tile divided by 448, finite and > 0")
-    if close(1 / expected):
-        return ("your scales are 448 / max|x|, the factor that goes INTO FP8; return the one that brings the values "
-                "back, s = max|x| / 448, so that x ~ x_fp8 * s")
-    if close(expected * _MAX):
-        return "your scales are max|x| per tile, without the division by 448 (the largest E4M3 value)"
-    if close(x.view(T, -1, 128).amax(dim=-1) / _MAX):
-        return ("your scales come from the largest x of each tile, not the largest |x|: a tile whose biggest value "
-                "is negative gets too small a scale. Take x.abs() before the max")
+    for mistake in _SCALE_MISTAKES:
+        if close(mistake.fn(x, expected)):
+            return mistake.hint
     wrong = ~torch.isclose(got, expected, rtol=1e-5, atol=0) & live
     if wrong.any():
         row = int(wrong.nonzero()[0, 0])
-        return (f"for token {row} your scales are {format_numbers(got[row])}, but they should be "
-                f"{format_numbers(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
+        return (f"for token {row} your scales are {format_value(got[row])}, but they should be "
+                f"{format_value(expected[row])} (max |x| over each tile of 128 channels, divided by 448)")
     t, j = (int(i) for i in (~live).nonzero()[0])
     if not (got[t, j] > 0 and torch.isfinite(got[t, j])):
-        return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+        return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_value(float(got[t, j]))}: "
                 f"0 / 448 = 0 and the codes become 0 / 0 = NaN. Floor the max before dividing by 448, "
                 f"amax.clamp(min=1e-4) as DeepSeek's kernels do, so that an empty tile gets a positive scale")
-    return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_numbers(float(got[t, j]))}: "
+    return (f"token {t}'s tile {j} holds only zeros, and your scale for it is {format_value(float(got[t, j]))}: "
             f"floor the max at 1e-4 (DeepSeek's kernels) or less, which gives at most "
-            f"{format_numbers(_FLOOR_SCALE)}, not more")
+            f"{format_value(_FLOOR_SCALE)}, not more")
 
 
-def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> None:
-    """Name the likely mistake of a learner's dequantize_per_tile output (a float tensor of the right shape)."""
-    if not (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()):
-        return
+# Ways back from FP8 that are wrong: Mistake(hint, fn(x_fp8 as float32, scales) -> that mistake's x).
+_DEQUANTIZE_MISTAKES = [
+    Mistake("returned the FP8 values without the scales: multiply by them, x ~ x_fp8.float() * s, each scale "
+            "repeated over its 128 channels.", lambda codes, scales: codes),
+    Mistake("spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: channel c needs the scale of "
+            "tile c // 128, s0 128 times then s1 128 times, which is scales.repeat_interleave(128, dim=1).",
+            lambda codes, scales: codes * scales.repeat(1, 128)),
+    Mistake("divides by the scales: with s = max|x| / 448, the way back multiplies, x ~ x_fp8.float() * s (each "
+            "scale repeated over its 128 channels).", lambda codes, scales: codes / scales.repeat_interleave(128, 1)),
+]
+
+
+def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> str:
+    """What is wrong with a learner's dequantize_per_tile output ``back`` that differs from ``expected``
+    [tokens, channels]: its kind, NaN, or the mistake of the catalogue it matches."""
     T, C = expected.shape
     start = f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}] your dequantize_per_tile"
+    generic = (f"{start} returned {_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale "
+               f"repeated over its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
+    if not (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()):
+        return generic
     back = back.detach().float()
     if torch.isnan(back).any():
-        raise AssertionError(f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite).")
-    if torch.equal(back, reference.data.float()):
-        raise AssertionError(f"{start} returned the FP8 values without the scales: multiply by them, "
-                             f"x ~ x_fp8.float() * s, each scale repeated over its 128 channels.")
-    if C > 128 and torch.allclose(back, reference.data.float() * reference.scale.repeat(1, 128), rtol=1e-5):
-        raise AssertionError(f"{start} spreads the scales with .repeat(1, 128), which gives s0, s1, s0, s1, ...: "
-                             f"channel c needs the scale of tile c // 128, s0 128 times then s1 128 times, "
-                             f"which is scales.repeat_interleave(128, dim=1).")
+        return f"{start} returned NaN values; x_fp8.float() * s has none (the scales are finite)."
+    for mistake in _DEQUANTIZE_MISTAKES:
+        if torch.allclose(back, mistake.fn(reference.data.float(), reference.scale), rtol=1e-5):
+            return f"{start} {mistake.hint}"
+    return generic
 
 
 @checker("quantize_per_tile")
@@ -198,7 +212,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         given = x.clone()
         with _NonSaturatingCast():
             result = call_learner(quantize_fn, given, name="Your quantize_per_tile", label=label)
-        _expect_unchanged(x, given, "its input x", "quantize_per_tile")
+        expect_inputs_unchanged([x], [given], "quantize_per_tile", names=["x"])
         expect(isinstance(result, (tuple, list)) and len(result) == 2,
                f"quantize_per_tile{label} should return a pair (x_fp8, scales), but it returned "
                f"{_describe(result)}")
@@ -207,7 +221,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         expect(problem is None, f"For x of shape [{T}, {C}]: {problem}.")
         codes = x_fp8.float()
         if _scales_match(scales, x, reference.scale) and torch.isnan(codes).any():
-            raise AssertionError(
+            raise CheckFailed(
                 f"For x of shape [{T}, {C}] some of your FP8 values are NaN.\nLikely cause: no clamp to 448. "
                 f"x / s can come out a rounding error above 448 (448.00003) at a tile's largest value, and further "
                 f"with a scale that is not exactly max|x| / 448. torch 2.13's cast saturates; this checker converts "
@@ -215,13 +229,13 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                 f"saturation does beyond the format's range. Clamp x / s to [-448, 448] before "
                 f".to(torch.float8_e4m3fn).")
         if not _scales_match(scales, x, reference.scale):
-            raise AssertionError(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
+            raise CheckFailed(f"For x of shape [{T}, {C}]: {_explain_scales(scales, x, reference.scale)}.")
         scaled = x / reference.scale.repeat_interleave(128, 1)  # what x_fp8 rounds, in units of the scale
         bound = scaled.abs() / 16 + 2.0 ** -10 + 1e-6  # half an E4M3 step: 2^-4 relative, 2^-10 among subnormals
         wrong = ~((codes - scaled).abs() <= bound)
         if wrong.any():
             t, c = (int(i) for i in wrong.nonzero()[0])
-            raise AssertionError(
+            raise CheckFailed(
                 f"For x of shape [{T}, {C}], token {t}, channel {c}: x = {float(x[t, c]):.6g} and its tile's scale is "
                 f"{float(reference.scale[t, c // 128]):.6g}, so x_fp8 should be x / s = {float(scaled[t, c]):.6g} "
                 f"rounded to E4M3 ({float(reference.data[t, c].float()):.6g}), but yours is {float(codes[t, c]):.6g}. "
@@ -229,21 +243,13 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
         given_codes, given_scales = reference.data.clone(), reference.scale.clone()
         back = call_learner(dequantize_fn, given_codes, given_scales,
                             name="Your dequantize_per_tile", label=f"(x_fp8 [{T}, {C}], scales [{T}, {C // 128}])")
-        _expect_unchanged(reference.data, given_codes, "its input x_fp8", "dequantize_per_tile")
-        _expect_unchanged(reference.scale, given_scales, "its input scales", "dequantize_per_tile")
+        expect_inputs_unchanged([reference.data, reference.scale], [given_codes, given_scales], "dequantize_per_tile",
+                                names=["x_fp8", "scales"])
         expected = reference.dequantize()
-        _explain_dequantized(back, reference, expected)
-        if isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point() and \
-                torch.allclose(back.float(), reference.data.float() / reference.scale.repeat_interleave(128, 1),
-                               rtol=1e-5):
-            raise AssertionError(
-                f"For x_fp8 [{T}, {C}] your dequantize_per_tile divides by the scales: with s = max|x| / 448, the "
-                f"way back multiplies, x ~ x_fp8.float() * s (each scale repeated over its 128 channels).")
-        expect(isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
-               and torch.allclose(back.float(), expected, rtol=1e-5, atol=0),
-               f"For x_fp8 [{T}, {C}] and scales [{T}, {C // 128}], your dequantize_per_tile returned "
-               f"{_describe(back)}; expected float32 [{T}, {C}] = x_fp8.float() * s, each scale repeated over "
-               f"its 128 channels (e.g. scales.repeat_interleave(128, dim=1)).")
+        right = (isinstance(back, torch.Tensor) and back.shape == expected.shape and back.is_floating_point()
+                 and torch.allclose(back.float(), expected, rtol=1e-5, atol=0))
+        if not right:
+            raise CheckFailed(_explain_dequantized(back, reference, expected))
     return (f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
             f"one with an all-zero tile")
 

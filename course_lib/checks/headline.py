@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from course_lib.headline import compute, param_count
-from course_lib.checks._core import Case, Mistake, check_function
+from course_lib.checks.cases import Case, Mistake
+from course_lib.checks.function import check_function
 
 # --------------------------------------------------------------------------------------------- moe_ffn_params
 

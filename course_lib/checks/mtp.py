@@ -16,23 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.model import mtp
-from course_lib.checks._core import (Case, CheckFailed, Mistake, call_learner, check_function, checker, clone_args,
-                                     compare, diagnose, gradient_problem)
+from course_lib.checks.cases import Case, Mistake, diagnose
+from course_lib.checks.comparison import compare
+from course_lib.checks.function import check_function
+from course_lib.checks.gradients import gradient_problem
+from course_lib.checks.learner import call_learner, clone_args
+from course_lib.checks.verdict import CheckFailed, checker
 from course_lib.core.layers import RMSNorm
 from course_lib.model.block import TransformerBlock
-
-
-def _with_crash_hints(run: Callable[[], None], crash_hints: Sequence[tuple[str, str]]) -> None:
-    """Run a check; when it fails because the learner's code raised an error whose text contains one of the
-    patterns, add that pattern's hint to the explanation."""
-    try:
-        return run()
-    except AssertionError as error:
-        message = str(error)
-        for pattern, hint in crash_hints:
-            if " raised " in message and pattern in message:
-                raise CheckFailed(f"{message}\nLikely cause: {hint}") from None
-        raise
 
 
 def _compare_loss(got: Any, expected: torch.Tensor) -> str | None:
@@ -123,25 +114,25 @@ _DEPTH_CASES = [
     _depth_case(2, 6, 5, 1, seed=6, scale=1000.0, note=" with huge values (about +-3000)"),
 ]
 
-_DEPTH_CRASH_HINTS = [
-    ("batch_size", "the targets and the logits have different numbers of positions. The logits of depth k hold "
-                   "T - k positions and so do the targets tokens[:, k + 1:]; a shift off by one changes the count."),
-    ("must match", "the targets and the logits have different numbers of positions: the logits of depth k hold "
-                   "T - k positions, the targets tokens[:, k + 1:] as many."),
-]
+_DEPTH_CRASH_HINTS = {
+    "batch_size": "the targets and the logits have different numbers of positions. The logits of depth k hold "
+                  "T - k positions and so do the targets tokens[:, k + 1:]; a shift off by one changes the count.",
+    "must match": "the targets and the logits have different numbers of positions: the logits of depth k hold "
+                  "T - k positions, the targets tokens[:, k + 1:] as many.",
+}
 
 
 def check_mtp_depth_loss(fn: Callable[..., Any]) -> None:
     """Check ``fn(logits, tokens, k) -> scalar``: -(1/T) sum_j log softmax(logits[:, j])[tokens[:, j + k + 1]],
     averaged over the batch ([V3] eq. 24)."""
-    return _with_crash_hints(lambda: check_function(
+    return check_function(
         fn, name="mtp_depth_loss", reference=mtp.mtp_depth_loss, cases=_DEPTH_CASES, mistakes=_DEPTH_LOSS_MISTAKES,
-        compare_fn=_compare_loss, differentiable=(0,),
+        compare_fn=_compare_loss, differentiable=(0,), crash_hints=_DEPTH_CRASH_HINTS,
         gradient_hint="every log-probability must keep its gradient with respect to the logits: no .detach(), "
                       ".item() or torch.tensor(...) on the way, and the divisor T a plain number.",
         generic_hint="targets = tokens[:, k + 1:]; log_probs = F.log_softmax(logits, -1); pick each target's "
                      "log-probability with .gather, sum over the positions, divide by T = tokens.shape[1] - 1, "
-                     "average over the batch, and negate."), _DEPTH_CRASH_HINTS)
+                     "average over the batch, and negate.")
 
 
 # --------------------------------------------------------------------------------------------- mtp_loss
@@ -193,26 +184,26 @@ _TOTAL_CASES = [  # D = 1 (V3's set-up) comes last: there 1 / D = 1 and dropping
     _total_case(3, 7, 5, D=1, lam=0.3, seed=30),
 ]
 
-_TOTAL_CRASH_HINTS = [
-    ("depth k = 0", "depth_logits[0] is depth k = 1, not 0: number the depths from 1, e.g. "
-                    "enumerate(depth_logits, start=1)."),
-    ("index out of range", "depth_logits has D items, depth_logits[0] .. depth_logits[D - 1] for k = 1 .. D: "
-                           "depth k's logits are depth_logits[k - 1]."),
-    ("expects logits", "depth k's logits are depth_logits[k - 1] and have T - k positions: pass each depth's own "
-                       "k to mtp_depth_loss (k = 1 for depth_logits[0])."),
-]
+_TOTAL_CRASH_HINTS = {
+    "depth k = 0": "depth_logits[0] is depth k = 1, not 0: number the depths from 1, e.g. "
+                   "enumerate(depth_logits, start=1).",
+    "index out of range": "depth_logits has D items, depth_logits[0] .. depth_logits[D - 1] for k = 1 .. D: "
+                          "depth k's logits are depth_logits[k - 1].",
+    "expects logits": "depth k's logits are depth_logits[k - 1] and have T - k positions: pass each depth's own "
+                      "k to mtp_depth_loss (k = 1 for depth_logits[0]).",
+}
 
 
 def check_mtp_loss(fn: Callable[..., Any]) -> None:
     """Check ``fn(depth_logits, tokens, lam) -> scalar``: (lam / D) * sum_k mtp_depth_loss(depth_logits[k - 1],
     tokens, k) ([V3] eq. 25)."""
-    return _with_crash_hints(lambda: check_function(
+    return check_function(
         fn, name="mtp_loss", reference=mtp.mtp_loss, cases=_TOTAL_CASES, mistakes=_TOTAL_MISTAKES,
-        compare_fn=_compare_loss, differentiable=(0,),
+        compare_fn=_compare_loss, differentiable=(0,), crash_hints=_TOTAL_CRASH_HINTS,
         gradient_hint="each depth's loss must keep its gradient with respect to that depth's logits: add the depth "
                       "losses as tensors (sum(...) or torch.stack(...).sum()), never as floats.",
         generic_hint="D = len(depth_logits); return lam / D * the sum over k = 1..D of "
-                     "mtp_depth_loss(depth_logits[k - 1], tokens, k)."), _TOTAL_CRASH_HINTS)
+                     "mtp_depth_loss(depth_logits[k - 1], tokens, k).")
 
 
 # --------------------------------------------------------------------------------------------- mtp_forward
@@ -270,17 +261,17 @@ _FORWARD_MISTAKES = [
             "RMSNorm(Emb)], torch.cat along the last dimension, then proj.", _forward(combine="add")),
 ]
 
-_FORWARD_CRASH_HINTS = [
-    ("Sizes of tensors must match", "the two halves of the concatenation have different lengths. Depth k has "
-                                    "T - k positions: trim h_prev to h_prev[:, :T - k] and shift the embeddings "
-                                    "to emb[:, k:]."),
-    ("cannot be multiplied", "proj (M_k) maps the concatenation [h ; e] of 2 dim features to dim: concatenate the "
-                             "two normalised inputs first, then project."),
-    ("TransformerBlock expects", "the block works on dim features: project the 2 dim concatenation with proj "
-                                 "first (and keep T - k positions)."),
-    ("RMSNorm expected", "norm_h and norm_e each normalise dim features: apply them to h_prev and to the "
-                         "embeddings before concatenating."),
-]
+_FORWARD_CRASH_HINTS = {
+    "Sizes of tensors must match": "the two halves of the concatenation have different lengths. Depth k has "
+                                   "T - k positions: trim h_prev to h_prev[:, :T - k] and shift the embeddings "
+                                   "to emb[:, k:].",
+    "cannot be multiplied": "proj (M_k) maps the concatenation [h ; e] of 2 dim features to dim: concatenate the "
+                            "two normalised inputs first, then project.",
+    "TransformerBlock expects": "the block works on dim features: project the 2 dim concatenation with proj "
+                                "first (and keep T - k positions).",
+    "RMSNorm expected": "norm_h and norm_e each normalise dim features: apply them to h_prev and to the "
+                        "embeddings before concatenating.",
+}
 
 
 def _forward_case(batch: int, T: int, dim: int, k: int, seed: int) -> Case:
@@ -313,14 +304,15 @@ def check_mtp_forward(fn: Callable[..., Any]) -> None:
     def body() -> str:
         for case in _FORWARD_CASES:
             k = case.args[2]
-            got = call_learner(fn, *clone_args(case.args), name="Your mtp_forward", label=case.describe())
+            got = call_learner(fn, *clone_args(case.args), name="Your mtp_forward", label=case.describe(),
+                               crash_hints=_FORWARD_CRASH_HINTS)
             with torch.no_grad():
                 expected = mtp.mtp_forward(*clone_args(case.args))
                 problem = compare(got, expected, rtol=1e-4, atol=1e-5, what="your h^k")
                 cause = diagnose(got, case, _FORWARD_MISTAKES) if problem else None
             if problem is None:
                 problem = gradient_problem(fn, mtp.mtp_forward, case, (0, 1), name="mtp_forward",
-                                           mistakes=_FORWARD_MISTAKES)
+                                           mistakes=_FORWARD_MISTAKES, crash_hints=_FORWARD_CRASH_HINTS)
                 if problem:
                     raise CheckFailed(problem)
                 continue
@@ -336,4 +328,4 @@ def check_mtp_forward(fn: Callable[..., Any]) -> None:
             raise CheckFailed(f"{first}\nSeen for the input {case.describe()} (depth k = {k}): {problem}.")
         return f"it agrees with the reference, values and gradients, on all {len(_FORWARD_CASES)} cases"
 
-    return _with_crash_hints(body, _FORWARD_CRASH_HINTS)
+    return body()

@@ -13,7 +13,10 @@ from collections.abc import Callable
 import torch
 
 from course_lib.training import train
-from course_lib.checks._core import CheckFailed, call_learner, checker, expect, format_numbers
+from course_lib.checks.cases import Mistake
+from course_lib.checks.comparison import format_value
+from course_lib.checks.learner import call_learner
+from course_lib.checks.verdict import CheckFailed, checker, expect
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 _CONFIG = ModelConfig(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=4,
@@ -53,39 +56,48 @@ def _sign_rule(bias: torch.Tensor, load: torch.Tensor, rule: Callable[[torch.Ten
     return bias + _GAMMA * rule(load.mean(dim=-1, keepdim=True) - load)
 
 
+def _once_per_micro_batch(before: torch.Tensor, loads: list[torch.Tensor]) -> torch.Tensor:
+    for load in loads:
+        before = _sign_rule(before, load, torch.sign)
+    return before
+
+
+# The mistakes of the update itself: Mistake(what the biases show, fn(biases before, micro-batch loads) -> the
+# biases that mistake gives).
+_BIAS_MISTAKES = [
+    Mistake("the sign is reversed. An overloaded expert (load above the mean) must go DOWN: "
+            "b <- b + gamma * sign(mean_load - load).",
+            lambda before, loads: _sign_rule(before, sum(loads), lambda gap: -torch.sign(gap))),
+    Mistake("a proportional step gamma * (mean - load). The rule takes only the SIGN of the gap, so every expert "
+            "moves by exactly gamma ([V3] 2.1.2; [LF] found sign better than proportional).",
+            lambda before, loads: _sign_rule(before, sum(loads), lambda gap: gap)),
+    Mistake("they moved once per micro-batch. The bias is updated once per optimizer step, from the load of the "
+            "whole step (all micro-batches): move the update out of the micro-batch loop.", _once_per_micro_batch),
+    Mistake("they were updated from the load of the LAST micro-batch only (moe.last_load?). Use the load counted "
+            "over the whole step: moe.update_bias(gamma) reads moe.load, which every training forward of the step "
+            "added to.", lambda before, loads: _sign_rule(before, loads[-1], torch.sign)),
+]
+
+
 def _explain_bias(got: torch.Tensor, before: torch.Tensor, after_ref: torch.Tensor, previous_ref: torch.Tensor | None,
                   loads: list[torch.Tensor], counters: torch.Tensor, step: int) -> str:
     """Name the mistake behind biases ``got`` [n_moe, n_experts] that differ from the reference ``after_ref``."""
-    total = sum(loads)
     close = lambda a, b: torch.allclose(a, b, atol=1e-6)  # noqa: E731
-    seen = f"after step {step} your biases are {format_numbers(got[0])} (first MoE layer), expected {format_numbers(after_ref[0])}"
+    seen = f"after step {step} your biases are {format_value(got[0])} (first MoE layer), expected {format_value(after_ref[0])}"
     if previous_ref is not None and close(got, previous_ref) and not close(got, before):
         return (f"{seen}, which is what they should have been one step EARLIER. Your update runs before the "
                 f"forward pass, so it uses the previous step's load. Update the biases at the end of the step, after "
                 f"optimizer.step(), from the load this step counted.")
     if close(got, before):
         if counters.sum() > 0:
-            return (f"{seen}: they did not change, and moe.load still holds {format_numbers(counters[0])}. The update "
+            return (f"{seen}: they did not change, and moe.load still holds {format_value(counters[0])}. The update "
                     f"never ran, or ran before the forward pass while the count was still empty. Call "
                     f"moe.update_bias(gamma) for every layer in model.moe_layers(), after optimizer.step().")
         return (f"{seen}: they did not change and nothing was counted. The load is counted only by TRAINING forwards "
                 f"(model.train(), gradients on): did your forward run under model.eval() or torch.no_grad()?")
-    if close(got, _sign_rule(before, total, lambda gap: -torch.sign(gap))):
-        return (f"{seen}: the sign is reversed. An overloaded expert (load above the mean) must go DOWN: "
-                f"b <- b + gamma * sign(mean_load - load).")
-    if close(got, _sign_rule(before, total, lambda gap: gap)):
-        return (f"{seen}: a proportional step gamma * (mean - load). The rule takes only the SIGN of the gap, so "
-                f"every expert moves by exactly gamma ([V3] 2.1.2; [LF] found sign better than proportional).")
-    per_micro = before
-    for load in loads:
-        per_micro = _sign_rule(per_micro, load, torch.sign)
-    if close(got, per_micro):
-        return (f"{seen}: they moved once per micro-batch. The bias is updated once per optimizer step, from the "
-                f"load of the whole step (all micro-batches): move the update out of the micro-batch loop.")
-    if close(got, _sign_rule(before, loads[-1], torch.sign)):
-        return (f"{seen}: they were updated from the load of the LAST micro-batch only (moe.last_load?). Use the "
-                f"load counted over the whole step: moe.update_bias(gamma) reads moe.load, which every training "
-                f"forward of the step added to.")
+    for mistake in _BIAS_MISTAKES:
+        if close(got, mistake.fn(before, loads)):
+            return f"{seen}: {mistake.hint}"
     return (f"{seen}. Expected b + gamma * sign(mean(load) - load) with the load of this step's micro-batches, "
             f"applied once after optimizer.step().")
 
@@ -120,7 +132,7 @@ def check_train_step(fn: Callable[..., float]) -> str:
         if not torch.allclose(biases, ref_biases, atol=1e-6):
             raise CheckFailed(_explain_bias(biases, before, ref_biases, previous_ref, loads, counters, step))
         expect(float(counters.sum()) == 0,
-               f"After step {step} the biases are right, but moe.load still holds {format_numbers(counters[0])}. The "
+               f"After step {step} the biases are right, but moe.load still holds {format_value(counters[0])}. The "
                f"count must start from zero at every step: moe.update_bias(gamma) resets it (if you wrote the rule "
                f"by hand, zero moe.load after using it).")
         _expect_same_weights(learner, reference, weights_before, len(micro_batches), step)
