@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from course_lib.attention import attention
+from course_lib.attention import cache as kv_cache, mha, mla, rope
 from course_lib.core import layers
 from course_lib.headline import compute, param_count
 from course_lib.model import block as transformer, mtp, tiny as model
@@ -161,34 +161,37 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("SwiGLU hidden 0", lambda: layers.SwiGLU(4, 0), ValueError, "hidden must be an int >= 1"),
     ("SwiGLU dim float", lambda: layers.SwiGLU(4.0, 8), TypeError, "dim must be an int"),
     # transformer
-    ("rope_angles odd", lambda: attention.rope_angles(7, 8), ValueError, "even"),
-    ("rope_angles float", lambda: attention.rope_angles(8.0, 8), TypeError, "head_dim must be an int"),
-    ("rope_angles max_seq_len 0", lambda: attention.rope_angles(8, 0), ValueError, "max_seq_len"),
-    ("rope_angles base NaN", lambda: attention.rope_angles(8, 8, NAN), ValueError, "base"),
-    ("rope_angles base 1", lambda: attention.rope_angles(8, 8, 1.0), ValueError, "base"),
-    ("apply_rope int", lambda: attention.apply_rope(torch.ones(2, 4, dtype=torch.long),
-                                                      *attention.rope_angles(4, 8)), TypeError, "floating-point"),
-    ("apply_rope too long", lambda: attention.apply_rope(torch.ones(9, 4), *attention.rope_angles(4, 8)),
+    ("rope_frequencies odd", lambda: rope.rope_frequencies(7), ValueError, "even"),
+    ("rope_angles odd", lambda: rope.rope_angles(7, 8), ValueError, "even"),
+    ("rope_angles frequencies of another size", lambda: rope.rope_angles(8, 8, frequencies=torch.ones(3)), ValueError,
+     "frequencies must be"),
+    ("rope_angles float", lambda: rope.rope_angles(8.0, 8), TypeError, "head_dim must be an int"),
+    ("rope_angles max_seq_len 0", lambda: rope.rope_angles(8, 0), ValueError, "max_seq_len"),
+    ("rope_angles base NaN", lambda: rope.rope_angles(8, 8, NAN), ValueError, "base"),
+    ("rope_angles base 1", lambda: rope.rope_angles(8, 8, 1.0), ValueError, "base"),
+    ("apply_rope int", lambda: rope.apply_rope(torch.ones(2, 4, dtype=torch.long),
+                                                      *rope.rope_angles(4, 8)), TypeError, "floating-point"),
+    ("apply_rope too long", lambda: rope.apply_rope(torch.ones(9, 4), *rope.rope_angles(4, 8)),
      ValueError, "[>= T"),
-    ("MultiHeadAttention dim float", lambda: attention.MultiHeadAttention(8.0, 2), TypeError, "dim must be an int"),
-    ("MultiHeadAttention heads", lambda: attention.MultiHeadAttention(8, 3), ValueError, "multiple of n_heads"),
-    ("MultiHeadAttention forward shape", lambda: attention.MultiHeadAttention(8, 2)(torch.ones(2, 8)), ValueError,
+    ("MultiHeadAttention dim float", lambda: mha.MultiHeadAttention(8.0, 2), TypeError, "dim must be an int"),
+    ("MultiHeadAttention heads", lambda: mha.MultiHeadAttention(8, 3), ValueError, "multiple of n_heads"),
+    ("MultiHeadAttention forward shape", lambda: mha.MultiHeadAttention(8, 2)(torch.ones(2, 8)), ValueError,
      "[B, T, 8]"),
-    ("MultiHeadLatentAttention odd rope", lambda: attention.MultiHeadLatentAttention(8, 2, 4, 4, 4, 3, 4), ValueError,
+    ("MultiHeadLatentAttention odd rope", lambda: mla.MultiHeadLatentAttention(8, 2, 4, 4, 4, 3, 4), ValueError,
      "qk_rope_head_dim must be even"),
-    ("MultiHeadLatentAttention float size", lambda: attention.MultiHeadLatentAttention(8, 2, 4.0, 4, 4, 2, 4),
+    ("MultiHeadLatentAttention float size", lambda: mla.MultiHeadLatentAttention(8, 2, 4.0, 4, 4, 2, 4),
      TypeError, "q_lora_rank must be an int"),
     ("MultiHeadLatentAttention cache of MHA",
-     lambda: attention.MultiHeadLatentAttention(8, 2, 4, 4, 4, 2, 4)(torch.ones(1, 2, 8),
-                                                                   attention.MultiHeadAttention(8, 2).new_cache()),
+     lambda: mla.MultiHeadLatentAttention(8, 2, 4, 4, 4, 2, 4)(torch.ones(1, 2, 8),
+                                                                   mha.MultiHeadAttention(8, 2).new_cache()),
      ValueError, "mha"),
-    ("causal_attention too few keys", lambda: attention.causal_attention(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 1, 4),
+    ("causal_attention too few keys", lambda: mha.causal_attention(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 1, 4),
                                                                          torch.ones(1, 1, 1, 4)), ValueError, "keys"),
-    ("KVCache integer dtype", lambda: attention.KVCache("mha", {"k": (1, 2)}, 1, 4, dtype=torch.long), TypeError,
+    ("KVCache integer dtype", lambda: kv_cache.KVCache("mha", {"k": (1, 2)}, 1, 4, dtype=torch.long), TypeError,
      "floating-point"),
-    ("kv_cache_elements_per_token unknown", lambda: attention.kv_cache_elements_per_token("xyz"), ValueError,
+    ("kv_cache_elements_per_token unknown", lambda: kv_cache.kv_cache_elements_per_token("xyz"), ValueError,
      "attention must be one of"),
-    ("kv_cache_elements_per_token missing size", lambda: attention.kv_cache_elements_per_token("mla", kv_lora_rank=4),
+    ("kv_cache_elements_per_token missing size", lambda: kv_cache.kv_cache_elements_per_token("mla", kv_lora_rank=4),
      ValueError, "qk_rope_head_dim"),
     ("ModelCache truncate beyond", lambda: TinyDeepSeek(ModelConfig(dim=16, n_heads=2, n_layers=1)).new_cache()
      .truncate(3), ValueError, "truncate expects"),
@@ -400,7 +403,7 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
     assert torch.equal(p, (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2))
 
 
-SWEPT = {attention: "attention", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
+SWEPT = {rope: "rope", kv_cache: "kv_cache", mha: "mha", mla: "mla", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
          mtp: "mtp", model: "model", train: "train", data: "data", toy_moe: "toy_moe", compute: "compute",
          param_count: "param_count"}
 NOT_TAKING_INPUT = {  # public names with no argument to check, or checked through another row

@@ -9,7 +9,8 @@ import torch
 
 import torch.nn.functional as F
 
-from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
+from course_lib.attention.mla import MultiHeadLatentAttention
+from course_lib.attention.rope import apply_rope, rope_angles
 from course_lib.checks import check_attend_absorbed, check_mla_forward, outcome
 from course_lib.checks._core import CheckFailed
 from course_lib.checks.attention import _absorbed_mistakes, _Case, _output_mistakes

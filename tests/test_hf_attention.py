@@ -16,7 +16,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 modeling = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
 
-from course_lib.attention.attention import MultiHeadLatentAttention  # noqa: E402
+from course_lib.attention.mla import MultiHeadLatentAttention  # noqa: E402
 
 DIM, HEADS, Q_RANK, KV_RANK, NOPE, ROPE, V_DIM = 32, 4, 24, 16, 8, 6, 10
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
+from course_lib.attention.mla import MultiHeadLatentAttention
+from course_lib.attention.rope import apply_rope, rope_angles
 from course_lib.checks._core import call_learner, checker, clone_args, compare, describe_value
 
 # (dim, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim), (batch, T).

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.model import mtp
-from course_lib.attention.attention import KVCache, MultiHeadAttention, MultiHeadLatentAttention
+from course_lib.attention.cache import KVCache
+from course_lib.attention.mha import MultiHeadAttention
+from course_lib.attention.mla import MultiHeadLatentAttention
 from course_lib.core.layers import RMSNorm, SwiGLU
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.headline.param_count import moe_ffn_params
