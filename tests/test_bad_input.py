@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from course_lib.attention import cache as kv_cache, mha, mla, rope
+from course_lib.attention import cache as kv_cache, mha, mla, rope, yarn
 from course_lib.core import layers
 from course_lib.headline import compute, param_count
 from course_lib.model import block as transformer, mtp, tiny as model
@@ -162,6 +162,12 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("SwiGLU dim float", lambda: layers.SwiGLU(4.0, 8), TypeError, "dim must be an int"),
     # transformer
     ("rope_frequencies odd", lambda: rope.rope_frequencies(7), ValueError, "even"),
+    ("yarn_frequencies factor below 1", lambda: yarn.yarn_frequencies(8, 10000.0, 0.5, 16), ValueError, "factor"),
+    ("yarn_ramp betas reversed", lambda: yarn.yarn_ramp(8, 10000.0, 16, 1.0, 32.0), ValueError, "beta_fast"),
+    ("yarn_mscale factor NaN", lambda: yarn.yarn_mscale(NAN), ValueError, "factor"),
+    ("interpolated_frequencies odd", lambda: yarn.interpolated_frequencies(7, 10000.0, 2.0), ValueError, "even"),
+    ("ntk_frequencies dim 2", lambda: yarn.ntk_frequencies(2, 10000.0, 2.0), ValueError, "dim must be >= 4"),
+    ("YarnScaling original 0", lambda: yarn.YarnScaling(original_seq_len=0), ValueError, "original_seq_len"),
     ("rope_angles odd", lambda: rope.rope_angles(7, 8), ValueError, "even"),
     ("rope_angles frequencies of another size", lambda: rope.rope_angles(8, 8, frequencies=torch.ones(3)), ValueError,
      "frequencies must be"),
@@ -403,10 +409,11 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
     assert torch.equal(p, (s / s.sum(dim=-1, keepdim=True)).mean(dim=-2))
 
 
-SWEPT = {rope: "rope", kv_cache: "kv_cache", mha: "mha", mla: "mla", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
+SWEPT = {rope: "rope", yarn: "yarn", kv_cache: "kv_cache", mha: "mha", mla: "mla", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
          mtp: "mtp", model: "model", train: "train", data: "data", toy_moe: "toy_moe", compute: "compute",
          param_count: "param_count"}
 NOT_TAKING_INPUT = {  # public names with no argument to check, or checked through another row
+    "yarn.correction_dim",  # checks nothing (a formula of yarn_ramp): its rows are yarn_ramp's
     "train.build_parser", "train.configs_from_args", "train.TrainingDiverged", "train.CheckpointError",
     "train.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
     "train.History", "moe.DeepSeekMoE.routed_experts",

@@ -113,7 +113,8 @@ def multi_head_attention(dim: int, n_heads: int, max_seq_len: int, rope_base: fl
 
 
 def multi_head_latent_attention(dim: int, n_heads: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
-                                qk_rope_head_dim: int, v_head_dim: int, max_seq_len: int, rope_base: float) -> None:
+                                qk_rope_head_dim: int, v_head_dim: int, max_seq_len: int, rope_base: float,
+                                yarn: Any = None) -> None:
     sizes = dict(dim=dim, n_heads=n_heads, kv_lora_rank=kv_lora_rank, qk_nope_head_dim=qk_nope_head_dim,
                  qk_rope_head_dim=qk_rope_head_dim, v_head_dim=v_head_dim, max_seq_len=max_seq_len)
     for name, value in sizes.items():
@@ -122,6 +123,21 @@ def multi_head_latent_attention(dim: int, n_heads: int, q_lora_rank: int, kv_lor
     if qk_rope_head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of features: qk_rope_head_dim must be even, got {qk_rope_head_dim}")
     check_number("rope_base", rope_base, 1, strict=True)
+    yarn_setting(yarn, max_seq_len)
+
+
+def yarn_setting(yarn: Any, max_seq_len: int) -> None:
+    """A YaRN setting for a model of context max_seq_len: None, or a YarnScaling whose original (pre-training)
+    context is not above the model's."""
+    from course_lib.attention.yarn import YarnScaling  # yarn's module imports this one
+
+    if yarn is None:
+        return
+    if not isinstance(yarn, YarnScaling):
+        raise TypeError(f"yarn must be a YarnScaling (course_lib.attention.yarn) or None, got {yarn!r:.80}")
+    if yarn.original_seq_len > max_seq_len:
+        raise ValueError(f"yarn.original_seq_len={yarn.original_seq_len} is above the model's max_seq_len="
+                         f"{max_seq_len}: YaRN extends a model trained at original_seq_len to a longer max_seq_len")
 
 
 def attention_forward(self: Any, x: torch.Tensor, cache: Any) -> None:
@@ -150,3 +166,53 @@ def attention_forward(self: Any, x: torch.Tensor, cache: Any) -> None:
     if cache.length + T > self.max_seq_len:
         raise ValueError(f"the cache holds {cache.length} tokens and {T} more exceed the context "
                          f"max_seq_len={self.max_seq_len}")
+
+
+
+def yarn_lengths(original_seq_len: int, beta_fast: float, beta_slow: float) -> None:
+    """The original context L and the rotation counts beta_fast > beta_slow > 0 that bound YaRN's ramp."""
+    check_int("original_seq_len", original_seq_len, 1)
+    check_number("beta_slow", beta_slow, 0, strict=True)
+    check_number("beta_fast", beta_fast)
+    if beta_fast <= beta_slow:
+        raise ValueError(f"beta_fast must exceed beta_slow (rotations within the original context: the fast pairs "
+                         f"turn more than beta_fast times, the slow ones fewer than beta_slow), got beta_fast="
+                         f"{beta_fast}, beta_slow={beta_slow}")
+
+
+def yarn_factor(factor: float) -> None:
+    check_number("factor", factor)
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1 (the context grows s times; s < 1 would shrink it), got {factor}")
+
+
+def yarn_ramp(dim: int, base: float, original_seq_len: int, beta_fast: float, beta_slow: float) -> None:
+    rope_frequencies(dim, base)
+    yarn_lengths(original_seq_len, beta_fast, beta_slow)
+
+
+def yarn_frequencies(dim: int, base: float, factor: float, original_seq_len: int, beta_fast: float,
+                     beta_slow: float) -> None:
+    yarn_factor(factor)
+    yarn_ramp(dim, base, original_seq_len, beta_fast, beta_slow)
+
+
+def yarn_mscale(factor: float, mscale: float) -> None:
+    yarn_factor(factor)
+    check_number("mscale", mscale, 0)
+
+
+def yarn_scaling(factor: float, original_seq_len: int, beta_fast: float, beta_slow: float, mscale: float) -> None:
+    yarn_mscale(factor, mscale)
+    yarn_lengths(original_seq_len, beta_fast, beta_slow)
+
+
+def interpolated_frequencies(dim: int, base: float, factor: float) -> None:
+    rope_frequencies(dim, base)
+    yarn_factor(factor)
+
+
+def ntk_frequencies(dim: int, base: float, factor: float) -> None:
+    interpolated_frequencies(dim, base, factor)
+    if dim < 4:
+        raise ValueError(f"NTK-aware scaling raises the base to the power dim / (dim - 2): dim must be >= 4, got {dim}")

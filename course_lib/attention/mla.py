@@ -18,6 +18,7 @@ from course_lib.attention import arguments
 from course_lib.attention.cache import KVCache
 from course_lib.attention.mha import causal_attention
 from course_lib.attention.rope import apply_rope, rope_angles
+from course_lib.attention.yarn import YarnScaling, yarn_frequencies, yarn_mscale
 from course_lib.core.layers import RMSNorm
 from course_lib.core.validation import boundary
 
@@ -49,6 +50,10 @@ class MultiHeadLatentAttention(nn.Module):
     folded into the query, (W^UK_i)^T q^C_{t,i} . c^KV_j = q^C_{t,i} . k^C_{j,i}, and W^UV applied to the
     attention-weighted latent (so it can be folded into W^O). The two give the same output.
     Cache: cache["c_kv"] [B, L, d_c] and cache["k_rope"] [B, L, d_h^R]: d_c + d_h^R elements per token.
+    yarn: a ``YarnScaling`` to read past the pre-training context ([V3] 4.3): when max_seq_len exceeds its
+    original_seq_len, the RoPE frequencies of q^R and k^R become ``yarn_frequencies`` and the softmax scale is
+    multiplied by yarn_mscale(factor, mscale)^2, as the released ``precompute_freqs_cis`` and ``MLA.__init__`` do;
+    the latent c^KV, and so the cache, is unchanged (the weights too: a trained model loads as it is).
     Raises TypeError for a size that is not an int, ValueError for a size < 1 (q_lora_rank < 0) or an odd
     qk_rope_head_dim; forward raises ValueError (TypeError) for an input or cache that does not fit (see
     ``arguments.attention_forward``).
@@ -58,11 +63,11 @@ class MultiHeadLatentAttention(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
                  qk_rope_head_dim: int, v_head_dim: int, max_seq_len: int = 256, rope_base: float = 10000.0,
-                 absorb: bool = False) -> None:
+                 absorb: bool = False, yarn: YarnScaling | None = None) -> None:
         super().__init__()
         arguments.multi_head_latent_attention(dim, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim,
-                                              qk_rope_head_dim, v_head_dim, max_seq_len, rope_base)
-        self.dim, self.n_heads, self.max_seq_len, self.absorb = dim, n_heads, max_seq_len, absorb
+                                              qk_rope_head_dim, v_head_dim, max_seq_len, rope_base, yarn)
+        self.dim, self.n_heads, self.max_seq_len, self.absorb, self.yarn = dim, n_heads, max_seq_len, absorb, yarn
         self.q_lora_rank, self.kv_lora_rank = q_lora_rank, kv_lora_rank
         self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
         self.scale = 1.0 / math.sqrt(qk_nope_head_dim + qk_rope_head_dim)  # (10): d_h + d_h^R, not d_h
@@ -80,14 +85,19 @@ class MultiHeadLatentAttention(nn.Module):
         self.w_uv = nn.Linear(kv_lora_rank, H * v_head_dim, bias=False)  # W^UV
         self.w_kr = nn.Linear(dim, qk_rope_head_dim, bias=False)  # W^KR
         self.w_o = nn.Linear(H * v_head_dim, dim, bias=False)  # W^O
-        cos, sin = rope_angles(qk_rope_head_dim, max_seq_len, rope_base)
+        frequencies = None  # RoPE's own
+        if yarn is not None and max_seq_len > yarn.original_seq_len:  # as the released code: only when extended
+            frequencies = yarn_frequencies(qk_rope_head_dim, rope_base, yarn.factor, yarn.original_seq_len,
+                                           yarn.beta_fast, yarn.beta_slow)
+            self.scale *= yarn_mscale(yarn.factor, yarn.mscale) ** 2
+        cos, sin = rope_angles(qk_rope_head_dim, max_seq_len, rope_base, frequencies)  # q^R and k^R only
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"n_heads={self.n_heads}, q_lora_rank={self.q_lora_rank}, kv_lora_rank={self.kv_lora_rank}, "
                 f"qk_nope_head_dim={self.qk_nope_head_dim}, qk_rope_head_dim={self.qk_rope_head_dim}, "
-                f"v_head_dim={self.v_head_dim}, absorb={self.absorb}")
+                f"v_head_dim={self.v_head_dim}, absorb={self.absorb}, yarn={self.yarn}")
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         """An empty cache for this layer, in the dtype and on the device of its weights."""
