@@ -15,4 +15,5 @@ from course_lib.checks.training import check_train_step
 from course_lib.checks.expert_parallel import check_dispatch_plan
 from course_lib.checks.fp8 import check_quantize_per_tile
 from course_lib.checks.attention import check_attend_absorbed, check_mla_forward
+from course_lib.checks.yarn import check_yarn_frequencies, check_yarn_softmax_scale
 from course_lib.checks.speculative import check_verify_sampled
