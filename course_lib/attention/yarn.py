@@ -3,7 +3,7 @@
 
 - Position interpolation ([PI], Chen et al. 2023, arXiv 2306.15595): every frequency divided by s, so that s L
   positions turn no further than L did.
-- NTK-aware scaling (bloc97, 2023; [YARN] 3.1): the base raised to base s^(d / (d - 2)): the fastest pair keeps its
+- NTK-aware scaling (bloc97, 2023; [YARN] 3.1): the base b replaced by b s^(d / (d - 2)): the fastest pair keeps its
   frequency, the slowest is divided by s, geometrically in between.
 - YaRN ([YARN], Peng et al. 2023, arXiv 2309.00071, "NTK-by-parts" and the temperature), as DeepSeek-V3's
   released ``precompute_freqs_cis`` computes it ([CODE] inference/model.py; [V3] 4.3). Pair i turns
@@ -103,6 +103,6 @@ def interpolated_frequencies(dim: int, base: float, factor: float) -> torch.Tens
 
 @boundary(arguments.ntk_frequencies)
 def ntk_frequencies(dim: int, base: float, factor: float) -> torch.Tensor:
-    """NTK-aware scaling: RoPE's frequencies with the base base s^(dim / (dim - 2)), float64 [dim / 2]: theta_0
+    """NTK-aware scaling: RoPE's frequencies with the base multiplied by s^(dim / (dim - 2)), float64 [dim / 2]: theta_0
     unchanged, the slowest pair divided by s. Raises ValueError as yarn_frequencies (and for dim = 2)."""
     return rope_frequencies(dim, base * factor ** (dim / (dim - 2)))

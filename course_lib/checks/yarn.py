@@ -84,7 +84,7 @@ _FREQ_MISTAKES = [
     Mistake("every pair is divided by s: that is position interpolation. YaRN divides only the slow pairs "
             "(fewer than beta_slow turns in L), keeps the fast ones, and ramps linearly between.",
             lambda dim, base, factor, length, fast, slow: interpolated_frequencies(dim, base, factor)),
-    Mistake("this is NTK-aware scaling (the base raised to base s^(dim / (dim - 2))): YaRN keeps the fast pairs "
+    Mistake("this is NTK-aware scaling (the base b replaced by b s^(dim / (dim - 2))): YaRN keeps the fast pairs "
             "exactly and interpolates the slow ones by s, with a linear ramp in the pair index between.",
             lambda dim, base, factor, length, fast, slow: ntk_frequencies(dim, base, factor)),
     Mistake("the ramp runs over the feature index 2i. d(r) is on the scale of the head dimension, but the released "
