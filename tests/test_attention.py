@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from course_lib.attention.attention import (KVCache, MultiHeadAttention, MultiHeadLatentAttention, causal_attention,
-                                  kv_cache_elements_per_token)
+from course_lib.attention.cache import KVCache, kv_cache_elements_per_token
+from course_lib.attention.mha import MultiHeadAttention, causal_attention
+from course_lib.attention.mla import MultiHeadLatentAttention
 from course_lib.model.block import TransformerBlock
 
 SIZES = dict(dim=24, n_heads=3, q_lora_rank=10, kv_lora_rank=8, qk_nope_head_dim=6, qk_rope_head_dim=4,

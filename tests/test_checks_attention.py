@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from checking import stub
-from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
+from course_lib.attention.mla import MultiHeadLatentAttention
+from course_lib.attention.rope import apply_rope, rope_angles
 from course_lib.checks import CheckFailed, check_attend_absorbed, check_mla_forward, outcome
 from course_lib.checks.attention import MLACase, absorbed_mistakes, output_mistakes
 

@@ -16,13 +16,18 @@ import torch
 transformers = pytest.importorskip("transformers")
 modeling = pytest.importorskip("transformers.models.deepseek_v3.modeling_deepseek_v3")
 
-from course_lib.attention.attention import MultiHeadLatentAttention  # noqa: E402
+from course_lib.attention.mla import MultiHeadLatentAttention  # noqa: E402
+from course_lib.attention.yarn import YarnScaling  # noqa: E402
 
 DIM, HEADS, Q_RANK, KV_RANK, NOPE, ROPE, V_DIM = 32, 4, 24, 16, 8, 6, 10
 
 
-def hf_config(rope_interleave: bool, q_lora_rank: int = Q_RANK):
-    config = transformers.DeepseekV3Config(
+def hf_config(rope_interleave: bool, q_lora_rank: int = Q_RANK, yarn: YarnScaling | None = None):
+    rope = {} if yarn is None else dict(rope_parameters={  # HF's names for the released ModelArgs' YaRN fields
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": yarn.factor, "beta_fast": yarn.beta_fast,
+        "beta_slow": yarn.beta_slow, "mscale": yarn.mscale, "mscale_all_dim": yarn.mscale,
+        "original_max_position_embeddings": yarn.original_seq_len})
+    config = transformers.DeepseekV3Config(**rope,
         hidden_size=DIM, num_attention_heads=HEADS, num_key_value_heads=HEADS, q_lora_rank=q_lora_rank or None,
         kv_lora_rank=KV_RANK, qk_nope_head_dim=NOPE, qk_rope_head_dim=ROPE, v_head_dim=V_DIM,
         rope_interleave=rope_interleave, attention_bias=False, rms_norm_eps=1e-6, max_position_embeddings=64)
@@ -30,9 +35,9 @@ def hf_config(rope_interleave: bool, q_lora_rank: int = Q_RANK):
     return config
 
 
-def ours(seed: int = 0, q_lora_rank: int = Q_RANK) -> MultiHeadLatentAttention:
+def ours(seed: int = 0, q_lora_rank: int = Q_RANK, yarn: YarnScaling | None = None) -> MultiHeadLatentAttention:
     torch.manual_seed(seed)
-    m = MultiHeadLatentAttention(DIM, HEADS, q_lora_rank, KV_RANK, NOPE, ROPE, V_DIM, max_seq_len=64)
+    m = MultiHeadLatentAttention(DIM, HEADS, q_lora_rank, KV_RANK, NOPE, ROPE, V_DIM, max_seq_len=64, yarn=yarn)
     with torch.no_grad():
         if q_lora_rank:
             m.q_norm.weight.uniform_(0.5, 1.5)
@@ -47,7 +52,7 @@ def halves_order(d: int) -> torch.Tensor:
 
 def hf_like(m: MultiHeadLatentAttention, rope_interleave: bool):
     """transformers' DeepseekV3Attention holding the weights of ``m`` (fused as transformers lays them out)."""
-    config = hf_config(rope_interleave, m.q_lora_rank)
+    config = hf_config(rope_interleave, m.q_lora_rank, m.yarn)
     hf = modeling.DeepseekV3Attention(config, layer_idx=0)
     order = torch.arange(ROPE) if rope_interleave else halves_order(ROPE)
     w_kr = m.w_kr.weight[order]
@@ -105,3 +110,22 @@ def test_decoding_with_our_cache_agrees_with_transformers_and_its_cache():
     torch.testing.assert_close(layer.keys[:, 0], ours_cache["c_kv"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(layer.values[:, 0], ours_cache["k_rope"][..., halves_order(ROPE)],
                                rtol=1e-5, atol=1e-6)
+
+
+# YaRN ([V3] 4.3) with mscale = mscale_all_dim (V3: 1.0, 1.0), a context of 64 from 16 (s = 4) in d_h^R = 6: V3's
+# betas (32, 1) keep pair 0 and interpolate pairs 1-2; betas (1, 0.1) put pair 1 half-way on the ramp (0, 1/2, 1).
+@pytest.mark.parametrize("yarn", [YarnScaling(4.0, 16, 32.0, 1.0), YarnScaling(4.0, 16, 1.0, 0.1)], ids=str)
+@pytest.mark.parametrize("absorb", [False, True])
+def test_mla_with_yarn_agrees_with_transformers_from_any_position(yarn, absorb):
+    m = ours(2, yarn=yarn)
+    m.absorb = absorb
+    hf, rotary = hf_like(m, rope_interleave=True)
+    assert hf.scaling == pytest.approx(m.scale)  # 1 / sqrt(d_h + d_h^R) * mscale^2
+    x = torch.randn(2, 40, DIM)
+    ours_cache, hf_cache = m.new_cache(2), transformers.DynamicCache(config=hf.config)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), hf_forward(hf, rotary, x), rtol=1e-5, atol=1e-5)
+        for start, stop in [(0, 12), (12, 30), (30, 31), (31, 40)]:  # past the original 16 positions
+            torch.testing.assert_close(m(x[:, start:stop], ours_cache),
+                                       hf_forward(hf, rotary, x[:, start:stop], start, hf_cache),
+                                       rtol=1e-5, atol=1e-5)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from course_lib.core.layers import SwiGLU
 from course_lib.moe.layer import DeepSeekMoE
-from course_lib.attention.attention import MultiHeadAttention, apply_rope, rope_angles
+from course_lib.attention.mha import MultiHeadAttention
+from course_lib.attention.rope import apply_rope, rope_angles
 from course_lib.model.block import TransformerBlock
 
 

@@ -34,6 +34,7 @@ _WHERE = {  # every public name of the package -> the module that defines it
     "check_dispatch_plan": "expert_parallel",
     "check_quantize_per_tile": "fp8",
     "check_attend_absorbed": "attention", "check_mla_forward": "attention",
+    "check_yarn_frequencies": "yarn", "check_yarn_softmax_scale": "yarn",
     "check_verify_sampled": "speculative",
 }
 __all__ = sorted(_WHERE)

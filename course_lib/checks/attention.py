@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from course_lib.attention.attention import MultiHeadLatentAttention, apply_rope, rope_angles
+from course_lib.attention.mla import MultiHeadLatentAttention
+from course_lib.attention.rope import apply_rope, rope_angles
 from course_lib.checks.cases import Mistake
 from course_lib.checks.comparison import compare, describe_value
 from course_lib.checks.learner import call_learner, clone_args

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from course_lib.attention.attention import KVCache, MultiHeadAttention
+from course_lib.attention.cache import KVCache
+from course_lib.attention.mha import MultiHeadAttention
 from course_lib.core.layers import RMSNorm, SwiGLU
 from course_lib.core.validation import check_int
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.attention.attention import KVCache
+from course_lib.attention.cache import KVCache
 from course_lib.core.layers import RMSNorm
 from course_lib.core.validation import check_int, check_number
 

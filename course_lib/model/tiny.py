@@ -23,7 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.model import mtp
-from course_lib.attention.attention import KVCache, MultiHeadAttention, MultiHeadLatentAttention
+from course_lib.attention.cache import KVCache
+from course_lib.attention.mha import MultiHeadAttention
+from course_lib.attention import arguments as attention_arguments
+from course_lib.attention.mla import MultiHeadLatentAttention
+from course_lib.attention.yarn import YarnScaling
 from course_lib.core.layers import RMSNorm, SwiGLU
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.headline.param_count import moe_ffn_params
@@ -61,6 +65,9 @@ class ModelConfig:
     # MLA's form: False up-projects the cached latents to keys and values (training, prefill); True attends over
     # the latents with W^UK and W^UV absorbed (the released code's decode mode, [CODE]); the same outputs
     mla_absorb: bool = False
+    # YaRN on MLA's decoupled RoPE parts ([V3] 4.3, notebook 11): None = plain RoPE; a YarnScaling extends a model
+    # trained at yarn.original_seq_len to max_seq_len (attention="mla" only)
+    yarn: YarnScaling | None = None
 
     def __post_init__(self) -> None:
         minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
@@ -88,6 +95,9 @@ class ModelConfig:
             check_int("q_lora_rank", self.q_lora_rank, 0)
             if self.qk_rope_head_dim % 2:
                 raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
+        if self.yarn is not None and self.attention != "mla":
+            raise ValueError("yarn scales MLA's decoupled RoPE key: it needs attention='mla'")
+        attention_arguments.yarn_setting(self.yarn, self.max_seq_len)
         if self.top_k > self.n_routed_experts:
             raise ValueError(f"top_k={self.top_k} exceeds n_routed_experts={self.n_routed_experts}")
         check_route_config(self.n_routed_experts, self.top_k, self.n_groups, self.topk_groups)
@@ -115,6 +125,8 @@ class ModelConfig:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        if isinstance(values.get("yarn"), dict):  # asdict turned the YarnScaling into a dict
+            values = {**values, "yarn": YarnScaling(**values["yarn"])}
         return cls(**values)
 
 
@@ -206,7 +218,8 @@ class TinyDeepSeek(nn.Module):
         c = self.config
         if c.attention == "mla":
             return MultiHeadLatentAttention(c.dim, c.n_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim,
-                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len, absorb=c.mla_absorb)
+                                            c.qk_rope_head_dim, c.v_head_dim, c.max_seq_len, absorb=c.mla_absorb,
+                                            yarn=c.yarn)
         return MultiHeadAttention(c.dim, c.n_heads, c.max_seq_len)
 
     def moe_layers(self) -> list[DeepSeekMoE]:

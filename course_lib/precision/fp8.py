@@ -296,7 +296,8 @@ def to_fp8(model: nn.Module, scale_format: str = "float") -> nn.Module:
     linear = fp8_linear if scale_format == "float" else functools.partial(fp8_linear, scale_format=scale_format)
     from course_lib.core.layers import SwiGLU
     from course_lib.moe.layer import DeepSeekMoE
-    from course_lib.attention.attention import MultiHeadAttention, MultiHeadLatentAttention
+    from course_lib.attention.mha import MultiHeadAttention
+    from course_lib.attention.mla import MultiHeadLatentAttention
 
     for module in list(model.modules()):
         if isinstance(module, (MultiHeadAttention, MultiHeadLatentAttention)):

@@ -758,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configs_from_args(args: argparse.Namespace, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
-    model_names = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size", "yarn"}  # yarn: set in code
     train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"balance"}
     model_cfg = ModelConfig(vocab_size=vocab_size, **{k: getattr(args, k) for k in model_names})
     if args.dense:
