@@ -6,7 +6,7 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``moe``: DeepSeekMoE's router, load balance and auxiliary-loss-free balancing, dispatch, the layer (01-03).
 - ``model``: the Transformer block, Multi-Token Prediction and the tiny DeepSeek-style model (04-06).
 - ``training``: its data, the training step, loop, checkpoints and command line (05-06).
-- ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07).
+- ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11).
 - ``inference``: speculative decoding with the MTP modules (08).
 - ``parallel``: torch.distributed process groups and expert parallelism (09).
 - ``precision``: FP8 with fine-grained scaling (10).
