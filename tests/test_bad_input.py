@@ -15,7 +15,7 @@ from course_lib.core import layers
 from course_lib.headline import compute, param_count
 from course_lib.model import block as transformer, mtp, tiny as model
 from course_lib.moe import balance, layer as moe, routing, toy as toy_moe
-from course_lib.training import data, train
+from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 NAN, INF = float("nan"), float("inf")
@@ -48,7 +48,7 @@ def tiny_corpus():
 def tiny_trainer(**cfg):
     tok = data.CharTokenizer(data.ASCII_ALPHABET)
     corpus = data.Corpus(tok, torch.randint(0, 96, (500,)), torch.randint(0, 96, (200,)))
-    return train.Trainer(tiny_model(), corpus, train.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
+    return loop.Trainer(tiny_model(), corpus, config.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
 
 
 def moe_after_forward(load_value):
@@ -242,38 +242,40 @@ CASES = [  # (name, call, error type, fragment of the message)
      "top_k"),
     ("generate prompt out of vocab", lambda: tiny_model().generate(torch.full((2,), 99), 2), ValueError, "[0, 96)"),
     # train
-    ("TrainConfig lr inf", lambda: train.TrainConfig(lr=INF), ValueError, "lr must be >= 0 and finite"),
-    ("TrainConfig gamma NaN", lambda: train.TrainConfig(gamma=NAN), ValueError, "gamma"),
-    ("TrainConfig steps float", lambda: train.TrainConfig(steps=2.5), TypeError, "steps must be an int"),
-    ("TrainConfig lr string", lambda: train.TrainConfig(lr="3e-3"), TypeError, "lr must be a number"),
-    ("TrainConfig dtype", lambda: train.TrainConfig(dtype="float16"), ValueError, "dtype must be one of"),
-    ("lr_at negative", lambda: train.lr_at(-1, train.TrainConfig()), ValueError, "step must be an int >= 0"),
-    ("train_step gamma inf", lambda: train.train_step(tiny_model(), None, [torch.zeros(1, 5, dtype=torch.long)],
+    ("TrainConfig lr inf", lambda: config.TrainConfig(lr=INF), ValueError, "lr must be >= 0 and finite"),
+    ("TrainConfig gamma NaN", lambda: config.TrainConfig(gamma=NAN), ValueError, "gamma"),
+    ("TrainConfig steps float", lambda: config.TrainConfig(steps=2.5), TypeError, "steps must be an int"),
+    ("TrainConfig lr string", lambda: config.TrainConfig(lr="3e-3"), TypeError, "lr must be a number"),
+    ("TrainConfig dtype", lambda: config.TrainConfig(dtype="float16"), ValueError, "dtype must be one of"),
+    ("lr_at negative", lambda: config.lr_at(-1, config.TrainConfig()), ValueError, "step must be an int >= 0"),
+    ("train_step gamma inf", lambda: step.train_step(tiny_model(), None, [torch.zeros(1, 5, dtype=torch.long)],
                                                       gamma=INF), ValueError, "gamma"),
-    ("train_step a tensor", lambda: train.train_step(tiny_model(), None, torch.zeros(1, 5, dtype=torch.long)),
+    ("train_step a tensor", lambda: step.train_step(tiny_model(), None, torch.zeros(1, 5, dtype=torch.long)),
      ValueError, "list of int64"),
-    ("train_step empty", lambda: train.train_step(tiny_model(), None, []), ValueError, "empty"),
-    ("train_step mode", lambda: train.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
+    ("train_step empty", lambda: step.train_step(tiny_model(), None, []), ValueError, "empty"),
+    ("train_step mode", lambda: step.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
      "balance_mode"),
-    ("StepRollback not a model", lambda: train.StepRollback("model", None), TypeError, "torch.nn.Module"),
-    ("StepRollback not an optimizer", lambda: train.StepRollback(tiny_model(), "sgd"), TypeError,
+    ("StepRollback not a model", lambda: step.StepRollback("model", None), TypeError, "torch.nn.Module"),
+    ("StepRollback not an optimizer", lambda: step.StepRollback(tiny_model(), "sgd"), TypeError,
      "torch.optim.Optimizer"),
-    ("mean_maxvio 1-D", lambda: train.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
-    ("Trainer wrong types", lambda: train.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
-    ("Trainer vocab", lambda: train.Trainer(tiny_model(), tiny_corpus(), train.TrainConfig(seq_len=8), "cpu"),
+    ("mean_maxvio 1-D", lambda: loop.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
+    ("Trainer wrong types", lambda: loop.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
+    ("Trainer vocab", lambda: loop.Trainer(tiny_model(), tiny_corpus(), config.TrainConfig(seq_len=8), "cpu"),
      ValueError, "vocab_size"),
     ("Trainer.train steps -1", lambda: tiny_trainer().train(-1, progress=False), ValueError,
      "steps must be an int >= 0"),
     ("Trainer.evaluate max_tokens 0", lambda: tiny_trainer().evaluate(0), ValueError, "max_tokens"),
     ("Trainer.summary nothing", lambda: tiny_trainer().summary(), ValueError, "train at least one step"),
-    ("check_same_config not configs", lambda: train.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
-    ("make_optimizer not a config", lambda: train.make_optimizer(tiny_model(), {"lr": 1}), TypeError, "TrainConfig"),
-    ("autocast dtype", lambda: train.autocast(torch.device("cpu"), "half"), ValueError, "dtype must be one of"),
-    ("read_checkpoint missing", lambda: train.read_checkpoint("/nonexistent/x.pt"), train.CheckpointError,
+    ("check_same_config not configs", lambda: checkpoint.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
+    ("make_optimizer not a config", lambda: config.make_optimizer(tiny_model(), {"lr": 1}), TypeError, "TrainConfig"),
+    ("autocast dtype", lambda: step.autocast(torch.device("cpu"), "half"), ValueError, "dtype must be one of"),
+    ("read_checkpoint missing", lambda: checkpoint.read_checkpoint("/nonexistent/x.pt"), checkpoint.CheckpointError,
      "no checkpoint"),
-    ("load_model missing", lambda: train.load_model("/nonexistent/x.pt"), train.CheckpointError, "no checkpoint"),
-    ("History.from_dict", lambda: train.History.from_dict({"step": [1]}), ValueError, "fields"),
-    ("main bad size", lambda: train.main(["--dim", "0", "--steps", "1", "--device", "cpu"]) == 2 or 1 / 0,
+    ("open_checkpoint missing", lambda: checkpoint.open_checkpoint("/nonexistent/x.pt"), checkpoint.CheckpointError,
+     "no checkpoint"),
+    ("load_model missing", lambda: checkpoint.load_model("/nonexistent/x.pt"), checkpoint.CheckpointError, "no checkpoint"),
+    ("History.from_dict", lambda: config.History.from_dict({"step": [1]}), ValueError, "fields"),
+    ("main bad size", lambda: cli.main(["--dim", "0", "--steps", "1", "--device", "cpu"]) == 2 or 1 / 0,
      None, None),
     # data
     ("to_ascii bytes", lambda: data.to_ascii(b"abc"), TypeError, "str"),
@@ -401,16 +403,19 @@ def test_balance_loss_with_all_zero_scores_for_a_token_is_finite_with_a_finite_g
 
 
 SWEPT = {attention: "attention", routing: "routing", balance: "balance", moe: "moe", layers: "layers", transformer: "transformer",
-         mtp: "mtp", model: "model", train: "train", data: "data", toy_moe: "toy_moe", compute: "compute",
+         mtp: "mtp", model: "model", step: "step", config: "config", loop: "loop",
+         checkpoint: "checkpoint", cli: "cli", data: "data", toy_moe: "toy_moe", compute: "compute",
          param_count: "param_count"}
 NOT_TAKING_INPUT = {  # public names with no argument to check, or checked through another row
-    "train.build_parser", "train.configs_from_args", "train.TrainingDiverged", "train.CheckpointError",
-    "train.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
-    "train.History", "moe.DeepSeekMoE.routed_experts",
+    "cli.build_parser", "cli.configs_from_args", "step.TrainingDiverged", "checkpoint.CheckpointError",
+    "step.StepResult", "toy_moe.one_cpu_thread", "toy_moe.TrainHistory", "toy_moe.SimulationHistory",
+    "config.History", "moe.DeepSeekMoE.routed_experts", "checkpoint.Checkpoint",
+    "checkpoint.save_checkpoint",  # Trainer.save's body: its input is a Trainer, checked when it was made
     "moe.RoutingStateModule",  # a base class: its subclasses' constructors are checked
     "layers.swiglu",  # checks nothing (it runs per expert in the MoE's loop): its rows are SwiGLU.forward's
     "model.temperature_softmax",  # checks nothing (it runs per decoded token): its rows are generate's
-    "train.loss_positions",  # checks nothing (once per micro-batch, inside a step): its rows are train_step's
+    "step.position_shares", "step.forward_backward",  # inside a step: their rows are train_step's
+    "step.loss_positions",  # checks nothing (once per micro-batch, inside a step): its rows are train_step's
 }
 
 

@@ -18,7 +18,7 @@ from course_lib.parallel import distributed, expert_parallel as ep
 from course_lib.training.data import synthetic_task
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
-from course_lib.training.train import train_step
+from course_lib.training.step import train_step
 
 
 def _moe(n_experts: int = 8, top_k: int = 3, n_groups: int = 1, topk_groups: int = 1, n_shared: int = 1,
