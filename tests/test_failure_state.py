@@ -145,6 +145,27 @@ DIVERGED_WEIGHTS = [  # a weight set to NaN or inf: before every layer, an FP8 l
     ("embed.weight", float("nan")), ("blocks.1.attn.qkv.weight", float("inf")), ("head.weight", float("nan"))]
 
 
+def test_a_failed_first_step_leaves_the_optimizer_without_state():
+    """The step that would have made the optimizer's state (its first) fails after AdamW's update: the state is
+    dropped again, and the next step is the first step of a fresh optimizer."""
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    twin_model = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    undo = optimizer_step_raises_after_updating(model, optimizer)
+    before = snapshot(model, optimizer)
+    with pytest.raises(Boom):
+        train_step(model, optimizer, batches(2), gamma=0.01)
+    assert_same(snapshot(model, optimizer), before)
+    assert not optimizer.state
+    undo()
+    a = train_step(model, optimizer, batches(3), gamma=0.01)
+    b = train_step(twin_model, torch.optim.AdamW(twin_model.parameters(), lr=1e-2), batches(3), gamma=0.01)
+    assert a.loss == b.loss and a.grad_norm == b.grad_norm
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "fp8"])
 @pytest.mark.parametrize("name, value", DIVERGED_WEIGHTS, ids=[n for n, _ in DIVERGED_WEIGHTS])
 def test_divergence_is_training_diverged_in_every_precision(precision, name, value):

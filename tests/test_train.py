@@ -203,7 +203,7 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
             with torch.no_grad():
                 self.embed.weight[:, 0] = float("nan")
 
-    monkeypatch.setattr(train, "TinyDeepSeek", DivergedFP8)
+    monkeypatch.setattr(cli, "TinyDeepSeek", DivergedFP8)
     code = cli.main(["--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2", "--n-heads", "2",
                        "--expert-dim", "16", "--batch-size", "2", "--seq-len", "16", "--max-seq-len", "16",
                        "--eval-tokens", "64", "--no-progress"])
