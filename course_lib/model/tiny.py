@@ -218,7 +218,8 @@ class TinyDeepSeek(nn.Module):
         states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
         Raises TypeError / ValueError (``arguments.losses``) for tokens that are not int64 [B >= 1, T + 1 >= 2] in
         the vocabulary and for an mtp_lambda that is not a finite number >= 0. Non-finite weights give a
-        non-finite loss, which ``training.step.train_step`` reports as TrainingDiverged.
+        non-finite loss, or ``validation.NonFiniteError`` from an FP8 layer: ``training.step.train_step`` reports
+        both as TrainingDiverged.
         """
         inputs = tokens[:, :-1]  # [B, T]
         h = self.hidden_states(inputs)
