@@ -1,6 +1,6 @@
 """Seconds that notebook 05's default training run takes to reach readable text: the tiny model's default
 configuration, 600 steps of batch 16 x 64 characters of Python's documentation, validating every 150 steps, as
-the notebook runs it (``train.Trainer``), from a fresh model to the final validation.
+the notebook runs it (``Trainer``), from a fresh model to the final validation.
 
     .venv/bin/python benchmarks/bench_nb05_run.py              # 2 threads, one run (about a minute)
     .venv/bin/python benchmarks/bench_nb05_run.py --threads 1 2 --rounds 3
@@ -17,20 +17,22 @@ import time
 
 import torch
 
-from course_lib.training import data, train
+from course_lib.training import data
+from course_lib.training.config import TrainConfig
+from course_lib.training.loop import Trainer
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.core.runtime import seed_everything
 
 import timing
 
 
-def default_run(corpus: data.Corpus, steps: int, eval_tokens: int) -> tuple[float, float, train.Trainer]:
+def default_run(corpus: data.Corpus, steps: int, eval_tokens: int) -> tuple[float, float, Trainer]:
     """Wall-clock and CPU seconds of notebook 05's main run (seed 0, validation every steps // 4), and its
     trainer. On a loaded machine the CPU seconds of a 1-thread run stay close to its wall time on a quiet one."""
     start, cpu_start = time.perf_counter(), time.process_time()
     seed_everything(0)
-    cfg = train.TrainConfig(steps=steps, seed=0, eval_interval=max(1, steps // 4), eval_tokens=eval_tokens)
-    trainer = train.Trainer(TinyDeepSeek(ModelConfig(vocab_size=corpus.tokenizer.vocab_size)), corpus, cfg, "cpu")
+    cfg = TrainConfig(steps=steps, seed=0, eval_interval=max(1, steps // 4), eval_tokens=eval_tokens)
+    trainer = Trainer(TinyDeepSeek(ModelConfig(vocab_size=corpus.tokenizer.vocab_size)), corpus, cfg, "cpu")
     trainer.train(progress=False)
     return time.perf_counter() - start, time.process_time() - cpu_start, trainer
 
@@ -38,9 +40,9 @@ def default_run(corpus: data.Corpus, steps: int, eval_tokens: int) -> tuple[floa
 def main(argv: list[str] | None = None) -> None:
     parser = timing.parser(__doc__.split("\n\n")[0])
     parser.set_defaults(threads=[2], rounds=1)
-    parser.add_argument("--steps", type=int, default=train.TrainConfig().steps)
+    parser.add_argument("--steps", type=int, default=TrainConfig().steps)
     args = timing.parse(parser, argv)
-    steps, eval_tokens = (4, 1024) if args.quick else (args.steps, train.TrainConfig().eval_tokens)
+    steps, eval_tokens = (4, 1024) if args.quick else (args.steps, TrainConfig().eval_tokens)
     rounds = 1 if args.quick else args.rounds
     corpus = data.python_docs()
     timing.header(f"notebook 05's default run: {steps} steps of batch 16 x 64, validation every {max(1, steps // 4)}")

@@ -4,7 +4,7 @@ activated parameters, at 1 and 2 threads, in one run.
     .venv/bin/python benchmarks/bench_train.py                 # the default model, CPU, --threads 1 2
     .venv/bin/python benchmarks/bench_train.py --device cuda --dim 512 --n-layers 8 --batch-size 64 --seq-len 256
 
-Both models take full training steps (``train.train_step``: forward, backward, gradient clipping, AdamW, the
+Both models take full training steps (``train_step``: forward, backward, gradient clipping, AdamW, the
 loss-free bias update) on the same batches of Python's documentation text. The dense model is
 ``ModelConfig.dense_baseline()``: every layer a SwiGLU whose hidden size is that of the shared plus top_k routed
 experts, so a token activates the same parameters in both models except the MoE router's centroids. A round is
@@ -19,7 +19,9 @@ import statistics
 
 import torch
 
-from course_lib.training import data, train
+from course_lib.training import data
+from course_lib.training.step import train_step
+from course_lib.training.config import TrainConfig
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.core.runtime import get_device
 
@@ -32,7 +34,7 @@ def steps_of(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, batches: lis
     """A function that takes one training step on each batch (synchronised on a GPU)."""
     def run() -> None:
         for batch in batches:
-            train.train_step(model, optimizer, [batch], balance_mode="loss_free", gamma=0.01, grad_clip=1.0)
+            train_step(model, optimizer, [batch], balance_mode="loss_free", gamma=0.01, grad_clip=1.0)
         if batches[0].device.type == "cuda":
             torch.cuda.synchronize()
     return run
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = timing.parser(__doc__.split("\n\n")[0])
     parser.set_defaults(rounds=10)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=train.TrainConfig().batch_size)
-    parser.add_argument("--seq-len", type=int, default=train.TrainConfig().seq_len)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--seq-len", type=int, default=TrainConfig().seq_len)
     parser.add_argument("--steps-per-round", type=int, default=5)
     for name in SIZES:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))

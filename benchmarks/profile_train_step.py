@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/profile_train_step.py                 # the default model and batch, 2 threads
     .venv/bin/python benchmarks/profile_train_step.py --mtp-depth 1 --threads 1 --steps 20
 
-Each step is ``train.train_step`` (forward, backward, gradient clipping, AdamW, the loss-free bias update) on
+Each step is ``train_step`` (forward, backward, gradient clipping, AdamW, the loss-free bias update) on
 batches of Python's documentation text. Every operator the profiler records is charged to one part:
 
 - a forward operator to the innermost labelled part it runs in (attention, routing, dispatch, ...);
@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from course_lib.training import data, train
+from course_lib.training import data
+from course_lib.training.step import train_step
+from course_lib.training.config import TrainConfig
 from course_lib.core.layers import SwiGLU
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="profiled steps (after 3 warm-up steps)")
-    parser.add_argument("--batch-size", type=int, default=train.TrainConfig().batch_size)
-    parser.add_argument("--seq-len", type=int, default=train.TrainConfig().seq_len)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--seq-len", type=int, default=TrainConfig().seq_len)
     parser.add_argument("--mtp-depth", type=int, default=defaults.mtp_depth)
     parser.add_argument("--dense", action="store_true", help="profile the dense baseline instead")
     parser.add_argument("--quick", action="store_true", help="2 steps of a small batch, 1 thread (for the tests)")
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     batches = [corpus.get_batch("train", args.batch_size, args.seq_len, generator) for _ in range(args.steps + 3)]
 
     def step(tokens: torch.Tensor) -> None:
-        train.train_step(model, optimizer, [tokens], balance_mode="loss_free", gamma=0.01, grad_clip=1.0,
+        train_step(model, optimizer, [tokens], balance_mode="loss_free", gamma=0.01, grad_clip=1.0,
                          mtp_lambda=0.3)
 
     for tokens in batches[:3]:

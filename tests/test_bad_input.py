@@ -23,11 +23,12 @@ from course_lib.attention import cache as kv_cache, mha, mla, rope, yarn
 from course_lib.core import layers
 from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
+from course_lib.inference import speculative
 from course_lib.model import block as transformer, mtp
 from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
 from course_lib.parallel import distributed
 from course_lib.parallel.expert_parallel import placement, traffic
-from course_lib.training import data, train
+from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
 
@@ -55,7 +56,7 @@ def tiny_corpus():
 def tiny_trainer(**cfg):
     tok = data.CharTokenizer(data.ASCII_ALPHABET)
     corpus = data.Corpus(tok, torch.randint(0, 96, (500,)), torch.randint(0, 96, (200,)))
-    return train.Trainer(tiny_model(), corpus, train.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
+    return loop.Trainer(tiny_model(), corpus, config.TrainConfig(batch_size=2, seq_len=8, **cfg), "cpu")
 
 
 def moe_after_forward(load_value):
@@ -250,6 +251,15 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("TinyDeepSeek token out of vocab", lambda: tiny_model()(torch.full((1, 4), 96)), ValueError, "[0, 96)"),
     ("TinyDeepSeek negative token", lambda: tiny_model()(torch.full((1, 4), -1)), ValueError, "[0, 96)"),
     ("TinyDeepSeek empty", lambda: tiny_model()(torch.ones(0, 4, dtype=torch.long)), ValueError, "batch >= 1"),
+    ("hidden_states float tokens", lambda: tiny_model().hidden_states(torch.ones(1, 4)), TypeError, "int64"),
+    ("hidden_states another model's cache", lambda: tiny_model().hidden_states(
+        torch.zeros(1, 4, dtype=torch.long), tiny_model().new_cache()), ValueError, "another model"),
+    ("MTPModule forward float tokens", lambda: tiny_model().mtp_modules[0](torch.ones(1, 4, 32), torch.ones(1, 5)), TypeError,
+     "int64 inputs"),
+    ("plain_generate empty prompt", lambda: speculative.plain_generate(tiny_model(), torch.zeros(0, dtype=torch.long), 2),
+     ValueError, "prompt"),
+    ("speculative_generate float prompt", lambda: speculative.speculative_generate(tiny_model(), torch.zeros(2), 2),
+     TypeError, "prompt"),
     ("losses mtp_lambda inf", lambda: tiny_model().losses(torch.zeros(1, 5, dtype=torch.long), INF), ValueError,
      "mtp_lambda"),
     ("losses one column", lambda: tiny_model().losses(torch.zeros(1, 1, dtype=torch.long)), ValueError, "T + 1"),
@@ -263,38 +273,40 @@ CASES = [  # (name, call, error type, fragment of the message)
      "top_k"),
     ("generate prompt out of vocab", lambda: tiny_model().generate(torch.full((2,), 99), 2), ValueError, "[0, 96)"),
     # train
-    ("TrainConfig lr inf", lambda: train.TrainConfig(lr=INF), ValueError, "lr must be >= 0 and finite"),
-    ("TrainConfig gamma NaN", lambda: train.TrainConfig(gamma=NAN), ValueError, "gamma"),
-    ("TrainConfig steps float", lambda: train.TrainConfig(steps=2.5), TypeError, "steps must be an int"),
-    ("TrainConfig lr string", lambda: train.TrainConfig(lr="3e-3"), TypeError, "lr must be a number"),
-    ("TrainConfig dtype", lambda: train.TrainConfig(dtype="float16"), ValueError, "dtype must be one of"),
-    ("lr_at negative", lambda: train.lr_at(-1, train.TrainConfig()), ValueError, "step must be an int >= 0"),
-    ("train_step gamma inf", lambda: train.train_step(tiny_model(), None, [torch.zeros(1, 5, dtype=torch.long)],
+    ("TrainConfig lr inf", lambda: config.TrainConfig(lr=INF), ValueError, "lr must be >= 0 and finite"),
+    ("TrainConfig gamma NaN", lambda: config.TrainConfig(gamma=NAN), ValueError, "gamma"),
+    ("TrainConfig steps float", lambda: config.TrainConfig(steps=2.5), TypeError, "steps must be an int"),
+    ("TrainConfig lr string", lambda: config.TrainConfig(lr="3e-3"), TypeError, "lr must be a number"),
+    ("TrainConfig dtype", lambda: config.TrainConfig(dtype="float16"), ValueError, "dtype must be one of"),
+    ("lr_at negative", lambda: config.lr_at(-1, config.TrainConfig()), ValueError, "step must be an int >= 0"),
+    ("train_step gamma inf", lambda: step.train_step(tiny_model(), None, [torch.zeros(1, 5, dtype=torch.long)],
                                                       gamma=INF), ValueError, "gamma"),
-    ("train_step a tensor", lambda: train.train_step(tiny_model(), None, torch.zeros(1, 5, dtype=torch.long)),
+    ("train_step a tensor", lambda: step.train_step(tiny_model(), None, torch.zeros(1, 5, dtype=torch.long)),
      ValueError, "list of int64"),
-    ("train_step empty", lambda: train.train_step(tiny_model(), None, []), ValueError, "empty"),
-    ("train_step mode", lambda: train.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
+    ("train_step empty", lambda: step.train_step(tiny_model(), None, []), ValueError, "empty"),
+    ("train_step mode", lambda: step.train_step(tiny_model(), None, [], balance_mode="aux_free"), ValueError,
      "balance_mode"),
-    ("StepRollback not a model", lambda: train.StepRollback("model", None), TypeError, "torch.nn.Module"),
-    ("StepRollback not an optimizer", lambda: train.StepRollback(tiny_model(), "sgd"), TypeError,
+    ("StepRollback not a model", lambda: step.StepRollback("model", None), TypeError, "torch.nn.Module"),
+    ("StepRollback not an optimizer", lambda: step.StepRollback(tiny_model(), "sgd"), TypeError,
      "torch.optim.Optimizer"),
-    ("mean_maxvio 1-D", lambda: train.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
-    ("Trainer wrong types", lambda: train.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
-    ("Trainer vocab", lambda: train.Trainer(tiny_model(), tiny_corpus(), train.TrainConfig(seq_len=8), "cpu"),
+    ("mean_maxvio 1-D", lambda: loop.mean_maxvio(torch.ones(4)), ValueError, "[n_layers, n_experts]"),
+    ("Trainer wrong types", lambda: loop.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
+    ("Trainer vocab", lambda: loop.Trainer(tiny_model(), tiny_corpus(), config.TrainConfig(seq_len=8), "cpu"),
      ValueError, "vocab_size"),
     ("Trainer.train steps -1", lambda: tiny_trainer().train(-1, progress=False), ValueError,
      "steps must be an int >= 0"),
     ("Trainer.evaluate max_tokens 0", lambda: tiny_trainer().evaluate(0), ValueError, "max_tokens"),
     ("Trainer.summary nothing", lambda: tiny_trainer().summary(), ValueError, "train at least one step"),
-    ("check_same_config not configs", lambda: train.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
-    ("make_optimizer not a config", lambda: train.make_optimizer(tiny_model(), {"lr": 1}), TypeError, "TrainConfig"),
-    ("autocast dtype", lambda: train.autocast(torch.device("cpu"), "half"), ValueError, "dtype must be one of"),
-    ("read_checkpoint missing", lambda: train.read_checkpoint("/nonexistent/x.pt"), train.CheckpointError,
+    ("check_same_config not configs", lambda: checkpoint.check_same_config(TINY, {"dim": 3}), TypeError, "ModelConfig"),
+    ("make_optimizer not a config", lambda: config.make_optimizer(tiny_model(), {"lr": 1}), TypeError, "TrainConfig"),
+    ("autocast dtype", lambda: step.autocast(torch.device("cpu"), "half"), ValueError, "dtype must be one of"),
+    ("read_checkpoint missing", lambda: checkpoint.read_checkpoint("/nonexistent/x.pt"), checkpoint.CheckpointError,
      "no checkpoint"),
-    ("load_model missing", lambda: train.load_model("/nonexistent/x.pt"), train.CheckpointError, "no checkpoint"),
-    ("History.from_dict", lambda: train.History.from_dict({"step": [1]}), ValueError, "fields"),
-    ("main bad size", lambda: train.main(["--dim", "0", "--steps", "1", "--device", "cpu"]) == 2 or 1 / 0,
+    ("open_checkpoint missing", lambda: checkpoint.open_checkpoint("/nonexistent/x.pt"), checkpoint.CheckpointError,
+     "no checkpoint"),
+    ("load_model missing", lambda: checkpoint.load_model("/nonexistent/x.pt"), checkpoint.CheckpointError, "no checkpoint"),
+    ("History.from_dict", lambda: config.History.from_dict({"step": [1]}), ValueError, "fields"),
+    ("main bad size", lambda: cli.main(["--dim", "0", "--steps", "1", "--device", "cpu"]) == 2 or 1 / 0,
      None, None),
     # data
     ("to_ascii bytes", lambda: data.to_ascii(b"abc"), TypeError, "str"),
@@ -479,7 +491,11 @@ def rejecting_boundaries(call: Callable[[], object], boundaries: dict[str, Calla
         frames = [frame for frame, _ in traceback.walk_tb(error.__traceback__)]
     else:
         return []
-    by_function = {id(fn.__wrapped__): name for name, fn in boundaries.items()}
+    by_function = {}  # every layer of a boundary's wrappers (under torch.no_grad, over a context decorator)
+    for name, fn in boundaries.items():
+        while hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+            by_function[id(fn)] = name
     return [name for outer, inner in zip(frames, frames[1:]) if outer.f_code is CHECKED
             for name in {by_function.get(id(value)) for value in outer.f_locals.values()} - {None}
             if inner.f_code is getattr(boundaries[name].validator, "__code__", None)]

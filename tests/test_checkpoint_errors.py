@@ -10,12 +10,15 @@ import sys
 import pytest
 import torch
 
-from course_lib.training import train
+from course_lib.training import cli, data
+from course_lib.training.checkpoint import CheckpointError, load_model, read_checkpoint
+from course_lib.training.config import TrainConfig
+from course_lib.training.loop import Trainer
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
 TINY = tiny_config()
-FAST = train.TrainConfig(steps=2, batch_size=4, seq_len=16, warmup_steps=1, eval_interval=2, eval_tokens=128)
+FAST = TrainConfig(steps=2, batch_size=4, seq_len=16, warmup_steps=1, eval_interval=2, eval_tokens=128)
 CLI_SIZES = ["--dim", "32", "--n-layers", "2", "--n-heads", "2", "--expert-dim", "16", "--max-seq-len", "32",
              "--mtp-depth", "1", "--batch-size", "4", "--seq-len", "16", "--eval-tokens", "128", "--device", "cpu",
              "--no-progress"]
@@ -24,7 +27,7 @@ CLI_SIZES = ["--dim", "32", "--n-layers", "2", "--n-heads", "2", "--expert-dim",
 @pytest.fixture(scope="module")
 def good(corpus, tmp_path_factory):
     torch.manual_seed(0)
-    trainer = train.Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
+    trainer = Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
     trainer.train(progress=False)
     path = tmp_path_factory.mktemp("good") / "good.pt"
     trainer.save(path)
@@ -138,8 +141,8 @@ def test_a_damaged_entry_raises_one_checkpoint_error_naming_file_and_entry(good,
     path = damaged(good, tmp_path, mutate)
     content = path.read_bytes()
     rng = torch.get_rng_state()
-    for read in (train.read_checkpoint, train.load_model, lambda p: train.Trainer.resume(p, corpus, "cpu")):
-        with pytest.raises(train.CheckpointError) as error:
+    for read in (read_checkpoint, load_model, lambda p: Trainer.resume(p, corpus, "cpu")):
+        with pytest.raises(CheckpointError) as error:
             read(path)
         check_error(error, path, fragment)
     assert torch.equal(torch.get_rng_state(), rng)  # resume changed nothing before refusing
@@ -150,8 +153,8 @@ def test_a_damaged_entry_raises_one_checkpoint_error_naming_file_and_entry(good,
 def test_a_damaged_file_raises_one_checkpoint_error_naming_it(good, tmp_path, damage):
     path = tmp_path / "damaged.pt"
     path.write_bytes(damage(good.read_bytes()))
-    with pytest.raises(train.CheckpointError) as error:
-        train.read_checkpoint(path)
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
     check_error(error, path, "not a readable checkpoint")
 
 
@@ -162,7 +165,7 @@ def test_the_cli_prints_one_line_exits_2_and_overwrites_nothing(good, tmp_path, 
     mutate, fragment = DAMAGES[name]
     path = damaged(good, tmp_path, mutate)
     content = path.read_bytes()
-    code = train.main(["--resume", str(path), "--save", str(path), "--json", str(tmp_path / "m.json"),
+    code = cli.main(["--resume", str(path), "--save", str(path), "--json", str(tmp_path / "m.json"),
                        "--steps", "3", *CLI_SIZES])
     out, err = capsys.readouterr()
     assert code == 2
@@ -173,14 +176,14 @@ def test_the_cli_prints_one_line_exits_2_and_overwrites_nothing(good, tmp_path, 
 @pytest.mark.slow  # a fresh interpreter imports torch: about 10 s on a busy machine
 def test_the_real_command_exits_with_status_2(good, tmp_path):
     path = damaged(good, tmp_path, DAMAGES["model_config a number"][0])
-    run = subprocess.run([sys.executable, "-m", "course_lib.training.train", "--resume", str(path), "--save", str(path),
+    run = subprocess.run([sys.executable, "-m", "course_lib.training", "--resume", str(path), "--save", str(path),
                           "--steps", "3", *CLI_SIZES], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and "'model_config'" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_a_good_checkpoint_still_resumes(good, corpus):
-    trainer = train.Trainer.resume(good, corpus, "cpu", steps=3)
+    trainer = Trainer.resume(good, corpus, "cpu", steps=3)
     assert trainer.step == 2 and len(trainer.history.loss) == 2
     trainer.train(progress=False)
     assert trainer.step == 3

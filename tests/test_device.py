@@ -105,17 +105,18 @@ def test_the_tiny_model_trains_and_samples(device):
 
 
 def test_the_trainer_runs_on_the_device(device, tmp_path, corpus):
-    from course_lib.training import train
+    from course_lib.training.config import TrainConfig
+    from course_lib.training.loop import Trainer
 
     config = tiny_config()
-    cfg = train.TrainConfig(steps=3, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=3, eval_tokens=256)
+    cfg = TrainConfig(steps=3, batch_size=4, seq_len=32, warmup_steps=1, eval_interval=3, eval_tokens=256)
     torch.manual_seed(0)
-    trainer = train.Trainer(TinyDeepSeek(config), corpus, cfg, device)
+    trainer = Trainer(TinyDeepSeek(config), corpus, cfg, device)
     history = trainer.train(progress=False)
     assert trainer.device.type == device.type and len(history.loss) == 3
     assert all(torch.isfinite(torch.tensor(history.loss)))
     assert all(moe.bias.device.type == device.type and moe.bias.dtype == torch.float32
                for moe in trainer.model.moe_layers())
     trainer.save(tmp_path / "tiny.ckpt")
-    resumed = train.Trainer.resume(tmp_path / "tiny.ckpt", corpus, device)
+    resumed = Trainer.resume(tmp_path / "tiny.ckpt", corpus, device)
     assert resumed.step == 3 and next(resumed.model.parameters()).device.type == device.type

@@ -20,7 +20,7 @@ from course_lib.parallel.expert_parallel import step as ep_step, traffic as ep_t
 from course_lib.training.data import synthetic_task
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
-from course_lib.training.train import train_step
+from course_lib.training.step import train_step
 from tiny_models import tiny_config
 
 

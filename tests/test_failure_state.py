@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from course_lib.moe import balance, toy as toy_moe
-from course_lib.training import data, train
+from course_lib.training import data
+from course_lib.training.step import train_step, TrainingDiverged
+from course_lib.training.config import History, TrainConfig
+from course_lib.training.loop import Trainer
 from course_lib.precision import fp8
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
 TINY = tiny_config(n_layers=3)
-FAST = train.TrainConfig(steps=6, batch_size=4, seq_len=16, warmup_steps=2, eval_interval=6, eval_tokens=256)
+FAST = TrainConfig(steps=6, batch_size=4, seq_len=16, warmup_steps=2, eval_interval=6, eval_tokens=256)
 
 
 class Boom(Exception):
@@ -111,13 +114,13 @@ def test_a_failed_step_leaves_weights_optimizer_and_routing_state_as_before(fail
     torch.manual_seed(0)
     model = TinyDeepSeek(TINY)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    train.train_step(model, optimizer, batches(1), gamma=0.01)  # some optimizer state and a moved bias
+    train_step(model, optimizer, batches(1), gamma=0.01)  # some optimizer state and a moved bias
     for i, moe in enumerate(model.moe_layers()):
         moe.load.fill_(float(i + 3))  # counts from forwards outside a step are kept, not mixed with the failed step's
     undo = fail(model, optimizer)
     before = snapshot(model, optimizer)
-    with pytest.raises((Boom, KeyboardInterrupt, train.TrainingDiverged)):
-        train.train_step(model, optimizer, batches(2), gamma=0.01, balance_mode="loss_free")
+    with pytest.raises((Boom, KeyboardInterrupt, TrainingDiverged)):
+        train_step(model, optimizer, batches(2), gamma=0.01, balance_mode="loss_free")
     assert_same(snapshot(model, optimizer), before)
     assert all(p.grad is None for p in model.parameters())
     undo()
@@ -127,14 +130,35 @@ def test_a_failed_step_leaves_weights_optimizer_and_routing_state_as_before(fail
     twin_model = copy.deepcopy(model)
     twin_opt = torch.optim.AdamW(twin_model.parameters(), lr=1e-2)
     twin_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # load_state_dict would share the moments
-    a = train.train_step(model, optimizer, batches(3), gamma=0.01)
-    b = train.train_step(twin_model, twin_opt, batches(3), gamma=0.01)
+    a = train_step(model, optimizer, batches(3), gamma=0.01)
+    b = train_step(twin_model, twin_opt, batches(3), gamma=0.01)
     assert a.loss == b.loss and torch.equal(a.loads, b.loads)
     assert_same(snapshot(model, optimizer), snapshot(twin_model, twin_opt))
 
 
 DIVERGED_WEIGHTS = [  # a weight set to NaN or inf: before every layer, an FP8 layer's own weight, after every layer
     ("embed.weight", float("nan")), ("blocks.1.attn.qkv.weight", float("inf")), ("head.weight", float("nan"))]
+
+
+def test_a_failed_first_step_leaves_the_optimizer_without_state():
+    """The step that would have made the optimizer's state (its first) fails after AdamW's update: the state is
+    dropped again, and the next step is the first step of a fresh optimizer."""
+    torch.manual_seed(0)
+    model = TinyDeepSeek(TINY)
+    twin_model = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    undo = optimizer_step_raises_after_updating(model, optimizer)
+    before = snapshot(model, optimizer)
+    with pytest.raises(Boom):
+        train_step(model, optimizer, batches(2), gamma=0.01)
+    assert_same(snapshot(model, optimizer), before)
+    assert not optimizer.state
+    undo()
+    a = train_step(model, optimizer, batches(3), gamma=0.01)
+    b = train_step(twin_model, torch.optim.AdamW(twin_model.parameters(), lr=1e-2), batches(3), gamma=0.01)
+    assert a.loss == b.loss and a.grad_norm == b.grad_norm
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "fp8"])
@@ -149,22 +173,22 @@ def test_divergence_is_training_diverged_in_every_precision(precision, name, val
         fp8.to_fp8(model)
     dtype = "bfloat16" if precision == "bfloat16" else "float32"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    train.train_step(model, optimizer, batches(1), dtype=dtype)
+    train_step(model, optimizer, batches(1), dtype=dtype)
     with torch.no_grad():
         dict(model.named_parameters())[name].view(-1)[:4] = value
     before = snapshot(model, optimizer)
-    with pytest.raises(train.TrainingDiverged):
-        train.train_step(model, optimizer, batches(2), dtype=dtype)
+    with pytest.raises(TrainingDiverged):
+        train_step(model, optimizer, batches(2), dtype=dtype)
     assert_same(snapshot(model, optimizer), before)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_the_trainer_redraws_the_batches_of_a_failed_step(corpus):
     torch.manual_seed(0)
-    straight = train.Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
+    straight = Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
     straight.train(progress=False)
     torch.manual_seed(0)
-    trainer = train.Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
+    trainer = Trainer(TinyDeepSeek(TINY), corpus, FAST, "cpu")
     trainer.train(3, progress=False)
     handle = trainer.model.moe_layers()[0].register_forward_hook(lambda *args: (_ for _ in ()).throw(Boom("once")))
     with pytest.raises(Boom):
@@ -194,12 +218,12 @@ def test_a_model_deep_copies_after_a_training_forward_and_balance_losses_keep_th
 
 def test_result_objects_have_short_reprs(corpus):
     torch.manual_seed(0)
-    trainer = train.Trainer(TinyDeepSeek(TINY), corpus, dataclasses.replace(FAST, steps=2, eval_interval=2), "cpu")
+    trainer = Trainer(TinyDeepSeek(TINY), corpus, dataclasses.replace(FAST, steps=2, eval_interval=2), "cpu")
     history = trainer.train(progress=False)
-    step = train.train_step(trainer.model, trainer.optimizer, batches(0, 1))
+    step = train_step(trainer.model, trainer.optimizer, batches(0, 1))
     objects = {
         "History(steps=2, last loss": history,
-        "History(steps=0)": train.History(),
+        "History(steps=0)": History(),
         "StepResult(loss=": step,
         "Trainer(step 2 of 2, loss_free balancing, float32 on cpu": trainer,
         "TrainHistory(mode='loss_free', steps=5": toy_moe.train_toy_moe("loss_free", 5, n_eval_tokens=64),

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.model import mtp
-from course_lib.training import train
+from course_lib.training.step import train_step
+from id_reads import id_reductions  # tests/id_reads.py
 from course_lib.core.layers import SwiGLU
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek, temperature_softmax
 from course_lib.moe.layer import DeepSeekMoE
@@ -200,7 +201,7 @@ def test_the_absorbed_form_in_the_config_gives_the_naive_forms_logits():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError, match="mla_absorb must be True or False"):
         dataclasses.replace(MLA, mla_absorb=1)
-    from course_lib.training.train import build_parser, configs_from_args  # the training command's flag
+    from course_lib.training.cli import build_parser, configs_from_args  # the training command's flag
     args = build_parser().parse_args(["--attention", "mla", "--mla-absorb"])
     assert configs_from_args(args, 50)[0].mla_absorb is True
     assert configs_from_args(build_parser().parse_args([]), 50)[0].mla_absorb is False
@@ -287,28 +288,19 @@ def test_bad_attention_configs(change, message):
         dataclasses.replace(TINY, **change)
 
 
-def count_id_checks(monkeypatch):
-    """Count the reads of token ids (``TinyDeepSeek._check_ids``: one host sync each on a GPU)."""
-    calls = []
-    real = TinyDeepSeek._check_ids
-    monkeypatch.setattr(TinyDeepSeek, "_check_ids", lambda self, *args: calls.append(1) or real(self, *args))
-    return calls
-
-
-def test_token_ids_are_checked_once_per_call_not_per_decoded_token(monkeypatch):
+def test_token_ids_are_read_once_where_they_enter_not_per_layer_depth_or_decoded_token():
+    """Each entry point reduces the user's tokens once (the one host read-back of its check); the layers, the MTP
+    depths' losses and the decoding steps inside read none."""
     torch.manual_seed(0)
     model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=1))
-    calls = count_id_checks(monkeypatch)
-    model.generate(torch.tensor([1, 2, 3]), 6)
-    assert len(calls) == 1
-    model.generate(torch.tensor([1, 2, 3]), 6, use_cache=False, context=4)  # the window slides: re-reads
-    assert len(calls) == 2
-    model.losses(tokens(length=9))
-    assert len(calls) == 3
+    assert id_reductions(lambda: model.generate(torch.tensor([1, 2, 3]), 6)) == [[3]]
+    # the window slides: each step re-reads the window into the emptied cache, and checks nothing
+    assert id_reductions(lambda: model.generate(torch.tensor([1, 2, 3]), 6, use_cache=False, context=4)) == [[3]]
+    assert id_reductions(lambda: model.losses(tokens(length=9))) == [[2, 9]]  # the windows, not each depth's targets
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    train.train_step(model, optimizer, [tokens(length=9, seed=1), tokens(length=9, seed=2)])
-    assert len(calls) == 5  # one per micro-batch, at the step's entry
+    batches = [tokens(length=9, seed=1), tokens(length=9, seed=2)]
+    assert id_reductions(lambda: train_step(model, optimizer, batches)) == [[2, 9], [2, 9]]  # at the step's entry
     bad = tokens(length=9)
     bad[1, -1] = 20  # a target id outside the vocabulary
     with pytest.raises(ValueError, match=r"\[0, 20\)"):  # still checked, before anything is computed
-        train.train_step(model, optimizer, [bad])
+        train_step(model, optimizer, [bad])

@@ -211,9 +211,9 @@ def test_a_forward_reads_back_once_for_a_user_and_never_inside_another_boundary(
 
 def test_balance_modes_are_defined_once():
     from course_lib.moe import balance, toy
-    from course_lib.training import train
+    from course_lib.training import arguments, cli
 
-    assert train.BALANCE_MODES is balance.BALANCE_MODES
+    assert arguments.BALANCE_MODES is balance.BALANCE_MODES and cli.BALANCE_MODES is balance.BALANCE_MODES
     assert "BALANCE_MODES" not in vars(toy)
 
 

@@ -8,13 +8,17 @@ import json
 import pytest
 import torch
 
-from course_lib.training import train
-from course_lib.model.tiny import TinyDeepSeek
+from course_lib.training import data
+from course_lib.training.step import train_step
+from course_lib.training.config import TrainConfig
+from course_lib.training.loop import Trainer
+from course_lib.training import cli
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
 from tiny_models import tiny_config
 
 TINY = tiny_config()
-FAST = train.TrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=30,
+FAST = TrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=30,
                          eval_tokens=512)
 
 CASTS = {  # every way nn.Module casts a layer or a model
@@ -99,7 +103,7 @@ def test_bf16_autocast_training_trains_like_float32_and_keeps_float32_state(corp
     results = {}
     for dtype in ("float32", "bfloat16"):
         torch.manual_seed(0)
-        trainer = train.Trainer(TinyDeepSeek(TINY), corpus, dataclasses.replace(FAST, dtype=dtype), "cpu")
+        trainer = Trainer(TinyDeepSeek(TINY), corpus, dataclasses.replace(FAST, dtype=dtype), "cpu")
         before = trainer.evaluate(512)["val_loss"]
         history = trainer.train(progress=False)
         assert history.val_loss[-1] < before - 0.5, dtype  # it trains
@@ -117,18 +121,18 @@ def test_bf16_autocast_training_trains_like_float32_and_keeps_float32_state(corp
 
 def test_dtype_is_validated_saved_and_given_by_the_cli(corpus, tmp_path, capsys):
     with pytest.raises(ValueError, match="dtype must be one of"):
-        train.TrainConfig(dtype="float16")
+        TrainConfig(dtype="float16")
     with pytest.raises(ValueError, match="dtype must be one of"):
-        train.train_step(TinyDeepSeek(TINY), torch.optim.SGD(TinyDeepSeek(TINY).parameters(), lr=0.1),
+        train_step(TinyDeepSeek(TINY), torch.optim.SGD(TinyDeepSeek(TINY).parameters(), lr=0.1),
                          [torch.zeros(2, 9, dtype=torch.long)], dtype="bf16")
     path = tmp_path / "bf16.pt"
-    code = train.main(["--dtype", "bfloat16", "--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2",
+    code = cli.main(["--dtype", "bfloat16", "--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2",
                        "--n-heads", "2", "--expert-dim", "16", "--batch-size", "4", "--seq-len", "16",
                        "--max-seq-len", "32", "--eval-tokens", "64", "--no-progress", "--save", str(path),
                        "--json", str(tmp_path / "m.json")])
     assert code == 0
     assert json.loads((tmp_path / "m.json").read_text())["train_config"]["dtype"] == "bfloat16"
-    resumed = train.Trainer.resume(path, corpus, "cpu", steps=3)
+    resumed = Trainer.resume(path, corpus, "cpu", steps=3)
     assert resumed.cfg.dtype == "bfloat16"
     # a checkpoint written before TrainConfig.dtype existed resumes in float32
     state = torch.load(path, weights_only=True)
@@ -136,7 +140,7 @@ def test_dtype_is_validated_saved_and_given_by_the_cli(corpus, tmp_path, capsys)
     del config["dtype"]
     state["train_config"] = json.dumps(config)
     torch.save(state, tmp_path / "old.pt")
-    assert train.Trainer.resume(tmp_path / "old.pt", corpus, "cpu").cfg.dtype == "float32"
+    assert Trainer.resume(tmp_path / "old.pt", corpus, "cpu").cfg.dtype == "float32"
     capsys.readouterr()
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.model.tiny import TinyDeepSeek
+from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from id_reads import id_reductions  # tests/id_reads.py
 from course_lib.inference.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
 from tiny_models import tiny_config
 
@@ -86,8 +87,9 @@ def test_drafts_equal_the_uncached_mtp_chain(attention):
 
 
 @pytest.mark.parametrize("attention", ["mha", "mla"])
-def test_mtp_step_equals_forward(attention):
-    """MTPModule.step over positions in chunks with a cache = MTPModule.forward over the whole sequence."""
+def test_mtp_module_with_a_cache_equals_the_whole_sequence(attention):
+    """MTPModule.forward over positions in chunks with a KV cache (h^{k-1} from position s, tokens t_{s+1}..,
+    k more than the positions) = MTPModule.forward over the whole sequence at once."""
     model = tiny_model(2, attention, seed=1)
     tokens = prompt_of(12, 7, 0)[None]
     with torch.no_grad():
@@ -97,14 +99,14 @@ def test_mtp_step_equals_forward(attention):
             expected_h, expected_logits = module(h, tokens)  # [1, T - k, dim]
             pieces, logits = [], []
             for lo, hi in ((0, 1), (1, 5), (5, 12 - k)):
-                out, lg = module.step(h[:, lo:hi], tokens[:, lo + k:hi + k], cache.mtp[k - 1], last_logits_only=False)
+                out, lg = module(h[:, lo:hi], tokens[:, lo:hi + k], cache.mtp[k - 1])
                 pieces.append(out)
                 logits.append(lg)
             torch.testing.assert_close(torch.cat(pieces, 1), expected_h, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(torch.cat(logits, 1), expected_logits, rtol=1e-10, atol=1e-10)
             h = expected_h
-        with pytest.raises(ValueError, match="shifted_tokens"):
-            model.mtp_modules[0].step(h0[:, :3], tokens[:, :2], model.new_cache(1).mtp[0])
+        with pytest.raises(ValueError, match="h_prev needs at least T - k positions"):
+            model.mtp_modules[0](h0[:, :1], tokens[:, :3], model.new_cache(1).mtp[0])
 
 
 # ------------------------------------------------------------------------------------------ accept rules
@@ -277,15 +279,14 @@ def test_bad_input():
             decode(model, prompt, 3, temperature="0")
 
 
-def test_the_prompt_is_checked_once_not_per_step(monkeypatch):
+def test_the_prompt_is_read_once_at_the_entry_and_decoding_reads_no_token_back():
+    """The prompt's ids are checked at the decoder's entry (one reduction of the prompt, read back to the host);
+    the decoding steps inside feed the model its own tokens and reduce none of them for a check."""
     model = tiny_model(2)
-    calls = []
-    real = TinyDeepSeek._check_ids
-    monkeypatch.setattr(TinyDeepSeek, "_check_ids", lambda self, *args: calls.append(1) or real(self, *args))
+    prompt = prompt_of(4, 7, 0)
     for decode in (plain_generate, speculative_generate):
-        calls.clear()
-        decode(model, prompt_of(4, 7, 0), 10)
-        assert len(calls) == 1, decode.__name__
+        reduced = id_reductions(lambda: decode(model, prompt, 10))
+        assert reduced == [[1, 4]], (decode.__name__, reduced)
 
 
 def test_accept_sampled_with_given_uniforms():

@@ -7,19 +7,24 @@ import json
 import pytest
 import torch
 
-from course_lib.training import train
+from course_lib.training import data
+from course_lib.training.step import train_step, TrainingDiverged
+from course_lib.training.config import lr_at, TrainConfig
+from course_lib.training.loop import Trainer
+from course_lib.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model, read_checkpoint
+from course_lib.training import cli
 from course_lib.precision import fp8
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
 TINY = tiny_config(mtp_depth=0)
-FAST = train.TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=10,
+FAST = TrainConfig(steps=20, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5, eval_interval=10,
                          eval_tokens=512)
 
 
 def make_trainer(corpus, model_cfg=TINY, seed=0, **changes):
     torch.manual_seed(seed)
-    return train.Trainer(TinyDeepSeek(model_cfg), corpus, dataclasses.replace(FAST, seed=seed, **changes), "cpu")
+    return Trainer(TinyDeepSeek(model_cfg), corpus, dataclasses.replace(FAST, seed=seed, **changes), "cpu")
 
 
 def test_a_few_steps_reduce_the_loss(corpus):
@@ -32,9 +37,9 @@ def test_a_few_steps_reduce_the_loss(corpus):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    cfg = train.TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    assert train.lr_at(0, cfg) == pytest.approx(1e-4) and train.lr_at(9, cfg) == pytest.approx(1e-3)
-    assert train.lr_at(55, cfg) == pytest.approx(5.5e-4) and train.lr_at(100, cfg) == pytest.approx(1e-4)
+    cfg = TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(5.5e-4) and lr_at(100, cfg) == pytest.approx(1e-4)
 
 
 def test_the_bias_moves_toward_balance_from_a_skewed_start(corpus):
@@ -72,7 +77,7 @@ def test_aux_loss_sends_gradient_to_the_router(corpus):
     for alpha in (0.0, 1.0):
         trainer = make_trainer(corpus, balance="aux", alpha=alpha)
         batch = corpus.get_batch("train", 4, 32, torch.Generator().manual_seed(0))
-        train.train_step(trainer.model, trainer.optimizer, [batch], balance_mode="aux", alpha=alpha)
+        train_step(trainer.model, trainer.optimizer, [batch], balance_mode="aux", alpha=alpha)
         grads[alpha] = trainer.model.moe_layers()[0].centroids.grad.clone()
     assert not torch.allclose(grads[0.0], grads[1.0])
 
@@ -81,7 +86,7 @@ def test_one_step_counts_the_load_of_every_micro_batch_and_resets_it(corpus):
     trainer = make_trainer(corpus)
     g = torch.Generator().manual_seed(0)
     batches = [corpus.get_batch("train", 4, 32, g) for _ in range(3)]
-    result = train.train_step(trainer.model, trainer.optimizer, batches, balance_mode="loss_free", gamma=0.01)
+    result = train_step(trainer.model, trainer.optimizer, batches, balance_mode="loss_free", gamma=0.01)
     assert result.loads.shape == (1, 8) and float(result.loads.sum()) == 3 * 4 * 32 * 2
     moe = trainer.model.moe_layers()[0]
     assert float(moe.load.sum()) == 0
@@ -112,7 +117,7 @@ def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
     first = make_trainer(corpus, cfg, **changes)
     first.train(5, progress=False)
     first.save(tmp_path / "run.pt")
-    resumed = train.Trainer.resume(tmp_path / "run.pt", corpus, "cpu", model_config=cfg)
+    resumed = Trainer.resume(tmp_path / "run.pt", corpus, "cpu", model_config=cfg)
     assert resumed.step == 5
     resumed.train(progress=False)
 
@@ -133,24 +138,24 @@ def test_checkpoint_errors_are_clear_and_overwrite_nothing(corpus, tmp_path, mon
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(content[: len(content) // 2])
-    with pytest.raises(train.CheckpointError, match="truncated"):
-        train.Trainer.resume(truncated, corpus, "cpu")
+    with pytest.raises(CheckpointError, match="truncated"):
+        Trainer.resume(truncated, corpus, "cpu")
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
-    with pytest.raises(train.CheckpointError, match="not a readable checkpoint"):
-        train.read_checkpoint(text)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        read_checkpoint(text)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    with pytest.raises(train.CheckpointError, match="not a checkpoint of this course"):
-        train.read_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this course"):
+        read_checkpoint(foreign)
     pickled = tmp_path / "pickled.pt"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "payload": dataclasses.replace(FAST)}, pickled)
-    with pytest.raises(train.CheckpointError, match="objects other than tensors"):
-        train.read_checkpoint(pickled)
-    with pytest.raises(train.CheckpointError, match="dim: checkpoint 32, expected 64"):
-        train.Trainer.resume(good, corpus, "cpu", model_config=dataclasses.replace(TINY, dim=64))
-    with pytest.raises(train.CheckpointError, match="no checkpoint"):
-        train.read_checkpoint(tmp_path / "missing.pt")
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": dataclasses.replace(FAST)}, pickled)
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        read_checkpoint(pickled)
+    with pytest.raises(CheckpointError, match="dim: checkpoint 32, expected 64"):
+        Trainer.resume(good, corpus, "cpu", model_config=dataclasses.replace(TINY, dim=64))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        read_checkpoint(tmp_path / "missing.pt")
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
@@ -167,7 +172,7 @@ def test_load_model_gives_the_trained_model_and_tokenizer(corpus, tmp_path):
     trainer = make_trainer(corpus, steps=1)
     trainer.train(progress=False)
     trainer.save(tmp_path / "m.pt")
-    model, tokenizer = train.load_model(tmp_path / "m.pt")
+    model, tokenizer = load_model(tmp_path / "m.pt")
     assert tokenizer.chars == corpus.tokenizer.chars and not model.training
     for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -178,7 +183,7 @@ def test_nan_loss_stops_with_the_step_and_what_to_try(corpus):
     trainer.train(2, progress=False)
     with torch.no_grad():
         trainer.model.head.weight[0, 0] = float("nan")
-    with pytest.raises(train.TrainingDiverged, match=r"step 3 .*lower learning rate"):
+    with pytest.raises(TrainingDiverged, match=r"step 3 .*lower learning rate"):
         trainer.train(progress=False)
     assert trainer.step == 2 and len(trainer.history.loss) == 2
 
@@ -193,8 +198,8 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
             with torch.no_grad():
                 self.embed.weight[:, 0] = float("nan")
 
-    monkeypatch.setattr(train, "TinyDeepSeek", DivergedFP8)
-    code = train.main(["--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2", "--n-heads", "2",
+    monkeypatch.setattr(cli, "TinyDeepSeek", DivergedFP8)
+    code = cli.main(["--steps", "2", "--device", "cpu", "--dim", "32", "--n-layers", "2", "--n-heads", "2",
                        "--expert-dim", "16", "--batch-size", "2", "--seq-len", "16", "--max-seq-len", "16",
                        "--eval-tokens", "64", "--no-progress"])
     assert code == 3 and "Training stopped at step 1" in capsys.readouterr().err
@@ -202,16 +207,16 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
 
 def test_bad_training_settings(corpus):
     with pytest.raises(ValueError, match="balance must be one of"):
-        train.TrainConfig(balance="auxfree")
+        TrainConfig(balance="auxfree")
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
-        train.TrainConfig(steps=0)
+        TrainConfig(steps=0)
     with pytest.raises(ValueError, match="max_seq_len"):
-        train.Trainer(TinyDeepSeek(TINY), corpus, train.TrainConfig(seq_len=64), "cpu")
+        Trainer(TinyDeepSeek(TINY), corpus, TrainConfig(seq_len=64), "cpu")
 
 
 def test_cli_writes_the_final_metrics(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    code = train.main(["--balance", "aux", "--mtp-depth", "1", "--steps", "3", "--device", "cpu", "--seed", "1",
+    code = cli.main(["--balance", "aux", "--mtp-depth", "1", "--steps", "3", "--device", "cpu", "--seed", "1",
                        "--json", str(out), "--dim", "32", "--n-layers", "2", "--n-heads", "2", "--expert-dim", "16",
                        "--batch-size", "4", "--seq-len", "32", "--max-seq-len", "32", "--eval-tokens", "256",
                        "--no-progress", "--save", str(tmp_path / "cli.pt")])
@@ -223,7 +228,7 @@ def test_cli_writes_the_final_metrics(tmp_path, capsys):
     assert metrics["model_config"]["mtp_depth"] == 1 and len(metrics["history"]["loss"]) == 3
     assert "val loss" in capsys.readouterr().out
     # resuming with a different model configuration is refused with the difference named
-    code = train.main(["--resume", str(tmp_path / "cli.pt"), "--steps", "4", "--device", "cpu", "--dim", "64",
+    code = cli.main(["--resume", str(tmp_path / "cli.pt"), "--steps", "4", "--device", "cpu", "--dim", "64",
                        "--no-progress"])
     assert code == 2 and "dim: checkpoint 32, expected 64" in capsys.readouterr().err
 
@@ -241,8 +246,8 @@ def test_micro_batches_of_unequal_size_weigh_by_their_share_of_the_positions():
     torch.manual_seed(0)
     model = TinyDeepSeek(dataclasses.replace(TINY, mtp_depth=2))
     twin = copy.deepcopy(model)
-    whole = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [windows], gamma=0.01)
-    split = train.train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), [windows[:1], windows[1:]],
+    whole = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [windows], gamma=0.01)
+    split = train_step(twin, torch.optim.SGD(twin.parameters(), lr=0.1), [windows[:1], windows[1:]],
                              gamma=0.01)
     for field in ("loss", "main_loss", "mtp_loss", "grad_norm"):
         assert getattr(split, field) == pytest.approx(getattr(whole, field), abs=1e-5), field
@@ -257,6 +262,5 @@ def test_micro_batches_of_different_lengths_give_the_mean_over_all_their_positio
     with torch.no_grad():
         logits = torch.cat([model(t[:, :-1]).reshape(-1, TINY.vocab_size) for t in parts])
         expected = torch.nn.functional.cross_entropy(logits, torch.cat([t[:, 1:].reshape(-1) for t in parts]))
-    result = train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), parts)
+    result = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), parts)
     assert result.main_loss == pytest.approx(float(expected), abs=1e-6)
-    assert train._position_shares(parts) == [24 / 56, 32 / 56]

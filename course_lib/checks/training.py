@@ -1,7 +1,7 @@
 """Checker for notebook 05: the training step with the auxiliary-loss-free bias update in the right place.
 
 The learner writes ``train_step(model, optimizer, micro_batches, gamma) -> float`` (the mean loss over the
-micro-batches); the checker runs it for three steps next to ``course_lib.training.train.train_step`` on copies of one tiny
+micro-batches); the checker runs it for three steps next to ``course_lib.training.step.train_step`` on copies of one tiny
 model, with plain SGD (so the scale of the gradient shows in the weights), and after every step compares the
 biases, the load counters and the weights. A difference is explained by the mistake it matches.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from course_lib.training import train
+from course_lib.training.step import train_step
 from course_lib.checks.cases import Mistake
 from course_lib.checks.comparison import format_value
 from course_lib.checks.learner import call_learner
@@ -104,7 +104,7 @@ def _explain_bias(got: torch.Tensor, before: torch.Tensor, after_ref: torch.Tens
 
 @checker("train_step")
 def check_train_step(fn: Callable[..., float]) -> str:
-    """Check ``fn(model, optimizer, micro_batches, gamma) -> mean loss`` against ``train.train_step`` with
+    """Check ``fn(model, optimizer, micro_batches, gamma) -> mean loss`` against ``train_step`` with
     loss-free balancing, step by step."""
     reference, steps = _setup()
     learner = _copy(reference)
@@ -115,7 +115,7 @@ def check_train_step(fn: Callable[..., float]) -> str:
         before = torch.stack([moe.bias.clone() for moe in learner.moe_layers()])
         loads = _micro_batch_loads(_copy(learner), micro_batches)
         weights_before = [p.detach().clone() for p in learner.parameters()]
-        expected = train.train_step(reference, ref_opt, [t.clone() for t in micro_batches], balance_mode="loss_free",
+        expected = train_step(reference, ref_opt, [t.clone() for t in micro_batches], balance_mode="loss_free",
                                     gamma=_GAMMA)
         got = call_learner(fn, learner, opt, [t.clone() for t in micro_batches], _GAMMA, name="Your train_step",
                            label=f"step {step}")

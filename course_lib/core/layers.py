@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core.validation import check_int, check_number
+from course_lib.core import arguments
+from course_lib.core.validation import boundary, check_int, check_number
 
 
 class RMSNorm(nn.Module):
@@ -27,11 +28,8 @@ class RMSNorm(nn.Module):
         self.eps = check_number("eps", eps, 0, strict=True)
         self.weight = nn.Parameter(torch.ones(dim))
 
+    @boundary(arguments.rms_norm)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"RMSNorm expects a floating-point tensor [..., {self.weight.shape[0]}], got {x!r:.80}")
-        if x.dim() < 1 or x.shape[-1] != self.weight.shape[0]:
-            raise ValueError(f"RMSNorm expected inputs [..., {self.weight.shape[0]}], got {list(x.shape)}")
         wide = torch.promote_types(x.dtype, torch.float32)  # bf16 / fp16 inputs are normalised in float32
         return F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps).to(x.dtype)
 
@@ -43,10 +41,10 @@ def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: to
     x: [..., dim]; w_gate, w_up: [hidden, dim]; w_down: [dim, hidden] (nn.Linear's layout) -> [..., dim].
     ``linear(x, w)`` computes the three GEMMs (``fp8.fp8_linear`` to simulate FP8 training).
 
-    Checks nothing: it runs once per expert per MoE layer and once per dense layer in every forward, so the
-    callers validate their input once, at their boundary (``SwiGLU.forward``, ``moe.DeepSeekMoE.forward``,
-    ``TinyDeepSeek``'s entry points); the weights are the modules' own. Called directly with tensors that do not
-    fit, it fails in ``linear`` (torch's RuntimeError on mismatched shapes or dtypes).
+    Checks nothing: it runs once per expert per MoE layer and once per dense layer in every forward, and its
+    callers (``SwiGLU.forward``, ``moe.DeepSeekMoE.forward``, the model) are boundaries that checked x; the
+    weights are the modules' own. Called directly with tensors that do not fit, it fails in ``linear`` (torch's
+    RuntimeError on mismatched shapes or dtypes).
     """
     return linear(F.silu(linear(x, w_gate)) * linear(x, w_up), w_down)
 
@@ -55,7 +53,8 @@ class SwiGLU(nn.Module):
     """A SwiGLU feed-forward network without biases, as in DeepSeek-V3's dense layers and experts.
 
     x: float [..., dim] -> [..., dim]; parameters: 3 * dim * hidden. forward raises TypeError for an x that is not
-    a floating-point tensor, ValueError for a last dimension other than dim (``swiglu`` itself checks nothing).
+    a floating-point tensor, ValueError for a last dimension other than dim (at its boundary,
+    ``core.arguments.swiglu_layer``; ``swiglu`` itself checks nothing).
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
@@ -67,10 +66,6 @@ class SwiGLU(nn.Module):
         self.w_down = nn.Linear(hidden, dim, bias=False)
         self.linear = F.linear  # the GEMM of the three projections (fp8.to_fp8 swaps in fp8_linear)
 
+    @boundary(arguments.swiglu_layer)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = self.w_gate.in_features
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"SwiGLU expects a floating-point tensor [..., {dim}], got {x!r:.80}")
-        if x.dim() < 1 or x.shape[-1] != dim:
-            raise ValueError(f"SwiGLU expects inputs [..., {dim}], got {list(x.shape)}")
         return swiglu(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, self.linear)

@@ -18,11 +18,12 @@ default, so a later ``torch.set_num_threads`` (the CLI's ``--threads``) still wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode for the ``with`` block (no dropout, no balancing state updated by an MoE layer's
+    forward), then back to the mode it was in, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

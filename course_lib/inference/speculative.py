@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_lib.core.runtime import eval_mode
+from course_lib.model import arguments as model_arguments
 from course_lib.model.tiny import TinyDeepSeek, temperature_softmax
-from course_lib.core.validation import check_int, check_number
+from course_lib.core.validation import boundary, check_int, check_number
 
 
 # ------------------------------------------------------------------------------------------ the accept rules
@@ -123,7 +125,8 @@ class DecodeStats:
 
 
 # ------------------------------------------------------------------------------------------ decoding
-def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, temperature: float) -> None:
+def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, temperature: float,
+                  **_: object) -> None:
     if not isinstance(model, TinyDeepSeek):
         raise TypeError(f"model must be a TinyDeepSeek, got {type(model).__name__}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.int64 or prompt.dim() != 1:
@@ -134,7 +137,7 @@ def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int
     if prompt.numel() + max_new_tokens > model.config.max_seq_len:
         raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context max_seq_len={model.config.max_seq_len}")
-    model.check_tokens(prompt[None])  # the ids, once: the decoding loops feed the model its own tokens unchecked
+    model_arguments.check_tokens(model, prompt[None])  # the ids, once: the loops feed the model its own tokens
     check_number("temperature", temperature, 0)  # 0 = greedy
 
 
@@ -148,6 +151,7 @@ def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator
 
 
 @torch.no_grad()
+@boundary(_check_inputs)
 def plain_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, DecodeStats]:
     """Decode with the main model only, one token per forward, with the KV cache (the baseline).
@@ -155,24 +159,22 @@ def plain_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: in
     prompt: int64 [T0 >= 1]; T0 + max_new_tokens <= max_seq_len; temperature 0 = greedy (argmax), else sample
     softmax(logits / temperature) with ``generator``. -> (int64 [T0 + max_new_tokens] on the CPU, stats).
     """
-    _check_inputs(model, prompt, max_new_tokens, temperature)
-    was_training = model.training
-    model.eval()
     stats = DecodeStats(depth=0)
     start = time.perf_counter()
     cache = model.new_cache(1)
     device = next(model.parameters()).device
     tokens, new = prompt.to(device), prompt.to(device)
-    for _ in range(max_new_tokens):
-        choice = _choose(model._logits(new[None], cache)[0, -1:], temperature, generator)  # [1]
-        tokens, new = torch.cat([tokens, choice]), choice
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            choice = _choose(model(new[None], cache)[0, -1:], temperature, generator)  # [1]
+            tokens, new = torch.cat([tokens, choice]), choice
     stats.forwards = stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
-    model.train(was_training)
     return tokens.cpu(), stats
 
 
 @torch.no_grad()
+@boundary(_check_inputs)
 def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, depth: int | None = None,
                          temperature: float = 0.0,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, DecodeStats]:
@@ -185,7 +187,6 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     Greedy output equals ``plain_generate``'s; sampled output has its distribution. Raises ValueError for a
     model without MTP modules, D out of range, temperature < 0, an empty prompt or a text longer than the context.
     """
-    _check_inputs(model, prompt, max_new_tokens, temperature)
     trained = model.config.mtp_depth
     if trained == 0:
         raise ValueError("the model has no MTP modules (mtp_depth=0): nothing can draft. Train with mtp_depth >= 1")
@@ -193,8 +194,6 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     if not 1 <= check_int("depth (D, drafts per step)", depth) <= trained:
         raise ValueError(f"depth (D, drafts per step) must be an int in [1, {trained}] (the model's trained MTP "
                          f"depths), got {depth!r}")
-    was_training = model.training
-    model.eval()
     stats = DecodeStats(depth=depth, drafted=[0] * depth, accepted=[0] * depth)
     start = time.perf_counter()
     device = next(model.parameters()).device
@@ -205,53 +204,53 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     drafts: list[int] = []
     q = torch.empty(0, model.config.vocab_size, dtype=torch.float64, device=device)  # [d, V]: the drafter's distributions of the drafts (sampling only)
     carry: list[torch.Tensor | None] = [None] * (depth + 1)  # carry[k]: h^k at the position depth k + 1 needs next
-    while len(tokens) < target:
-        n, d, read_from = len(tokens), len(drafts), cache.length
-        h = model._hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
-        logits = model.head(model.norm(h[:, -(d + 1):]))[0]  # [d + 1, V]: predict positions n..n+d
-        stats.forwards += 1
-        draft_tensor = torch.tensor(drafts, dtype=torch.int64, device=device)
-        if temperature == 0:
-            emitted = accept_greedy(draft_tensor, logits.argmax(-1)).tolist()
-        else:
-            p = temperature_softmax(logits, temperature)
-            m, token = accept_sampled(draft_tensor[None], q[None], p[None], generator)
-            emitted = drafts[:int(m)] + [int(token)]
-        m = len(emitted) - 1
-        for j in range(d):
-            stats.drafted[j] += 1
-            stats.accepted[j] += j < m
-            stats.records.append((n + j, j + 1, drafts[j], j < m))
-        tokens += emitted
-        cache.truncate(len(tokens) - 1)  # the main model keeps x_0..x_{n+m-1}; the MTP caches are shorter
-        remaining = target - len(tokens)
-        d_next = min(depth, remaining - 1)  # drafts beyond the last token to generate are never verified
-        drafts, q_rows = [], []
-        if d_next > 0:
-            last = len(tokens) - 2  # p: the main model's last hidden state, read for the token just committed
-            s = cache.mtp[0].length
-            prev_h, prev_start = h[:, s - read_from:last - read_from + 1], s  # h^0 at positions s..last
-            for k in range(1, d_next + 1):
-                module, block_cache = model.mtp_modules[k - 1], cache.mtp[k - 1]
-                s = block_cache.length
-                if prev_start > s:  # the one position of h^{k-1} that the previous step committed
-                    prev_h = torch.cat([carry[k - 1], prev_h], dim=1)
-                if prev_h.shape[1] != last - s + 1:
-                    raise RuntimeError(f"internal: depth {k} needs h^{k - 1} at positions {s}..{last}")
-                shifted = [tokens[i + k] if i + k < len(tokens) else drafts[i + k - len(tokens)]
-                           for i in range(s, last + 1)]
-                hk, draft_logits = module.step(prev_h, torch.tensor([shifted], device=device), block_cache)
-                draft_logits = draft_logits[0]  # [1, V]
-                drafts.append(int(_choose(draft_logits, temperature, generator)))
-                if temperature > 0:
-                    q_rows.append(temperature_softmax(draft_logits[0], temperature))
-                committed = max(0, len(tokens) - k)  # positions whose input t_{i+k} is a committed token
-                block_cache.truncate(committed)
-                carry[k] = hk[:, max(0, committed - 1) - s:committed - s]  # for depth k + 1's next step
-                prev_h, prev_start = hk, s
-        q = torch.stack(q_rows) if q_rows else torch.empty(0, logits.shape[-1], dtype=torch.float64, device=device)
-        feed = torch.tensor(tokens[-1:] + drafts, dtype=torch.int64, device=device)
+    with eval_mode(model):
+        while len(tokens) < target:
+            n, d, read_from = len(tokens), len(drafts), cache.length
+            h = model.hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
+            logits = model.head(model.norm(h[:, -(d + 1):]))[0]  # [d + 1, V]: predict positions n..n+d
+            stats.forwards += 1
+            draft_tensor = torch.tensor(drafts, dtype=torch.int64, device=device)
+            if temperature == 0:
+                emitted = accept_greedy(draft_tensor, logits.argmax(-1)).tolist()
+            else:
+                p = temperature_softmax(logits, temperature)
+                m, token = accept_sampled(draft_tensor[None], q[None], p[None], generator)
+                emitted = drafts[:int(m)] + [int(token)]
+            m = len(emitted) - 1
+            for j in range(d):
+                stats.drafted[j] += 1
+                stats.accepted[j] += j < m
+                stats.records.append((n + j, j + 1, drafts[j], j < m))
+            tokens += emitted
+            cache.truncate(len(tokens) - 1)  # the main model keeps x_0..x_{n+m-1}; the MTP caches are shorter
+            remaining = target - len(tokens)
+            d_next = min(depth, remaining - 1)  # drafts beyond the last token to generate are never verified
+            drafts, q_rows = [], []
+            if d_next > 0:
+                last = len(tokens) - 2  # p: the main model's last hidden state, read for the token just committed
+                s = cache.mtp[0].length
+                prev_h, prev_start = h[:, s - read_from:last - read_from + 1], s  # h^0 at positions s..last
+                for k in range(1, d_next + 1):
+                    module, block_cache = model.mtp_modules[k - 1], cache.mtp[k - 1]
+                    s = block_cache.length
+                    if prev_start > s:  # the one position of h^{k-1} that the previous step committed
+                        prev_h = torch.cat([carry[k - 1], prev_h], dim=1)
+                    if prev_h.shape[1] != last - s + 1:
+                        raise RuntimeError(f"internal: depth {k} needs h^{k - 1} at positions {s}..{last}")
+                    read = [tokens[i] if i < len(tokens) else drafts[i - len(tokens)]  # t_{s+1} .. t_{last+k+1}
+                            for i in range(s, last + k + 1)]
+                    hk, draft_logits = module(prev_h, torch.tensor([read], device=device), block_cache)
+                    draft_logits = draft_logits[0, -1:]  # [1, V]
+                    drafts.append(int(_choose(draft_logits, temperature, generator)))
+                    if temperature > 0:
+                        q_rows.append(temperature_softmax(draft_logits[0], temperature))
+                    committed = max(0, len(tokens) - k)  # positions whose input t_{i+k} is a committed token
+                    block_cache.truncate(committed)
+                    carry[k] = hk[:, max(0, committed - 1) - s:committed - s]  # for depth k + 1's next step
+                    prev_h, prev_start = hk, s
+            q = torch.stack(q_rows) if q_rows else torch.empty(0, logits.shape[-1], dtype=torch.float64, device=device)
+            feed = torch.tensor(tokens[-1:] + drafts, dtype=torch.int64, device=device)
     stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
-    model.train(was_training)
     return torch.tensor(tokens, dtype=torch.int64), stats

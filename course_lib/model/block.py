@@ -18,7 +18,8 @@ from torch import nn
 from course_lib.attention.cache import KVCache
 from course_lib.attention.mha import MultiHeadAttention
 from course_lib.core.layers import RMSNorm, SwiGLU
-from course_lib.core.validation import check_int
+from course_lib.core.validation import boundary, check_int
+from course_lib.model import arguments
 
 
 class TransformerBlock(nn.Module):
@@ -30,6 +31,7 @@ class TransformerBlock(nn.Module):
     module with forward(x, cache=None), ``dim`` and ``max_seq_len`` (an ``attention.MultiHeadLatentAttention``,
     say); when None, ``attention.MultiHeadAttention(dim, n_heads, max_seq_len, rope_base)``.
     forward(x, cache: KVCache | None = None): with a cache, x holds the new tokens only (see ``attention``).
+    Raises TypeError / ValueError (``arguments.transformer_block``) for an x that is not float [B >= 1, T, dim].
     """
 
     def __init__(self, dim: int, n_heads: int, ffn: nn.Module | None = None, ffn_hidden: int | None = None,
@@ -48,12 +50,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(dim)
         self.ffn = ffn if ffn is not None else SwiGLU(dim, ffn_hidden or 4 * dim)
 
+    @boundary(arguments.transformer_block)
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"TransformerBlock expects a floating-point tensor [batch, T, {self.dim}], "
-                            f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
-        if x.dim() != 3 or x.shape[-1] != self.dim or x.shape[0] == 0 or not 1 <= x.shape[1] <= self.attn.max_seq_len:
-            raise ValueError(f"TransformerBlock expects [batch >= 1, 1 <= T <= {self.attn.max_seq_len}, {self.dim}], "
-                             f"got shape {list(x.shape)}")
         x = x + self.attn(self.attn_norm(x), cache)
         return x + self.ffn(self.ffn_norm(x))

@@ -22,18 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.model import mtp
+from course_lib.model import arguments, mtp
 from course_lib.attention.cache import KVCache
 from course_lib.attention.mha import MultiHeadAttention
-from course_lib.attention import arguments as attention_arguments
 from course_lib.attention.mla import MultiHeadLatentAttention
 from course_lib.attention.yarn import YarnScaling
 from course_lib.core.layers import RMSNorm, SwiGLU
 from course_lib.moe.layer import DeepSeekMoE
 from course_lib.headline.param_count import moe_ffn_params
-from course_lib.moe.arguments import check_route_config, check_route_scale
 from course_lib.model.block import TransformerBlock
-from course_lib.core.validation import check_int, check_number
+from course_lib.core.runtime import eval_mode
+from course_lib.core.validation import boundary
 
 
 @dataclass(frozen=True)
@@ -70,38 +69,7 @@ class ModelConfig:
     yarn: YarnScaling | None = None
 
     def __post_init__(self) -> None:
-        minimum = dict.fromkeys(("vocab_size", "dim", "n_layers", "n_heads", "n_routed_experts", "top_k",
-                                 "expert_dim", "n_groups", "topk_groups", "max_seq_len"), 1)
-        minimum.update(dict.fromkeys(("n_dense_layers", "dense_hidden", "n_shared_experts", "mtp_depth"), 0))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int):
-                check_int(f.name, value, minimum.get(f.name))
-            if f.type in ("str", str) and not isinstance(value, str):
-                raise TypeError(f"{f.name} must be a string, got {value!r}")
-            if f.type in ("bool", bool) and not isinstance(value, bool):
-                raise TypeError(f"{f.name} must be True or False, got {value!r}")
-        if self.n_dense_layers > self.n_layers:
-            raise ValueError(f"n_dense_layers={self.n_dense_layers} exceeds n_layers={self.n_layers}")
-        if self.attention not in ("mha", "mla"):
-            raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
-        if self.attention == "mha" and self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads} (head_dim = dim / n_heads)")
-        if self.attention == "mha" and (self.dim // self.n_heads) % 2:
-            raise ValueError(f"RoPE rotates pairs: head_dim = dim / n_heads = {self.dim // self.n_heads} must be even")
-        if self.attention == "mla":
-            for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-                check_int(name, getattr(self, name), 1)
-            check_int("q_lora_rank", self.q_lora_rank, 0)
-            if self.qk_rope_head_dim % 2:
-                raise ValueError(f"RoPE rotates pairs: qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
-        if self.yarn is not None and self.attention != "mla":
-            raise ValueError("yarn scales MLA's decoupled RoPE key: it needs attention='mla'")
-        attention_arguments.yarn_setting(self.yarn, self.max_seq_len)
-        if self.top_k > self.n_routed_experts:
-            raise ValueError(f"top_k={self.top_k} exceeds n_routed_experts={self.n_routed_experts}")
-        check_route_config(self.n_routed_experts, self.top_k, self.n_groups, self.topk_groups)
-        check_route_scale(self.route_scale)
+        arguments.model_config(self)
 
     @property
     def ffn_hidden(self) -> int:
@@ -174,10 +142,8 @@ class ModelCache:
     def nbytes(self) -> int:
         return sum(cache.nbytes for cache in self.blocks + self.mtp)
 
+    @boundary(arguments.cache_length)
     def truncate(self, length: int) -> None:
-        if not 0 <= check_int("length", length) <= self.length:
-            raise ValueError(f"truncate expects an int length in [0, {self.length}] (the tokens cached), "
-                             f"got {length!r}")
         for cache in self.blocks + self.mtp:
             cache.truncate(min(length, cache.length))
 
@@ -232,101 +198,48 @@ class TinyDeepSeek(nn.Module):
         return ModelCache(self, [block.attn.new_cache(batch_size) for block in self.blocks],
                           [module.block.attn.new_cache(batch_size) for module in self.mtp_modules])
 
+    @boundary(arguments.hidden_states)
     def hidden_states(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         """tokens [B, T] int64 -> the last block's output h^0 [B, T, dim] (before the final RMSNorm).
 
         With a cache (from ``new_cache``) holding L tokens, ``tokens`` are the T new ones, at positions
-        L..L+T-1 (L + T <= max_seq_len); every block appends them to its cache. Raises TypeError/ValueError for
-        bad tokens, a cache of another model or of another batch size, and L + T > max_seq_len.
+        L..L+T-1 (L + T <= max_seq_len); every block appends them to its cache. Raises TypeError/ValueError
+        (``arguments.hidden_states``) for tokens that are not int64 [B >= 1, 1 <= T <= max_seq_len] in the
+        vocabulary, a cache of another model or of another batch size, and L + T > max_seq_len.
         """
-        self.check_tokens(tokens)
-        return self._hidden_states(tokens, cache)
-
-    def check_tokens(self, tokens: torch.Tensor, windows: bool = False) -> None:
-        """Raise TypeError unless ``tokens`` is an int64 tensor [B, T], ValueError unless B >= 1,
-        1 <= T <= max_seq_len and every id lies in [0, vocab_size). ``windows``: tokens are training windows
-        [B, T + 1] (t_1 .. t_{T+1}, ``losses``' input), so T + 1 >= 2 columns.
-
-        The public entry points (forward, hidden_states, losses, generate, ``train.train_step``,
-        ``speculative``'s decoders) call it once on the tokens they are given; the steps inside them that read
-        the model's own samples skip it. The id range costs one host sync on a GPU (an embedding lookup of a bad
-        id would otherwise fail with an opaque IndexError on the CPU and a device-side assert on CUDA).
-        """
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
-            layout = "[batch, T + 1] (t_1 .. t_{T+1})" if windows else "[batch, T]"
-            raise TypeError(f"tokens must be an int64 tensor {layout}, got {tokens!r:.80}")
-        T = tokens.shape[1] - windows
-        if tokens.shape[0] == 0 or not 1 <= T <= self.config.max_seq_len:
-            layout = "[batch >= 1, T + 1] with" if windows else "[batch >= 1, T] with"
-            raise ValueError(f"tokens must be {layout} 1 <= T <= {self.config.max_seq_len}, got shape "
-                             f"{list(tokens.shape)}")
-        self._check_ids(tokens)
-
-    def _check_ids(self, tokens: torch.Tensor, what: str = "token ids") -> None:
-        """Raise ValueError unless every id of the non-empty ``tokens`` lies in [0, vocab_size)."""
-        low, high = torch.stack(torch.aminmax(tokens)).tolist()  # one transfer to the host
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"{what} must lie in [0, {self.config.vocab_size}) (the vocabulary), got ids from "
-                             f"{low} to {high}")
-
-    def _hidden_states(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
-        """``hidden_states`` for tokens already checked (``check_tokens``) or sampled by the model itself: the
-        per-step path of the decoders. The cache is still checked (in Python, no host sync)."""
-        if cache is not None:
-            self._check_cache(cache, *tokens.shape)
         h = self.embed(tokens)
         for i, block in enumerate(self.blocks):
             h = block(h, None if cache is None else cache.blocks[i])
         return h
 
-    def _check_cache(self, cache: ModelCache, batch_size: int, new_tokens: int) -> None:
-        if not isinstance(cache, ModelCache):
-            raise TypeError(f"cache must be a ModelCache from this model's new_cache(), got {type(cache).__name__}")
-        if not cache.belongs_to(self):
-            raise ValueError("this cache was made by another model: make one with this model's new_cache()")
-        if cache.batch_size != batch_size:
-            raise ValueError(f"the cache was made for batch_size={cache.batch_size}, the tokens have batch {batch_size}")
-        if cache.length + new_tokens > self.config.max_seq_len:
-            raise ValueError(f"the cache holds {cache.length} tokens and {new_tokens} more would exceed the "
-                             f"model's context max_seq_len={self.config.max_seq_len}")
-
+    @boundary(arguments.forward)
     def forward(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         """tokens [B, T] int64 (the new ones when a cache is given) -> logits [B, T, vocab_size]. Raises as
         ``hidden_states``."""
         return self.head(self.norm(self.hidden_states(tokens, cache)))
 
-    def _logits(self, tokens: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
-        """``forward`` for tokens already checked or sampled by the model (``_hidden_states``)."""
-        return self.head(self.norm(self._hidden_states(tokens, cache)))
-
+    @boundary(arguments.losses)
     def losses(self, tokens: torch.Tensor, mtp_lambda: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
         """(main loss, weighted MTP loss) of a batch of windows tokens [B, T + 1] (t_1 .. t_{T+1}).
 
         main: the next-token cross-entropy of the main head, mean over the B x T positions.
         MTP: (mtp_lambda / D) * sum_k L_k ([V3] eq. 25), 0 when D = 0. Depth k reads the previous depth's hidden
         states at positions 1..T-k and the embeddings of t_{k+1}..t_T, and predicts t_{k+2}..t_{T+1}.
-        Raises TypeError / ValueError for tokens that are not int64 [B >= 1, T + 1 >= 2] in the vocabulary and for
-        an mtp_lambda that is not a finite number >= 0. Non-finite weights give a non-finite loss, or
-        ``validation.NonFiniteError`` from a layer that needs finite inputs (an MoE layer, an FP8 layer):
-        ``train.train_step`` reports both as TrainingDiverged.
+        Raises TypeError / ValueError (``arguments.losses``) for tokens that are not int64 [B >= 1, T + 1 >= 2] in
+        the vocabulary and for an mtp_lambda that is not a finite number >= 0. Non-finite weights give a
+        non-finite loss, or ``validation.NonFiniteError`` from an FP8 layer: ``training.step.train_step`` reports
+        both as TrainingDiverged.
         """
-        check_number("mtp_lambda", mtp_lambda, 0)
-        self.check_tokens(tokens, windows=True)
-        return self._losses(tokens, mtp_lambda)
-
-    def _losses(self, tokens: torch.Tensor, mtp_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``losses`` for windows and a lambda already checked (``train.train_step`` checks its micro-batches
-        once per step): the same numbers, without reading the token ids again."""
         inputs = tokens[:, :-1]  # [B, T]
-        h = self._hidden_states(inputs)
-        main = mtp._depth_loss_unchecked(self.head(self.norm(h)), tokens, 0)
+        h = self.hidden_states(inputs)
+        main = mtp.mtp_depth_loss(self.head(self.norm(h)), tokens, 0)
         if not self.mtp_modules:
             return main, main.new_zeros(())
         depth_logits = []
         for module in self.mtp_modules:
             h, logits = module(h, inputs)  # h: [B, T - k, dim]; logits [B, T - k, vocab] predict t_{k+2}..t_{T+1}
             depth_logits.append(logits)
-        return main, mtp._mtp_loss_unchecked(depth_logits, tokens, mtp_lambda)
+        return main, mtp.mtp_loss(depth_logits, tokens, mtp_lambda)
 
     # ------------------------------------------------------------------------------------------ counting
     def param_breakdown(self) -> dict[str, tuple[int, int]]:
@@ -359,6 +272,7 @@ class TinyDeepSeek(nn.Module):
 
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
+    @boundary(arguments.generate)
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None, context: int | None = None,
                  use_cache: bool = True) -> torch.Tensor:
@@ -375,37 +289,29 @@ class TinyDeepSeek(nn.Module):
         in it moves, so the cached keys (rotated for their old positions) no longer apply, and each step re-reads
         the last ``context`` tokens into the emptied cache, as a model without a cache would. The samples are
         those of recomputing the whole window every step (up to float rounding in the logits), which is what
-        ``use_cache=False`` does (to measure what the cache saves).
+        ``use_cache=False`` does (to measure what the cache saves). Raises TypeError / ValueError
+        (``arguments.generate``) for a prompt that is not a non-empty int64 [T0] in the vocabulary and for bad
+        settings; the loop then feeds the model its own samples, unchecked.
         """
-        if (not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0
-                or prompt.dtype != torch.long):
-            raise ValueError(f"prompt must be a non-empty int64 tensor [T0], got {prompt!r:.80}")
-        self._check_ids(prompt, "prompt token ids")  # once: the loop below feeds the model its own samples
-        check_int("max_new_tokens", max_new_tokens, 0)
-        check_number("temperature", temperature, 0, strict=True)
-        if top_k is not None:
-            check_int("top_k", top_k, 1)
         context = context or self.config.max_seq_len
         if not 1 <= context <= self.config.max_seq_len:
             raise ValueError(f"context must lie in [1, max_seq_len={self.config.max_seq_len}], got {context}")
-        was_training = self.training
-        self.eval()
         device = next(self.parameters()).device
         tokens = prompt.to(device)
         cache = self.new_cache(1) if use_cache else None
         new = tokens[-context:]  # what the cache has not read yet
-        for step in range(max_new_tokens):
-            logits = self._logits(new[None], cache)[0, -1].cpu()  # [vocab]
-            if top_k is not None:
-                kth = logits.topk(min(top_k, logits.numel())).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            choice = torch.multinomial(temperature_softmax(logits, temperature), 1, generator=generator).to(device)
-            tokens = torch.cat([tokens, choice])
-            if cache is not None and cache.length < context:
-                new = choice
-            else:  # no cache, or the window slides: read the whole window from position 0
-                if cache is not None:
-                    cache.truncate(0)
-                new = tokens[-context:]
-        self.train(was_training)
+        with eval_mode(self):
+            for step in range(max_new_tokens):
+                logits = self(new[None], cache)[0, -1].cpu()  # [vocab]
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                choice = torch.multinomial(temperature_softmax(logits, temperature), 1, generator=generator).to(device)
+                tokens = torch.cat([tokens, choice])
+                if cache is not None and cache.length < context:
+                    new = choice
+                else:  # no cache, or the window slides: read the whole window from position 0
+                    if cache is not None:
+                        cache.truncate(0)
+                    new = tokens[-context:]
         return tokens.cpu()

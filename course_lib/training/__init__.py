@@ -1,3 +1,4 @@
-"""Training the tiny model (notebooks 05-06): its data (``data``) and the training step, loop, checkpoints and
-command line (``python -m course_lib.training``).
+"""Training the tiny model (notebooks 05-06): its data (``data``), one training step (``step``), the run's settings
+and record (``config``), the loop (``loop``), checkpoints (``checkpoint``) and the command line (``cli``:
+``python -m course_lib.training``); the checks at these boundaries in ``arguments``.
 """

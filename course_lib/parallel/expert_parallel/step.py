@@ -2,7 +2,7 @@
 batch): the replicated parameters' gradients are SUM-all-reduced (data parallelism), the experts' gradients are
 complete after backward (the combine's backward brings them from every rank), the gradient norm for clipping is
 global, and each MoE layer's bias is updated from the load of the whole step (expert parallelism,
-``layer.ExpertParallelMoE``). The step equals ``training.train.train_step`` on the whole batch (tested).
+``layer.ExpertParallelMoE``). The step equals ``training.step.train_step`` on the whole batch (tested).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.parallel.expert_parallel.layer import expert_parallel_layers
-from course_lib.training.train import StepRollback, TrainingDiverged, loss_positions
+from course_lib.training.step import StepRollback, TrainingDiverged, loss_positions
 
 
 def replicated_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,26 @@
+"""The checks at the boundary of the shared layers (``layers.RMSNorm.forward``, ``layers.SwiGLU.forward``): one
+validator per boundary, named after it, taking the boundary's parameters by name (``validation.boundary``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def features(layer: str, x: Any, dim: int) -> None:
+    """Raise TypeError unless ``x`` is a floating-point tensor, ValueError unless its last dimension is ``dim``."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{layer} expects a floating-point tensor [..., {dim}], got {x!r:.80}")
+    if x.dim() < 1 or x.shape[-1] != dim:
+        raise ValueError(f"{layer} expects inputs [..., {dim}], got {list(x.shape)}")
+
+
+def rms_norm(self: Any, x: Any) -> None:
+    """``RMSNorm.forward(x)``: x float [..., dim]."""
+    features("RMSNorm", x, self.weight.shape[0])
+
+
+def swiglu_layer(self: Any, x: Any) -> None:
+    """``SwiGLU.forward(x)``: x float [..., dim]."""
+    features("SwiGLU", x, self.w_gate.in_features)
