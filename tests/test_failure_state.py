@@ -11,7 +11,7 @@ import torch
 
 from course_lib.moe import balance, toy as toy_moe
 from course_lib.training import data, train
-from course_lib.precision import fp8
+from course_lib.precision import linear
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=3, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
@@ -151,7 +151,7 @@ def test_divergence_is_training_diverged_in_every_precision(precision, name, val
     torch.manual_seed(0)
     model = TinyDeepSeek(TINY)
     if precision == "fp8":
-        fp8.to_fp8(model)
+        linear.to_fp8(model)
     dtype = "bfloat16" if precision == "bfloat16" else "float32"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train.train_step(model, optimizer, batches(1), dtype=dtype)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib.training import data, train
-from course_lib.precision import fp8
+from course_lib.precision import linear
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, n_dense_layers=1, n_routed_experts=8, n_shared_experts=1,
@@ -194,7 +194,7 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
     class DivergedFP8(TinyDeepSeek):
         def __init__(self, config):
             super().__init__(config)
-            fp8.to_fp8(self)
+            linear.to_fp8(self)
             with torch.no_grad():
                 self.embed.weight[:, 0] = float("nan")
 
