@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from course_lib.core.validation import NonFiniteError, boundary
 from course_lib.precision import accumulation, formats, linear, quantization
 from course_lib.precision.formats import E4M3, E5M2
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
@@ -271,6 +272,22 @@ def test_fp8_linear_shapes_and_bad_input():
         linear.fp8_linear(x, torch.randn(8, 15))
     with pytest.raises(ValueError, match="non-finite"):
         linear.fp8_linear(torch.full((2, 16), float("nan")), w)
+
+
+def test_nothing_is_checked_inside_the_fp8_layer():
+    """Called by a model (inside its boundary) and in the backward pass, the FP8 layer reads nothing back to check:
+    NaN flows to the output and the gradients, where the training step's loss and gradient-norm checks catch it.
+    Failed before: quantize's finiteness check ran on every operand, forward and backward (NonFiniteError)."""
+    x = torch.randn(4, 16, requires_grad=True)
+    w = torch.randn(8, 16, requires_grad=True)
+    out = linear.fp8_linear(x, w)
+    out.backward(torch.full_like(out, float("nan")))
+    assert torch.isnan(x.grad).all() and torch.isnan(w.grad).all()
+    inside = boundary(lambda **arguments: None)(lambda layer, h: layer(h))  # a model's forward, say
+    layer = linear.FP8Linear(16, 8, bias=False)
+    assert torch.isnan(inside(layer, torch.full((4, 16), float("nan")))).all()
+    with pytest.raises(NonFiniteError, match="fp8_linear got non-finite values"):  # called by a user: checked
+        layer(torch.full((4, 16), float("nan")))
 
 
 # ------------------------------------------------------------------------------------------ accumulation
