@@ -151,6 +151,8 @@ class MTPDrafter:
     whose input t_{i+k} is a committed token (i <= n - k - 1 for n committed tokens); the positions that read a
     draft are computed afresh at each step. ``unread[k-1]`` holds h^{k-1} at the committed positions depth k has
     not cached yet: after a step, depth k - 1's last committed position, which depth k reads again next step.
+    modules: the MTP modules of depths 1..D; caches: their blocks' KV caches (``ModelCache.mtp[:D]``), which the
+    drafter alone fills and truncates.
     """
 
     def __init__(self, modules: nn.ModuleList, caches: list, temperature: float,
