@@ -27,6 +27,7 @@ from course_lib.inference import speculative
 from course_lib.model import block as transformer, mtp
 from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
 from course_lib.parallel import distributed
+from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import placement, traffic
 from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
@@ -407,6 +408,32 @@ CASES = [  # (name, call, error type, fragment of the message)
      ValueError, "rank must lie in [0, world_size=4)"),
     ("traffic expert out of range", lambda: traffic.traffic(torch.full((3, 2), 9), torch.zeros(3, dtype=torch.long),
                                                             8, 4, 2, 16), ValueError, "9"),
+    # FP8 and speculative decoding's acceptance rules
+    ("fp8_max not an FP8 dtype", lambda: quantization.fp8_max(torch.float16), TypeError, "float8_e4m3fn"),
+    ("fp8_grid not an FP8 dtype", lambda: quantization.fp8_grid(torch.float32), TypeError, "float8_e4m3fn"),
+    ("tile_shape unknown granularity", lambda: quantization.tile_shape("row", (4, 128)), ValueError, "granularity"),
+    ("quantize NaN", lambda: quantization.quantize(nan_tensor(2, 128)), ValueError, "non-finite"),
+    ("fake_quantize integer x", lambda: quantization.fake_quantize(torch.ones(2, 128, dtype=torch.long)), TypeError,
+     "float tensor"),
+    ("relative_error shapes differ", lambda: quantization.relative_error(torch.ones(2), torch.ones(3)), ValueError,
+     "one shape"),
+    ("scaled_matmul plain tensors", lambda: linear.scaled_matmul(torch.ones(2, 128), torch.ones(2, 128)), TypeError,
+     "Quantized"),
+    ("fp8_linear mismatched weight", lambda: linear.fp8_linear(torch.ones(2, 128), torch.ones(4, 64)), ValueError,
+     "weight [N, K]"),
+    ("to_fp8 not a module", lambda: linear.to_fp8("model"), TypeError, "torch.nn.Module"),
+    ("round_mantissa 60 bits", lambda: accumulation.round_mantissa(torch.ones(3, dtype=torch.float64), 60), ValueError,
+     "0..52"),
+    ("accumulate unknown rounding", lambda: accumulation.accumulate(torch.ones(4), rounding="up"), ValueError,
+     "rounding"),
+    ("fp8_products mismatched", lambda: accumulation.fp8_products(torch.ones(2, 128), torch.ones(3, 64)), ValueError,
+     "b [N, K]"),
+    ("accept_greedy one main token short", lambda: speculative.accept_greedy(torch.zeros(2, dtype=torch.long),
+                                                                             torch.zeros(2, dtype=torch.long)),
+     ValueError, "main_tokens [d + 1]"),
+    ("accept_sampled integer probabilities", lambda: speculative.accept_sampled(
+        torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, 4, dtype=torch.long), torch.ones(1, 2, 4, dtype=torch.long)),
+     TypeError, "floating-point probabilities"),
 ]
 
 

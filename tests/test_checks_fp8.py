@@ -6,7 +6,7 @@ from functools import partial
 import torch
 
 from checking import rejected_with, stub
-from course_lib.precision import fp8
+from course_lib.precision import formats, quantization
 from course_lib.checks import check_quantize_per_tile, outcome
 
 E4M3 = torch.float8_e4m3fn
@@ -24,12 +24,12 @@ def dequantize(x_fp8, scales):
 
 
 def reference_quantize(x):
-    q = fp8.quantize(x, "tile")
+    q = quantization.quantize(x, "tile")
     return q.data, q.scale
 
 
 def reference_dequantize(x_fp8, scales):
-    return fp8.Quantized(x_fp8, scales, (1, 128)).dequantize()
+    return formats.Quantized(x_fp8, scales, (1, 128)).dequantize()
 
 
 rejected_with = partial(rejected_with, check_quantize_per_tile)

@@ -14,7 +14,7 @@ from course_lib.training import data
 from course_lib.training.step import train_step, TrainingDiverged
 from course_lib.training.config import History, TrainConfig
 from course_lib.training.loop import Trainer
-from course_lib.precision import fp8
+from course_lib.precision import linear
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
@@ -170,7 +170,7 @@ def test_divergence_is_training_diverged_in_every_precision(precision, name, val
     torch.manual_seed(0)
     model = TinyDeepSeek(TINY)
     if precision == "fp8":
-        fp8.to_fp8(model)
+        linear.to_fp8(model)
     dtype = "bfloat16" if precision == "bfloat16" else "float32"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train_step(model, optimizer, batches(1), dtype=dtype)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.precision import fp8
-from course_lib.precision.fp8 import E4M3, E5M2
+from course_lib.core.validation import NonFiniteError, boundary
+from course_lib.precision import accumulation, formats, linear, quantization
+from course_lib.precision.formats import E4M3, E5M2
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
@@ -31,11 +32,11 @@ def activations(rows, cols, seed=0, outliers=True):
 
 # ------------------------------------------------------------------------------------------ formats
 def test_grids():
-    e4m3, e5m2 = fp8.fp8_grid(E4M3), fp8.fp8_grid(E5M2)
+    e4m3, e5m2 = quantization.fp8_grid(E4M3), quantization.fp8_grid(E5M2)
     assert e4m3[0] == 0 and e4m3[-1] == 448 and len(e4m3) == 127  # 0x00..0x7e; 0x7f is NaN
     assert e5m2[0] == 0 and e5m2[-1] == 57344 and len(e5m2) == 124  # exponent 31 holds inf and NaN
     assert e4m3[1] == 2.0 ** -9 and e5m2[1] == 2.0 ** -16
-    assert (e4m3.diff() > 0).all() and fp8.fp8_max(E4M3) == 448 and fp8.fp8_max(E5M2) == 57344
+    assert (e4m3.diff() > 0).all() and quantization.fp8_max(E4M3) == 448 and quantization.fp8_max(E5M2) == 57344
 
 
 # ------------------------------------------------------------------------------------------ quantisation
@@ -59,7 +60,7 @@ def slow_quantize(x, tile, dtype, scale_format="float"):
         for j in range(scales.shape[1]):
             block = x[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]]
             amax = torch.tensor(max(float(block.abs().max()), 1e-4), dtype=torch.float32)
-            scale = float(amax / fp8.fp8_max(dtype))  # divided in float32, as the kernels do
+            scale = float(amax / quantization.fp8_max(dtype))  # divided in float32, as the kernels do
             if scale_format == "ue8m0":
                 scale = slow_power_of_two(scale)
             scales[i, j] = scale
@@ -68,41 +69,41 @@ def slow_quantize(x, tile, dtype, scale_format="float"):
     return data, scales
 
 
-@pytest.mark.parametrize("granularity", fp8.GRANULARITIES)
+@pytest.mark.parametrize("granularity", formats.GRANULARITIES)
 @pytest.mark.parametrize("dtype", [E4M3, E5M2])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 130), (129, 257), (256, 128), (200, 5)])
-@pytest.mark.parametrize("scale_format", fp8.SCALE_FORMATS)
+@pytest.mark.parametrize("scale_format", formats.SCALE_FORMATS)
 def test_quantize_matches_loop(granularity, dtype, shape, scale_format):
     x = activations(*shape, seed=sum(shape))
     x[0, 0] = 0.0 if shape[1] == 5 else x[0, 0]  # (200, 5): the first tile keeps four values
     x[-1, :] = 3e-5 if shape[0] > 1 else x[-1, :]  # a token below the amax floor
-    q = fp8.quantize(x, granularity, dtype, scale_format)
-    data, scales = slow_quantize(x, fp8.tile_shape(granularity, shape), dtype, scale_format)
+    q = quantization.quantize(x, granularity, dtype, scale_format)
+    data, scales = slow_quantize(x, quantization.tile_shape(granularity, shape), dtype, scale_format)
     assert q.data.dtype == dtype and q.data.shape == x.shape and q.scale.dtype == torch.float32
     torch.testing.assert_close(q.scale, scales, rtol=0, atol=0)
     assert torch.equal(q.data.view(torch.uint8), data.view(torch.uint8))
 
 
 @settings(max_examples=30, deadline=None)
-@given(rows=st.integers(1, 300), cols=st.integers(1, 300), granularity=st.sampled_from(fp8.GRANULARITIES),
+@given(rows=st.integers(1, 300), cols=st.integers(1, 300), granularity=st.sampled_from(formats.GRANULARITIES),
        dtype=st.sampled_from([E4M3, E5M2]), seed=st.integers(0, 10**6))
 def test_round_trip_within_the_format_bound(rows, cols, granularity, dtype, seed):
     """|x - deq| <= 2^-(m+1) |x| (half an ulp) + half the smallest subnormal times the tile's scale."""
     x = activations(rows, cols, seed)
-    q = fp8.quantize(x, granularity, dtype)
+    q = quantization.quantize(x, granularity, dtype)
     deq = q.dequantize()
-    tile = fp8.tile_shape(granularity, (rows, cols))
+    tile = quantization.tile_shape(granularity, (rows, cols))
     scale = q.scale.repeat_interleave(tile[0], 0)[:rows].repeat_interleave(tile[1], 1)[:, :cols]
     bound = 2.0 ** -(MANTISSA_BITS[dtype] + 1) * x.abs() + SMALLEST_SUBNORMAL[dtype] / 2 * scale
     assert ((deq - x).abs() <= bound * (1 + 1e-6)).all()
     # each tile's largest magnitude lands on +-fp8_max exactly, so it comes back exactly (up to float32)
-    assert q.data.float().abs().max() == fp8.fp8_max(dtype)
+    assert q.data.float().abs().max() == quantization.fp8_max(dtype)
 
 
 def test_all_zero_tiles_stay_zero_with_a_finite_scale():
     x = torch.zeros(4, 300)
     x[1, 200] = 3.0
-    q = fp8.quantize(x, "tile")
+    q = quantization.quantize(x, "tile")
     assert torch.isfinite(q.scale).all() and (q.scale > 0).all()
     assert torch.equal(q.dequantize(), x)
 
@@ -114,8 +115,8 @@ def test_the_amax_floor_is_the_released_kernels(scale_format, expected):
     x = torch.zeros(3, 256)
     x[1, :128] = 5e-5  # below the floor: 5e-5 / (1e-4 / 448) = 224
     x[2, 128:] = 1.0
-    q = fp8.quantize(x, "tile", scale_format=scale_format)
-    assert fp8.AMAX_FLOOR == 1e-4
+    q = quantization.quantize(x, "tile", scale_format=scale_format)
+    assert formats.AMAX_FLOOR == 1e-4
     assert q.scale[0, 0].item() == pytest.approx(expected, rel=1e-6) and q.scale[1, 0] == q.scale[0, 0]
     assert not torch.isnan(q.data.float()).any() and torch.equal(q.data[0].float(), torch.zeros(256))
     assert q.data[1, 0].float().item() == pytest.approx(5e-5 / expected, rel=2.0 ** -4)
@@ -128,11 +129,11 @@ def test_ue8m0_rounds_the_scale_up_to_a_power_of_two(amax, scale):
     x = torch.full((2, 130), amax / 7)
     x[0, 5] = -amax
     x[1, 129] = amax  # the second tile of token 1
-    q = fp8.quantize(x, "tile", scale_format="ue8m0")
+    q = quantization.quantize(x, "tile", scale_format="ue8m0")
     assert q.scale[0, 0].item() == scale and q.scale[1, 1].item() == scale
-    assert fp8.power_of_two_scale(torch.tensor([max(amax, 1e-4)]) / 448).item() == scale  # floored first
+    assert formats.power_of_two_scale(torch.tensor([max(amax, 1e-4)]) / 448).item() == scale  # floored first
     # the float scale is amax / 448 (floored), never above its power of two
-    assert fp8.quantize(x, "tile").scale[0, 0].item() <= scale
+    assert quantization.quantize(x, "tile").scale[0, 0].item() <= scale
 
 
 def test_ue8m0_scales_keep_every_quotient_within_448_without_a_clamp():
@@ -143,19 +144,19 @@ def test_ue8m0_scales_keep_every_quotient_within_448_without_a_clamp():
     x = torch.cat([torch.tensor(maxima, dtype=torch.float32)[:, None] * torch.linspace(-1, 1, 128)[None, :],
                    activations(2000, 128, seed=7)])  # [2105, 128]: one 1 x 128 tile per row
     x = x.flip(1)  # the maximum |x| comes first in the first rows
-    q = fp8.quantize(x, "tile", scale_format="ue8m0")
+    q = quantization.quantize(x, "tile", scale_format="ue8m0")
     quotient = x / q.scale  # [rows, 128] / [rows, 1], no clamp
     assert quotient.abs().max() <= 448 and (quotient.abs().amax(dim=1) > 224).all()
     assert torch.equal(q.data.float(), quotient.to(E4M3).float())  # the clamp changes nothing
     assert torch.equal(torch.log2(q.scale), torch.log2(q.scale).round())
-    float_quotient = x / fp8.quantize(x, "tile").scale
+    float_quotient = x / quantization.quantize(x, "tile").scale
     assert float_quotient.abs().max() > 448  # the float scale's rounding: what the clamp is for
 
 
 def test_outliers_only_spoil_their_own_tiles():
     x = activations(256, 512, outliers=False)
     x[:, 3] *= 1000  # one outlier channel: in tile column 0 only
-    errors = {g: ((fp8.fake_quantize(x, g) - x).abs() / x.abs())[:, 128:].mean() for g in fp8.GRANULARITIES}
+    errors = {g: ((quantization.fake_quantize(x, g) - x).abs() / x.abs())[:, 128:].mean() for g in formats.GRANULARITIES}
     assert errors["tile"] <= errors["block"] < errors["tensor"]  # mean relative error of the other channels
     assert errors["tensor"] > 4 * errors["tile"]
 
@@ -170,23 +171,23 @@ def test_outliers_only_spoil_their_own_tiles():
 ])
 def test_quantize_rejects_bad_input(bad, error, phrase):
     with pytest.raises(error, match=phrase):
-        fp8.quantize(bad)
+        quantization.quantize(bad)
 
 
 def test_quantize_rejects_bad_options():
     with pytest.raises(ValueError, match="granularity"):
-        fp8.quantize(torch.ones(2, 2), "channel")
+        quantization.quantize(torch.ones(2, 2), "channel")
     for bad in ("UE8M0", "e8m0", None):
         with pytest.raises(ValueError, match=r"scale_format must be one of \('float', 'ue8m0'\)"):
-            fp8.quantize(torch.ones(2, 2), "tile", scale_format=bad)
+            quantization.quantize(torch.ones(2, 2), "tile", scale_format=bad)
         with pytest.raises(ValueError, match="scale_format"):
-            fp8.fake_quantize(torch.ones(2, 2), "tile", E4M3, bad)
+            quantization.fake_quantize(torch.ones(2, 2), "tile", E4M3, bad)
         with pytest.raises(ValueError, match="scale_format"):
-            fp8.fp8_linear(torch.ones(2, 2), torch.ones(3, 2), bad)
+            linear.fp8_linear(torch.ones(2, 2), torch.ones(3, 2), bad)
         with pytest.raises(ValueError, match="scale_format"):
-            fp8.to_fp8(torch.nn.Linear(2, 2), bad)
+            linear.to_fp8(torch.nn.Linear(2, 2), bad)
     with pytest.raises(TypeError, match="float8"):
-        fp8.quantize(torch.ones(2, 2), "tile", torch.bfloat16)
+        quantization.quantize(torch.ones(2, 2), "tile", torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------ GEMM
@@ -194,21 +195,21 @@ def test_quantize_rejects_bad_options():
                                             ("block", "block")])
 @pytest.mark.parametrize("M, N, K", [(5, 7, 3), (33, 130, 200), (128, 64, 384), (1, 1, 129)])
 def test_scaled_mm_equals_dequantise_and_matmul(a_gran, b_gran, M, N, K):
-    a = fp8.quantize(activations(M, K, seed=1), a_gran)
-    b = fp8.quantize(torch.randn(N, K) / math.sqrt(K), b_gran)
+    a = quantization.quantize(activations(M, K, seed=1), a_gran)
+    b = quantization.quantize(torch.randn(N, K) / math.sqrt(K), b_gran)
     reference = (a.dequantize().double() @ b.dequantize().double().t())
     for backend in ("scaled_mm", "dequant", "auto"):
-        out = fp8.scaled_matmul(a, b, backend)
+        out = linear.scaled_matmul(a, b, backend)
         assert out.dtype == torch.float32 and out.shape == (M, N)
         torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-5 * reference.abs().max())
 
 
 def test_scaled_matmul_rejects_bad_input():
-    a, b = fp8.quantize(torch.ones(2, 3)), fp8.quantize(torch.ones(4, 5))
+    a, b = quantization.quantize(torch.ones(2, 3)), quantization.quantize(torch.ones(4, 5))
     with pytest.raises(ValueError, match=r"a \[M, K\] and b \[N, K\]"):
-        fp8.scaled_matmul(a, b)
+        linear.scaled_matmul(a, b)
     with pytest.raises(ValueError, match="backend"):
-        fp8.scaled_matmul(a, fp8.quantize(torch.ones(4, 3)), "cuda")
+        linear.scaled_matmul(a, quantization.quantize(torch.ones(4, 3)), "cuda")
 
 
 # ------------------------------------------------------------------------------------------ FP8 linear
@@ -219,7 +220,7 @@ def gemm_bound(a, a_gran, b, b_gran):
     """Elementwise bound on |fp8(a) fp8(b)^T - a b^T|: each operand within u |.| + delta of itself, so the
     error is at most (2u + u^2)(|a| + delta_a)(|b| + delta_b)^T, delta = half the smallest subnormal x scale."""
     def padded(x, gran):
-        q = fp8.quantize(x, gran)
+        q = quantization.quantize(x, gran)
         tile = q.tile
         scale = q.scale.repeat_interleave(tile[0], 0)[:x.shape[0]].repeat_interleave(tile[1], 1)[:, :x.shape[1]]
         return x.abs().double() + SMALLEST_SUBNORMAL[E4M3] / 2 * scale.double()
@@ -232,7 +233,7 @@ def test_fp8_linear_gradients_against_float64(M, K, N):
     x = activations(M, K, seed=K).requires_grad_()
     w = (torch.randn(N, K) / math.sqrt(K)).requires_grad_()
     grad_out = torch.randn(M, N)
-    y = fp8.fp8_linear(x, w)
+    y = linear.fp8_linear(x, w)
     y.backward(grad_out)
     x64, w64, g64 = x.detach().double(), w.detach().double(), grad_out.double()
     exact_y, exact_dx, exact_dw = x64 @ w64.t(), g64 @ w64, g64.t() @ x64
@@ -244,19 +245,19 @@ def test_fp8_linear_gradients_against_float64(M, K, N):
             <= gemm_bound(grad_out.t().contiguous(), "tile", x.detach().t().contiguous(), "tile")).all()
     # and norm-wise: a few percent, not more (E4M3 keeps 3 mantissa bits)
     for got, exact in ((y, exact_y), (x.grad, exact_dx), (w.grad, exact_dw)):
-        assert 1e-4 < fp8.relative_error(got, exact) < 0.08
+        assert 1e-4 < quantization.relative_error(got, exact) < 0.08
 
 
-@pytest.mark.parametrize("scale_format", fp8.SCALE_FORMATS)
+@pytest.mark.parametrize("scale_format", formats.SCALE_FORMATS)
 def test_fp8_linear_gradients_equal_the_dequantised_gemms(scale_format):
     """Which tensor is quantised in which layout: Dgrad = q(dy, 1x128 along N) q(W, 128x128);
     Wgrad = q(dy^T, 1x128 along tokens) q(x^T, 1x128 along tokens)^T; every scale in the format asked for."""
     x = activations(150, 260, seed=3).requires_grad_()
     w = torch.randn(140, 260).requires_grad_()
     grad_out = activations(150, 140, seed=4)
-    y = fp8.fp8_linear(x, w, scale_format)
+    y = linear.fp8_linear(x, w, scale_format)
     y.backward(grad_out)
-    fq = functools.partial(fp8.fake_quantize, scale_format=scale_format)
+    fq = functools.partial(quantization.fake_quantize, scale_format=scale_format)
     torch.testing.assert_close(y, fq(x.detach(), "tile") @ fq(w.detach(), "block").t(), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(x.grad, fq(grad_out, "tile") @ fq(w.detach(), "block"), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(w.grad, fq(grad_out.t().contiguous(), "tile") @ fq(x.detach().t().contiguous(),
@@ -266,12 +267,28 @@ def test_fp8_linear_gradients_equal_the_dequantised_gemms(scale_format):
 def test_fp8_linear_shapes_and_bad_input():
     x = torch.randn(2, 3, 16, requires_grad=True)
     w = torch.randn(8, 16, requires_grad=True)
-    assert fp8.fp8_linear(x, w).shape == (2, 3, 8)
-    assert fp8.fp8_linear(torch.randn(0, 16), w).shape == (0, 8)
+    assert linear.fp8_linear(x, w).shape == (2, 3, 8)
+    assert linear.fp8_linear(torch.randn(0, 16), w).shape == (0, 8)
     with pytest.raises(ValueError, match=r"x \[\.\.\., K\] and weight \[N, K\]"):
-        fp8.fp8_linear(x, torch.randn(8, 15))
+        linear.fp8_linear(x, torch.randn(8, 15))
     with pytest.raises(ValueError, match="non-finite"):
-        fp8.fp8_linear(torch.full((2, 16), float("nan")), w)
+        linear.fp8_linear(torch.full((2, 16), float("nan")), w)
+
+
+def test_nothing_is_checked_inside_the_fp8_layer():
+    """Called by a model (inside its boundary) and in the backward pass, the FP8 layer reads nothing back to check:
+    NaN flows to the output and the gradients, where the training step's loss and gradient-norm checks catch it.
+    Failed before: quantize's finiteness check ran on every operand, forward and backward (NonFiniteError)."""
+    x = torch.randn(4, 16, requires_grad=True)
+    w = torch.randn(8, 16, requires_grad=True)
+    out = linear.fp8_linear(x, w)
+    out.backward(torch.full_like(out, float("nan")))
+    assert torch.isnan(x.grad).all() and torch.isnan(w.grad).all()
+    inside = boundary(lambda **arguments: None)(lambda layer, h: layer(h))  # a model's forward, say
+    layer = linear.FP8Linear(16, 8, bias=False)
+    assert torch.isnan(inside(layer, torch.full((4, 16), float("nan")))).all()
+    with pytest.raises(NonFiniteError, match="fp8_linear got non-finite values"):  # called by a user: checked
+        layer(torch.full((4, 16), float("nan")))
 
 
 # ------------------------------------------------------------------------------------------ accumulation
@@ -300,8 +317,8 @@ def slow_accumulate(products, bits, promote_every, rounding):
                                                             (6, None, "truncate"), (6, 7, "truncate")])
 def test_accumulate_matches_scalar_loop(bits, promote_every, rounding):
     g = torch.Generator().manual_seed(bits)
-    products = fp8.fp8_products(torch.randn(3, 50, generator=g), torch.randn(2, 50, generator=g))
-    got = fp8.accumulate(products, bits, promote_every, rounding)
+    products = accumulation.fp8_products(torch.randn(3, 50, generator=g), torch.randn(2, 50, generator=g))
+    got = accumulation.accumulate(products, bits, promote_every, rounding)
     assert got.shape == (3, 2)
     assert torch.equal(got, slow_accumulate(products, bits, promote_every, rounding))
 
@@ -309,24 +326,24 @@ def test_accumulate_matches_scalar_loop(bits, promote_every, rounding):
 def test_promotion_shrinks_the_accumulation_error():
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(4, 4096, generator=g), torch.rand(4, 4096, generator=g)
-    products = fp8.fp8_products(fp8.fake_quantize(a), fp8.fake_quantize(b, "block"))
+    products = accumulation.fp8_products(quantization.fake_quantize(a), quantization.fake_quantize(b, "block"))
     exact = products.sum(-1)
-    error = {n: ((fp8.accumulate(products, 13, n, "truncate") - exact).abs() / exact).max() for n in (None, 128)}
+    error = {n: ((accumulation.accumulate(products, 13, n, "truncate") - exact).abs() / exact).max() for n in (None, 128)}
     assert error[None] > 0.01 and error[128] < error[None] / 10
-    assert (fp8.accumulate(products, 52) - exact).abs().max() < 1e-9 * exact.max()
+    assert (accumulation.accumulate(products, 52) - exact).abs().max() < 1e-9 * exact.max()
 
 
 def test_accumulate_rejects_bad_input():
     with pytest.raises(ValueError, match="K >= 1"):
-        fp8.accumulate(torch.ones(2, 0))
+        accumulation.accumulate(torch.ones(2, 0))
     with pytest.raises(ValueError, match="mantissa_bits"):
-        fp8.accumulate(torch.ones(2, 3), 0)
+        accumulation.accumulate(torch.ones(2, 3), 0)
     with pytest.raises(ValueError, match="promote_every"):
-        fp8.accumulate(torch.ones(2, 3), 13, 0)
+        accumulation.accumulate(torch.ones(2, 3), 13, 0)
     with pytest.raises(ValueError, match="rounding"):
-        fp8.accumulate(torch.ones(2, 3), 13, None, "up")
+        accumulation.accumulate(torch.ones(2, 3), 13, None, "up")
     with pytest.raises(ValueError, match="non-finite"):
-        fp8.accumulate(torch.tensor([1.0, float("inf")]))
+        accumulation.accumulate(torch.tensor([1.0, float("inf")]))
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -339,17 +356,17 @@ def test_to_fp8_converts_the_gemms_and_keeps_the_rest():
     tokens = torch.randint(0, 32, (2, 17))
     with torch.no_grad():
         reference = model(tokens[:, :-1])
-    assert fp8.to_fp8(fp8.to_fp8(model)) is model  # twice is harmless
+    assert linear.to_fp8(linear.to_fp8(model)) is model  # twice is harmless
     assert list(model.state_dict()) == keys_before
     assert all(p is params_before[name] for name, p in model.named_parameters())
     block = model.blocks[1]
-    assert isinstance(block.attn.qkv, fp8.FP8Linear) and isinstance(block.attn.out, fp8.FP8Linear)
-    assert block.ffn.expert_linear is fp8.fp8_linear and block.ffn.shared.linear is fp8.fp8_linear
-    assert model.blocks[0].ffn.linear is fp8.fp8_linear
+    assert isinstance(block.attn.qkv, linear.FP8Linear) and isinstance(block.attn.out, linear.FP8Linear)
+    assert block.ffn.expert_linear is linear.fp8_linear and block.ffn.shared.linear is linear.fp8_linear
+    assert model.blocks[0].ffn.linear is linear.fp8_linear
     assert type(model.head) is torch.nn.Linear and type(model.embed) is torch.nn.Embedding
     with torch.no_grad():
         logits = model(tokens[:, :-1])
-    assert 1e-4 < fp8.relative_error(logits, reference) < 0.1
+    assert 1e-4 < quantization.relative_error(logits, reference) < 0.1
     main, _ = model.losses(tokens)
     main.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -362,36 +379,36 @@ def test_to_fp8_passes_the_scale_format_on():
     tokens = torch.randint(0, 32, (2, 16))
     with torch.no_grad():
         reference = model(tokens)
-        float_logits = fp8.to_fp8(model)(tokens)
-        logits = fp8.to_fp8(model, "ue8m0")(tokens)  # the second call's format wins
+        float_logits = linear.to_fp8(model)(tokens)
+        logits = linear.to_fp8(model, "ue8m0")(tokens)  # the second call's format wins
     block = model.blocks[1]
     assert block.attn.qkv.scale_format == "ue8m0" and block.attn.out.scale_format == "ue8m0"
-    for linear in (block.ffn.expert_linear, block.ffn.shared.linear, model.blocks[0].ffn.linear):
-        assert linear.func is fp8.fp8_linear and linear.keywords == {"scale_format": "ue8m0"}
+    for gemm in (block.ffn.expert_linear, block.ffn.shared.linear, model.blocks[0].ffn.linear):
+        assert gemm.func is linear.fp8_linear and gemm.keywords == {"scale_format": "ue8m0"}
     assert not torch.equal(logits, float_logits)  # other scales, other roundings
-    assert 1e-4 < fp8.relative_error(logits, reference) < 0.15
+    assert 1e-4 < quantization.relative_error(logits, reference) < 0.15
 
 
 def test_helpers_reject_bad_input():
     with pytest.raises(ValueError, match=r"matrix \[rows, cols\]"):
-        fp8.tile_shape("tile", (5,))
+        quantization.tile_shape("tile", (5,))
     with pytest.raises(TypeError, match="Quantized"):
-        fp8.scaled_matmul(torch.randn(4, 128), torch.randn(4, 128))
+        linear.scaled_matmul(torch.randn(4, 128), torch.randn(4, 128))
     with pytest.raises(ValueError, match=r"x \[\.\.\., K\]"):
-        fp8.fp8_linear(torch.tensor(1.0), torch.randn(3, 1))
+        linear.fp8_linear(torch.tensor(1.0), torch.randn(3, 1))
     with pytest.raises(ValueError, match=r"x \[\.\.\., K\]"):
-        fp8.fp8_linear(torch.randn(2, 4), torch.tensor(1.0))
+        linear.fp8_linear(torch.randn(2, 4), torch.tensor(1.0))
     with pytest.raises(ValueError, match="0..52"):
-        fp8.round_mantissa(torch.ones(2, dtype=torch.float64), -1)
+        accumulation.round_mantissa(torch.ones(2, dtype=torch.float64), -1)
     with pytest.raises(TypeError, match="float tensor"):
-        fp8.round_mantissa(torch.ones(2, dtype=torch.long), 3)
+        accumulation.round_mantissa(torch.ones(2, dtype=torch.long), 3)
     with pytest.raises(TypeError, match="promote_every must be an int"):
-        fp8.accumulate(torch.ones(3, 4), 13, 2.0)
+        accumulation.accumulate(torch.ones(3, 4), 13, 2.0)
     with pytest.raises(ValueError, match="promote_every must be an int >= 1"):
-        fp8.accumulate(torch.ones(3, 4), 13, 0)
+        accumulation.accumulate(torch.ones(3, 4), 13, 0)
     with pytest.raises(ValueError, match=r"a \[M, K\] and b \[N, K\]"):
-        fp8.fp8_products(torch.randn(2, 4), torch.randn(3, 1))  # would broadcast silently
+        accumulation.fp8_products(torch.randn(2, 4), torch.randn(3, 1))  # would broadcast silently
     with pytest.raises(ValueError, match="one shape"):
-        fp8.relative_error(torch.randn(3, 4), torch.randn(4))  # would broadcast silently
+        quantization.relative_error(torch.randn(3, 4), torch.randn(4))  # would broadcast silently
     with pytest.raises(TypeError, match="nn.Module"):
-        fp8.to_fp8("model")
+        linear.to_fp8("model")

@@ -86,6 +86,23 @@ def test_drafts_equal_the_uncached_mtp_chain(attention):
                     assert drafts[k - 1] == slow_draft(model, tokens[:n].tolist(), drafts[:k - 1], k), (n, k)
 
 
+@pytest.mark.parametrize("attention, length", [("mha", 5), ("mla", 2)])
+def test_three_depths_draft_as_the_uncached_chain(attention, length):
+    """D = 3 over the whole context: every draft of depths 2 and 3 equals the uncached chain's, so depth k reads
+    h^{k-1} of the right positions from its own cache and the committed states it had not read. Failed before: the
+    state depth k had not read was overwritten by depth k - 1's new one before depth k read it (one wrong draft
+    in each of these runs)."""
+    model = tiny_model(3, attention, seed=2, head_scale=4.0)
+    tokens, stats = speculative_generate(model, prompt_of(length, 7, 2), 40 - length, depth=3)
+    by_step = {}
+    for position, k, draft, _ in stats.records:
+        by_step.setdefault(position - k + 1, []).append(draft)
+    with torch.no_grad():
+        wrong = [(n, k) for n, drafts in by_step.items() for k in range(1, len(drafts) + 1)
+                 if drafts[k - 1] != slow_draft(model, tokens[:n].tolist(), drafts[:k - 1], k)]
+    assert not wrong and max(len(drafts) for drafts in by_step.values()) == 3
+
+
 @pytest.mark.parametrize("attention", ["mha", "mla"])
 def test_mtp_module_with_a_cache_equals_the_whole_sequence(attention):
     """MTPModule.forward over positions in chunks with a KV cache (h^{k-1} from position s, tokens t_{s+1}..,

@@ -13,7 +13,7 @@ from course_lib.training.config import lr_at, TrainConfig
 from course_lib.training.loop import Trainer
 from course_lib.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model, read_checkpoint
 from course_lib.training import cli
-from course_lib.precision import fp8
+from course_lib.precision import linear
 from course_lib.model.tiny import TinyDeepSeek
 from tiny_models import tiny_config
 
@@ -194,7 +194,7 @@ def test_cli_exits_with_status_3_when_an_fp8_model_diverges(monkeypatch, capsys)
     class DivergedFP8(TinyDeepSeek):
         def __init__(self, config):
             super().__init__(config)
-            fp8.to_fp8(self)
+            linear.to_fp8(self)
             with torch.no_grad():
                 self.embed.weight[:, 0] = float("nan")
 

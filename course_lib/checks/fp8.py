@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from course_lib.precision import fp8
+from course_lib.precision import formats, quantization
 from course_lib.checks.cases import Mistake
 from course_lib.checks.comparison import describe_value, format_value
 from course_lib.checks.learner import call_learner, expect_inputs_unchanged
@@ -40,8 +40,8 @@ class _NonSaturatingCast(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         source = args[0] if args else None
-        if (isinstance(out, torch.Tensor) and out.dtype in fp8.FP8_DTYPES and isinstance(source, torch.Tensor)
-                and source.is_floating_point() and source.dtype not in fp8.FP8_DTYPES
+        if (isinstance(out, torch.Tensor) and out.dtype in formats.FP8_DTYPES and isinstance(source, torch.Tensor)
+                and source.is_floating_point() and source.dtype not in formats.FP8_DTYPES
                 and source.shape == out.shape):
             beyond = source.detach().abs() > torch.finfo(out.dtype).max
             if beyond.any():
@@ -65,7 +65,7 @@ def _with_a_zero_tile(x: torch.Tensor, token: int, tile: int) -> torch.Tensor:
 
 _CASES = [_with_a_zero_tile(_activations(64, 256, seed=2), token=5, tile=1),
           _activations(8, 384, seed=1, outlier_channel=5), _activations(130, 128, seed=3)]
-_FLOOR_SCALE = fp8.AMAX_FLOOR / _MAX  # the largest scale accepted for an all-zero tile
+_FLOOR_SCALE = formats.AMAX_FLOOR / _MAX  # the largest scale accepted for an all-zero tile
 
 
 def _scales_match(got: Any, x: torch.Tensor, expected: torch.Tensor) -> bool:
@@ -86,7 +86,7 @@ def _zero_tiles(x: torch.Tensor) -> torch.Tensor:
 
 def _tiles_along_tokens(x: torch.Tensor) -> torch.Tensor:
     """Scales of 128 x 1 tiles (128 tokens of one channel): [ceil(tokens / 128), channels]."""
-    return fp8.quantize(x.t().contiguous(), "tile").scale.t()
+    return quantization.quantize(x.t().contiguous(), "tile").scale.t()
 
 
 def _describe(value: Any) -> str:
@@ -107,7 +107,7 @@ def _explain_codes(x_fp8: Any, scales: Any, x: torch.Tensor) -> str | None:
     if x_fp8.shape != x.shape:
         return (f"x_fp8 has shape {list(x_fp8.shape)}, but it should have x's shape [{T}, {C}]: after dividing "
                 f"the tiles [tokens, channels / 128, 128] by their scales, view the result back as x.shape")
-    if x_fp8.dtype != fp8.E4M3:
+    if x_fp8.dtype != formats.E4M3:
         return (f"x_fp8 has dtype {str(x_fp8.dtype).replace('torch.', '')}, but it should be float8_e4m3fn (E4M3, "
                 f"the format V3 uses for every tensor): convert with .to(torch.float8_e4m3fn)")
     return None
@@ -185,7 +185,7 @@ _DEQUANTIZE_MISTAKES = [
 ]
 
 
-def _explain_dequantized(back: Any, reference: fp8.Quantized, expected: torch.Tensor) -> str:
+def _explain_dequantized(back: Any, reference: formats.Quantized, expected: torch.Tensor) -> str:
     """What is wrong with a learner's dequantize_per_tile output ``back`` that differs from ``expected``
     [tokens, channels]: its kind, NaN, or the mistake of the catalogue it matches."""
     T, C = expected.shape
@@ -208,7 +208,7 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
     for x in _CASES:
         T, C = x.shape
         label = f"(x of shape [{T}, {C}])"
-        reference = fp8.quantize(x, "tile")
+        reference = quantization.quantize(x, "tile")
         given = x.clone()
         with _NonSaturatingCast():
             result = call_learner(quantize_fn, given, name="Your quantize_per_tile", label=label)
@@ -250,13 +250,13 @@ def _check(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -
                  and torch.allclose(back.float(), expected, rtol=1e-5, atol=0))
         if not right:
             raise CheckFailed(_explain_dequantized(back, reference, expected))
-    return (f"it agrees with fp8.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
+    return (f"it agrees with quantization.quantize(x, 'tile') on {len(_CASES)} inputs, one with a 100x outlier channel and "
             f"one with an all-zero tile")
 
 
 def check_quantize_per_tile(quantize_fn: Callable[..., Any], dequantize_fn: Callable[..., Any]) -> None:
     """Check ``quantize_fn(x) -> (x_fp8, scales)`` and ``dequantize_fn(x_fp8, scales) -> x`` for per-tile
-    (1 x 128) E4M3 quantisation of x float32 [tokens, channels] ([V3] 3.3.2; reference ``fp8.quantize(x, "tile")``).
+    (1 x 128) E4M3 quantisation of x float32 [tokens, channels] ([V3] 3.3.2; reference ``quantization.quantize(x, "tile")``).
     Names the scale taken from the whole tensor, tiles along the wrong axis, a missing floor on the max (an
     all-zero tile; any floor up to 1e-4 passes), a missing clamp to 448, and dividing instead of multiplying on the
     way back."""

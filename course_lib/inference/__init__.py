@@ -1,2 +1,3 @@
-"""Decoding (notebook 08): MTP modules as a speculative-decoding draft (``speculative``).
+"""Decoding (notebook 08): MTP modules as a speculative-decoding drafter (``speculative``); ``arguments`` holds the
+decoders' boundary checks.
 """

@@ -1,16 +1,16 @@
-"""Speculative decoding with the model's own MTP modules as the drafter ([V3] 5.4.3).
+"""Speculative decoding with the model's own MTP modules as the drafter ([V3] 2.2 and 5.4.3).
 
-Each step the main model reads the pending tokens with its KV cache: the last token it has not read yet and the
-d drafts after it. Its logits at those d + 1 positions verify the drafts and give its own next token, so one
-main-model forward emits between 1 and d + 1 tokens. Then the MTP chain drafts the next D tokens from the main
-model's last hidden state h^0_p (p = the position of the second-last committed token):
+Each step the main model VERIFIES: it reads the pending tokens with its KV cache, the last committed token and the
+d drafts after it, and its logits at those d + 1 positions check the drafts and give its own next token, so one
+main-model forward emits between 1 and d + 1 tokens. Then the DRAFTER, the MTP chain, proposes the next D tokens
+from the main model's last hidden state h^0_p (p = the position of the second-last committed token):
 
     depth 1 reads h^0_p and Emb(x_{p+1}) (the token just committed)  -> draft of x_{p+2}
     depth k reads h^{k-1}_p and Emb(draft k - 1)                     -> draft of x_{p+k+1}
 
 exactly the inputs depth k sees in training ([V3] eqs. 21-23), the drafts standing in for the unknown tokens.
-Each MTP block keeps a KV cache of the positions whose inputs are committed tokens; rejected drafts are rolled
-back with ``truncate``.
+The drafter owns one KV cache per depth, holding the positions whose inputs are committed tokens; what it read of
+the drafts is dropped after each step (``MTPDrafter``).
 
 - Greedy (temperature 0): accept drafts while each equals the main model's argmax at its position, then emit
   the main model's own token (``accept_greedy``): the output is the main model's greedy decoding, token for
@@ -28,14 +28,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from course_lib.core.runtime import eval_mode
-from course_lib.model import arguments as model_arguments
+from course_lib.core.validation import boundary
+from course_lib.inference import arguments
 from course_lib.model.tiny import TinyDeepSeek, temperature_softmax
-from course_lib.core.validation import boundary, check_int, check_number
 
 
 # ------------------------------------------------------------------------------------------ the accept rules
+@boundary(arguments.accept_greedy)
 def accept_greedy(drafts: torch.Tensor, main_tokens: torch.Tensor) -> torch.Tensor:
     """The greedy verify-and-accept step: the tokens one step emits.
 
@@ -44,14 +46,11 @@ def accept_greedy(drafts: torch.Tensor, main_tokens: torch.Tensor) -> torch.Tens
     token after a full accept). -> int64 [m + 1]: drafts[:m] and main_tokens[m], m being the number of leading
     drafts equal to the main model's tokens. Raises ValueError on shapes that do not fit.
     """
-    if drafts.dim() != 1 or main_tokens.dim() != 1 or main_tokens.shape[0] != drafts.shape[0] + 1:
-        raise ValueError(f"expected drafts [d] and main_tokens [d + 1], got {list(drafts.shape)} and "
-                         f"{list(main_tokens.shape)}")
-    matches = (drafts == main_tokens[:-1]).long()  # [d]
-    m = int(matches.cumprod(0).sum())  # leading matches
+    m = int((drafts == main_tokens[:-1]).long().cumprod(0).sum())  # leading matches
     return torch.cat([drafts[:m], main_tokens[m:m + 1]])
 
 
+@boundary(arguments.accept_sampled)
 def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None = None,
                    u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The sampling verify step of Leviathan et al. / Chen et al., for a batch of independent rows.
@@ -70,15 +69,8 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, gener
     shapes that do not fit, TypeError for p, q or u not floating point.
     """
     B, d = drafts.shape
-    if list(q.shape[:2]) != [B, d] or list(p.shape[:2]) != [B, d + 1] or q.shape[2] != p.shape[2]:
-        raise ValueError(f"expected drafts [B, d], q [B, d, V], p [B, d + 1, V], got {list(drafts.shape)}, "
-                         f"{list(q.shape)}, {list(p.shape)}")
-    if not (q.is_floating_point() and p.is_floating_point()):
-        raise TypeError(f"q and p must be floating-point probabilities, got {q.dtype} and {p.dtype}")
     if u is None:
         u = torch.rand(B, d, generator=generator, dtype=torch.float64)
-    elif not (isinstance(u, torch.Tensor) and u.is_floating_point() and list(u.shape) == [B, d]):
-        raise TypeError(f"u must be a float tensor [B, d] = {[B, d]} of uniforms in [0, 1), got {u!r:.80}")
     p, q, u = p.double(), q.double(), u.double().to(p.device)
     rows = torch.arange(B)
     p_x = p[:, :d].gather(-1, drafts[..., None])[..., 0]  # [B, d]
@@ -93,13 +85,22 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, gener
     return m, token
 
 
+def choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [n, V] -> int64 [n]: the argmax (temperature 0) or a sample of softmax(logits / temperature)
+    (``temperature_softmax``: a tiny temperature samples the argmax)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = temperature_softmax(logits, temperature)
+    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+
 # ------------------------------------------------------------------------------------------ statistics
 @dataclass
 class DecodeStats:
     """What one decoding run did. depth: D (0 for plain decoding); forwards: main-model forwards (the prompt's
     counts as one); new_tokens: tokens generated; seconds: wall-clock time; drafted[k-1] / accepted[k-1]: drafts
-    of depth k that the main model verified / accepted; records: (position in the text, depth, accepted) of every
-    verified draft."""
+    of depth k that the main model verified / accepted; records: (position in the text, depth, draft, accepted) of
+    every verified draft."""
 
     depth: int
     forwards: int = 0
@@ -108,6 +109,14 @@ class DecodeStats:
     drafted: list[int] = field(default_factory=list)
     accepted: list[int] = field(default_factory=list)
     records: list[tuple[int, int, int, bool]] = field(default_factory=list)
+
+    def count_verified(self, position: int, drafts: list[int], m: int) -> None:
+        """One main-model forward verified ``drafts`` (for positions ``position``...) and accepted the first m."""
+        self.forwards += 1
+        for j, draft in enumerate(drafts):
+            self.drafted[j] += 1
+            self.accepted[j] += j < m
+            self.records.append((position + j, j + 1, draft, j < m))
 
     @property
     def acceptance_rate(self) -> list[float]:
@@ -124,57 +133,98 @@ class DecodeStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-# ------------------------------------------------------------------------------------------ decoding
-def _check_inputs(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, temperature: float,
-                  **_: object) -> None:
-    if not isinstance(model, TinyDeepSeek):
-        raise TypeError(f"model must be a TinyDeepSeek, got {type(model).__name__}")
-    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.int64 or prompt.dim() != 1:
-        raise TypeError(f"prompt must be an int64 tensor [T0] of token ids, got {prompt!r:.80}")
-    if prompt.numel() == 0:
-        raise ValueError("the prompt is empty: give at least one token (the model predicts from a context)")
-    check_int("max_new_tokens", max_new_tokens, 1)
-    if prompt.numel() + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"context max_seq_len={model.config.max_seq_len}")
-    model_arguments.check_tokens(model, prompt[None])  # the ids, once: the loops feed the model its own tokens
-    check_number("temperature", temperature, 0)  # 0 = greedy
+# ------------------------------------------------------------------------------------------ the drafter
+@dataclass
+class Drafts:
+    """The tokens proposed for the positions after the committed text: tokens [d]; q: float64 [d, V], the
+    drafter's distribution of each (sampling), or None (greedy)."""
+
+    tokens: list[int]
+    q: torch.Tensor | None
 
 
-def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [n, V] -> int64 [n]: the argmax (temperature 0) or a sample of softmax(logits / temperature)
-    (``temperature_softmax``: a tiny temperature samples the argmax)."""
+class MTPDrafter:
+    """The MTP modules of depths 1..D as the draft model, each with its own KV cache ([V3] 2.2, eqs. 21-23).
+
+    Depth k at position i reads h^{k-1}_i and Emb(t_{i+k}) and predicts t_{i+k+1}. Its cache keeps the positions
+    whose input t_{i+k} is a committed token (i <= n - k - 1 for n committed tokens); the positions that read a
+    draft are computed afresh at each step. ``unread[k-1]`` holds h^{k-1} at the committed positions depth k has
+    not cached yet: after a step, depth k - 1's last committed position, which depth k reads again next step.
+    modules: the MTP modules of depths 1..D; caches: their blocks' KV caches (``ModelCache.mtp[:D]``), which the
+    drafter alone fills and truncates.
+    """
+
+    def __init__(self, modules: nn.ModuleList, caches: list, temperature: float,
+                 generator: torch.Generator | None) -> None:
+        self.modules, self.caches = modules, caches
+        self.temperature, self.generator = temperature, generator
+        self.unread: list[torch.Tensor | None] = [None] * len(modules)
+
+    def draft(self, h0: torch.Tensor, text: list[int], count: int) -> Drafts:
+        """Propose ``count`` tokens (1 <= count <= D, never more than at the call before) after the committed
+        ``text`` x_0..x_{n-1}. h0: [1, L, dim], the main model's h^0 at the committed positions depth 1 has not
+        read (up to n - 2)."""
+        n, h = len(text), h0
+        unread, self.unread = self.unread, [None] * len(self.modules)
+        tokens: list[int] = []
+        q: list[torch.Tensor] = []
+        for k, (module, cache) in enumerate(zip(self.modules[:count], self.caches), start=1):
+            start = cache.length  # depth k reads positions start..n-2
+            if unread[k - 1] is not None:
+                h = torch.cat([unread[k - 1], h], dim=1)  # h^{k-1} at start..n-2
+            read = torch.tensor([text[start:] + tokens], device=h.device)  # from x_start, drafts past x_{n-1}
+            h, logits = module(h, read, cache)  # h^k at start..n-2 (position i reads x_{i+k})
+            logits = logits[:, -1:]  # of position n-2, predicting x_{n+k-1}
+            tokens.append(int(choose(logits[0], self.temperature, self.generator)))
+            if self.temperature > 0:
+                q.append(temperature_softmax(logits[0, 0], self.temperature))
+            committed = max(0, n - k)  # positions 0..n-k-1 read committed tokens
+            cache.truncate(committed)
+            if k < len(self.modules):  # for depth k + 1 at the next step
+                self.unread[k] = h[:, max(0, committed - 1) - start:committed - start]
+        return Drafts(tokens, torch.stack(q) if q else None)
+
+
+def verify(drafts: Drafts, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> list[int]:
+    """The main model's verdict on the drafts: logits [d + 1, V] at the positions that predict the d drafts and
+    the token after them -> the accepted drafts and the main model's own next token (``accept_greedy``,
+    ``accept_sampled``)."""
+    device = logits.device
+    tokens = torch.tensor(drafts.tokens, dtype=torch.int64, device=device)
     if temperature == 0:
-        return logits.argmax(-1)
-    probs = temperature_softmax(logits, temperature)
-    return torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+        return accept_greedy(tokens, logits.argmax(-1)).tolist()
+    q = drafts.q if drafts.q is not None else torch.empty(0, logits.shape[-1], dtype=torch.float64, device=device)
+    m, token = accept_sampled(tokens[None], q[None], temperature_softmax(logits, temperature)[None], generator)
+    return drafts.tokens[:int(m)] + [int(token)]
 
 
+# ------------------------------------------------------------------------------------------ decoding
 @torch.no_grad()
-@boundary(_check_inputs)
+@boundary(arguments.plain_generate)
 def plain_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, DecodeStats]:
     """Decode with the main model only, one token per forward, with the KV cache (the baseline).
 
     prompt: int64 [T0 >= 1]; T0 + max_new_tokens <= max_seq_len; temperature 0 = greedy (argmax), else sample
     softmax(logits / temperature) with ``generator``. -> (int64 [T0 + max_new_tokens] on the CPU, stats).
+    Raises TypeError / ValueError for a model that is not a TinyDeepSeek, a prompt that is not int64 [T0 >= 1] in
+    the vocabulary, max_new_tokens < 1, a text longer than the context, temperature < 0.
     """
     stats = DecodeStats(depth=0)
     start = time.perf_counter()
-    cache = model.new_cache(1)
-    device = next(model.parameters()).device
-    tokens, new = prompt.to(device), prompt.to(device)
     with eval_mode(model):
+        cache = model.new_cache(1)
+        tokens = new = prompt.to(next(model.parameters()).device)
         for _ in range(max_new_tokens):
-            choice = _choose(model(new[None], cache)[0, -1:], temperature, generator)  # [1]
-            tokens, new = torch.cat([tokens, choice]), choice
+            new = choose(model(new[None], cache)[0, -1:], temperature, generator)  # [1]
+            tokens = torch.cat([tokens, new])
     stats.forwards = stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
     return tokens.cpu(), stats
 
 
 @torch.no_grad()
-@boundary(_check_inputs)
+@boundary(arguments.speculative_generate)
 def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_tokens: int, depth: int | None = None,
                          temperature: float = 0.0,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, DecodeStats]:
@@ -185,72 +235,30 @@ def speculative_generate(model: TinyDeepSeek, prompt: torch.Tensor, max_new_toke
     ``generator`` (a CPU torch.Generator). -> (int64 [T0 + max_new_tokens] on the CPU, stats).
 
     Greedy output equals ``plain_generate``'s; sampled output has its distribution. Raises ValueError for a
-    model without MTP modules, D out of range, temperature < 0, an empty prompt or a text longer than the context.
+    model without MTP modules, D out of range, temperature < 0, an empty prompt or a text longer than the context
+    (and as ``plain_generate`` for the other arguments).
     """
-    trained = model.config.mtp_depth
-    if trained == 0:
-        raise ValueError("the model has no MTP modules (mtp_depth=0): nothing can draft. Train with mtp_depth >= 1")
-    depth = trained if depth is None else depth
-    if not 1 <= check_int("depth (D, drafts per step)", depth) <= trained:
-        raise ValueError(f"depth (D, drafts per step) must be an int in [1, {trained}] (the model's trained MTP "
-                         f"depths), got {depth!r}")
+    depth = model.config.mtp_depth if depth is None else depth
     stats = DecodeStats(depth=depth, drafted=[0] * depth, accepted=[0] * depth)
     start = time.perf_counter()
-    device = next(model.parameters()).device
-    cache = model.new_cache(1)
-    tokens: list[int] = prompt.tolist()
-    target = len(tokens) + max_new_tokens
-    feed = prompt.to(device)  # what the main model reads next: the prompt, then the last token and the drafts
-    drafts: list[int] = []
-    q = torch.empty(0, model.config.vocab_size, dtype=torch.float64, device=device)  # [d, V]: the drafter's distributions of the drafts (sampling only)
-    carry: list[torch.Tensor | None] = [None] * (depth + 1)  # carry[k]: h^k at the position depth k + 1 needs next
     with eval_mode(model):
-        while len(tokens) < target:
-            n, d, read_from = len(tokens), len(drafts), cache.length
-            h = model.hidden_states(feed[None], cache)  # [1, len(feed), dim], positions read_from..
-            logits = model.head(model.norm(h[:, -(d + 1):]))[0]  # [d + 1, V]: predict positions n..n+d
-            stats.forwards += 1
-            draft_tensor = torch.tensor(drafts, dtype=torch.int64, device=device)
-            if temperature == 0:
-                emitted = accept_greedy(draft_tensor, logits.argmax(-1)).tolist()
-            else:
-                p = temperature_softmax(logits, temperature)
-                m, token = accept_sampled(draft_tensor[None], q[None], p[None], generator)
-                emitted = drafts[:int(m)] + [int(token)]
-            m = len(emitted) - 1
-            for j in range(d):
-                stats.drafted[j] += 1
-                stats.accepted[j] += j < m
-                stats.records.append((n + j, j + 1, drafts[j], j < m))
-            tokens += emitted
-            cache.truncate(len(tokens) - 1)  # the main model keeps x_0..x_{n+m-1}; the MTP caches are shorter
-            remaining = target - len(tokens)
-            d_next = min(depth, remaining - 1)  # drafts beyond the last token to generate are never verified
-            drafts, q_rows = [], []
-            if d_next > 0:
-                last = len(tokens) - 2  # p: the main model's last hidden state, read for the token just committed
-                s = cache.mtp[0].length
-                prev_h, prev_start = h[:, s - read_from:last - read_from + 1], s  # h^0 at positions s..last
-                for k in range(1, d_next + 1):
-                    module, block_cache = model.mtp_modules[k - 1], cache.mtp[k - 1]
-                    s = block_cache.length
-                    if prev_start > s:  # the one position of h^{k-1} that the previous step committed
-                        prev_h = torch.cat([carry[k - 1], prev_h], dim=1)
-                    if prev_h.shape[1] != last - s + 1:
-                        raise RuntimeError(f"internal: depth {k} needs h^{k - 1} at positions {s}..{last}")
-                    read = [tokens[i] if i < len(tokens) else drafts[i - len(tokens)]  # t_{s+1} .. t_{last+k+1}
-                            for i in range(s, last + k + 1)]
-                    hk, draft_logits = module(prev_h, torch.tensor([read], device=device), block_cache)
-                    draft_logits = draft_logits[0, -1:]  # [1, V]
-                    drafts.append(int(_choose(draft_logits, temperature, generator)))
-                    if temperature > 0:
-                        q_rows.append(temperature_softmax(draft_logits[0], temperature))
-                    committed = max(0, len(tokens) - k)  # positions whose input t_{i+k} is a committed token
-                    block_cache.truncate(committed)
-                    carry[k] = hk[:, max(0, committed - 1) - s:committed - s]  # for depth k + 1's next step
-                    prev_h, prev_start = hk, s
-            q = torch.stack(q_rows) if q_rows else torch.empty(0, logits.shape[-1], dtype=torch.float64, device=device)
-            feed = torch.tensor(tokens[-1:] + drafts, dtype=torch.int64, device=device)
+        cache = model.new_cache(1)
+        drafter = MTPDrafter(model.mtp_modules[:depth], cache.mtp[:depth], temperature, generator)
+        text = prompt.tolist()
+        target = len(text) + max_new_tokens
+        pending = prompt.to(next(model.parameters()).device)  # the prompt, then the last token and the drafts
+        drafts = Drafts([], None)
+        while len(text) < target:
+            read_from = cache.length
+            h = model.hidden_states(pending[None], cache)  # h^0 at positions read_from..
+            logits = model.head(model.norm(h[:, -(len(drafts.tokens) + 1):]))[0]  # [d + 1, V]: predict n..n+d
+            emitted = verify(drafts, logits, temperature, generator)
+            stats.count_verified(len(text), drafts.tokens, len(emitted) - 1)
+            text += emitted
+            cache.truncate(len(text) - 1)  # the main model keeps the positions that read committed tokens
+            count = min(depth, target - len(text) - 1)  # drafts past the last token to generate are never verified
+            drafts = drafter.draft(h[:, :len(text) - 1 - read_from], text, count) if count > 0 else Drafts([], None)
+            pending = torch.tensor(text[-1:] + drafts.tokens, dtype=torch.int64, device=pending.device)
     stats.new_tokens = max_new_tokens
     stats.seconds = time.perf_counter() - start
-    return torch.tensor(tokens, dtype=torch.int64), stats
+    return torch.tensor(text, dtype=torch.int64), stats
