@@ -1,11 +1,11 @@
 """A small causal Transformer block: causal self-attention and a feed-forward network, both pluggable (the
-attention is multi-head attention with RoPE by default, ``attention.MultiHeadLatentAttention`` in the tiny model
+attention is multi-head attention with RoPE by default, ``attention.mla.MultiHeadLatentAttention`` in the tiny model
 with MLA; the FFN a dense SwiGLU by default, a DeepSeekMoE layer in the tiny model).
 
     x -> x + Attention(RMSNorm(x)) -> x + FFN(RMSNorm(x))          (pre-norm residual block)
 
 Position i attends to positions 1..i only, which the MTP modules ([V3] 2.2) and the routing rely on. With a
-``attention.KVCache``, the block takes only the new tokens and the attention appends them to the cache.
+``attention.cache.KVCache``, the block takes only the new tokens and the attention appends them to the cache.
 
 Shapes: B = batch, T = sequence length (new tokens with a cache), dim = model width.
 """
@@ -26,11 +26,11 @@ class TransformerBlock(nn.Module):
     """A pre-norm Transformer block: x + Attention(RMSNorm(x)), then + FFN(RMSNorm(x)).
 
     x: float [B, T, dim] -> [B, T, dim], 1 <= T <= max_seq_len. Output position i depends on inputs 1..i only.
-    ``ffn`` is any module [..., dim] -> [..., dim] (a ``moe.DeepSeekMoE`` layer, say); when None, a
+    ``ffn`` is any module [..., dim] -> [..., dim] (a ``moe.layer.DeepSeekMoE`` layer, say); when None, a
     ``layers.SwiGLU(dim, ffn_hidden)`` with ffn_hidden = 4 * dim unless given. ``attn`` is any attention
-    module with forward(x, cache=None), ``dim`` and ``max_seq_len`` (an ``attention.MultiHeadLatentAttention``,
-    say); when None, ``attention.MultiHeadAttention(dim, n_heads, max_seq_len, rope_base)``.
-    forward(x, cache: KVCache | None = None): with a cache, x holds the new tokens only (see ``attention``).
+    module with forward(x, cache=None), ``dim`` and ``max_seq_len`` (an ``attention.mla.MultiHeadLatentAttention``,
+    say); when None, ``attention.mha.MultiHeadAttention(dim, n_heads, max_seq_len, rope_base)``.
+    forward(x, cache: KVCache | None = None): with a cache, x holds the new tokens only (see ``attention.cache``).
     Raises TypeError / ValueError for arguments that do not fit (``arguments.transformer_block``) and for an x that
     is not float [B >= 1, T, dim] (``arguments.transformer_block_forward``).
     """
