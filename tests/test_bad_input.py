@@ -28,7 +28,7 @@ from course_lib.model import block as transformer, mtp
 from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
 from course_lib.parallel import distributed
 from course_lib.precision import accumulation, linear, quantization
-from course_lib.parallel.expert_parallel import placement, traffic
+from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
 from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
@@ -294,6 +294,10 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("Trainer wrong types", lambda: loop.Trainer(tiny_model(), "docs"), TypeError, "Corpus"),
     ("Trainer vocab", lambda: loop.Trainer(tiny_model(), tiny_corpus(), config.TrainConfig(seq_len=8), "cpu"),
      ValueError, "vocab_size"),
+    ("Trainer corpus shorter than a window", lambda: loop.Trainer(
+        tiny_model(), data.Corpus(data.CharTokenizer(data.ASCII_ALPHABET), torch.zeros(9, dtype=torch.long),
+                                  torch.zeros(20, dtype=torch.long)), config.TrainConfig(seq_len=8), "cpu"),
+     ValueError, "the train split has 9 tokens: too few"),
     ("Trainer.train steps -1", lambda: tiny_trainer().train(-1, progress=False), ValueError,
      "steps must be an int >= 0"),
     ("Trainer.evaluate max_tokens 0", lambda: tiny_trainer().evaluate(0), ValueError, "max_tokens"),
@@ -330,6 +334,9 @@ CASES = [  # (name, call, error type, fragment of the message)
                                                  torch.zeros(10, dtype=torch.long)), ValueError, "domains"),
     ("get_batch float size", lambda: tiny_corpus().get_batch("train", 2.5, 8, G), TypeError, "batch_size"),
     ("get_batch bad split", lambda: tiny_corpus().get_batch("test", 2, 8, G), ValueError, "split"),
+    ("split unknown", lambda: tiny_corpus().split("test"), ValueError, "split must be 'train' or 'val'"),
+    ("get_batch_with_domains seq_len 0", lambda: tiny_corpus().get_batch_with_domains("train", 2, 0, G), ValueError,
+     "seq_len must be >= 1"),
     ("get_batch too long", lambda: tiny_corpus().get_batch("val", 2, 200, G), ValueError, "too few"),
     ("eval_batches batch_size 0", lambda: list(tiny_corpus().eval_batches(0, 8)), ValueError, "batch_size"),
     ("eval_batches max_tokens 0", lambda: list(tiny_corpus().eval_batches(2, 8, 0)), ValueError, "max_tokens"),
@@ -339,6 +346,8 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("synthetic_task val_fraction 1.5", lambda: data.synthetic_task(100, val_fraction=1.5), ValueError,
      "val_fraction"),
     ("synthetic_task one line", lambda: data.synthetic_task(1), ValueError, "n_lines"),
+    ("synthetic_task a tokenizer without its characters", lambda: data.synthetic_task(
+        10, tokenizer=data.CharTokenizer("abc")), ValueError, "is not in the tokenizer's alphabet"),
     # toy_moe
     ("ToyConfig dim 0", lambda: toy_moe.ToyConfig(dim=0), ValueError, "dim"),
     ("ToyConfig top_k > n_experts", lambda: toy_moe.ToyConfig(top_k=9), ValueError, "top_k"),
@@ -408,6 +417,8 @@ CASES = [  # (name, call, error type, fragment of the message)
      ValueError, "rank must lie in [0, world_size=4)"),
     ("traffic expert out of range", lambda: traffic.traffic(torch.full((3, 2), 9), torch.zeros(3, dtype=torch.long),
                                                             8, 4, 2, 16), ValueError, "9"),
+    ("all_to_all rows and splits differ", lambda: ep_layer.all_to_all(torch.ones(3, 2), [3], [2]), ValueError,
+     "x has 3 rows but send_splits [2] sum to 2"),
     # FP8 and speculative decoding's acceptance rules
     ("fp8_max not an FP8 dtype", lambda: quantization.fp8_max(torch.float16), TypeError, "float8_e4m3fn"),
     ("fp8_grid not an FP8 dtype", lambda: quantization.fp8_grid(torch.float32), TypeError, "float8_e4m3fn"),

@@ -203,7 +203,7 @@ def _tiny_model():
 
 
 def _assert_same_training(results, model, micro_batches, lr, gamma, clip):
-    """The ranks' training equals train.train_step on ``micro_batches`` (one list of micro-batches per step)."""
+    """The ranks' training equals step.train_step on ``micro_batches`` (one list of micro-batches per step)."""
     ref = copy.deepcopy(model)
     optimizer = torch.optim.SGD(ref.parameters(), lr=lr)
     losses = [train_step(ref, optimizer, step, balance_mode="loss_free", gamma=gamma, grad_clip=clip).loss

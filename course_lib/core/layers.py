@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.core import arguments
-from course_lib.core.validation import boundary, check_int, check_number
+from course_lib.core.validation import boundary
 
 
 class RMSNorm(nn.Module):
@@ -24,11 +24,11 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
-        check_int("dim", dim, 1)
-        self.eps = check_number("eps", eps, 0, strict=True)
+        arguments.rms_norm(dim, eps)
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    @boundary(arguments.rms_norm)
+    @boundary(arguments.rms_norm_forward)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = torch.promote_types(x.dtype, torch.float32)  # bf16 / fp16 inputs are normalised in float32
         return F.rms_norm(x.to(wide), (x.shape[-1],), self.weight.to(wide), self.eps).to(x.dtype)
@@ -39,7 +39,7 @@ def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: to
     """The SwiGLU FFN as a function of its weights: (silu(x W_gate^T) * (x W_up^T)) W_down^T.
 
     x: [..., dim]; w_gate, w_up: [hidden, dim]; w_down: [dim, hidden] (nn.Linear's layout) -> [..., dim].
-    ``linear(x, w)`` computes the three GEMMs (``fp8.fp8_linear`` to simulate FP8 training).
+    ``linear(x, w)`` computes the three GEMMs (``precision.linear.fp8_linear`` to simulate FP8 training).
 
     Checks nothing: it runs once per expert per MoE layer and once per dense layer in every forward, and its
     callers (``SwiGLU.forward``, ``moe.DeepSeekMoE.forward``, the model) are boundaries that checked x; the
@@ -54,18 +54,17 @@ class SwiGLU(nn.Module):
 
     x: float [..., dim] -> [..., dim]; parameters: 3 * dim * hidden. forward raises TypeError for an x that is not
     a floating-point tensor, ValueError for a last dimension other than dim (at its boundary,
-    ``core.arguments.swiglu_layer``; ``swiglu`` itself checks nothing).
+    ``core.arguments.swiglu_forward``; ``swiglu`` itself checks nothing).
     """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        check_int("dim", dim, 1)
-        check_int("hidden", hidden, 1)
+        arguments.swiglu_layer(dim, hidden)
         self.w_gate = nn.Linear(dim, hidden, bias=False)
         self.w_up = nn.Linear(dim, hidden, bias=False)
         self.w_down = nn.Linear(hidden, dim, bias=False)
-        self.linear = F.linear  # the GEMM of the three projections (fp8.to_fp8 swaps in fp8_linear)
+        self.linear = F.linear  # the GEMM of the three projections (precision.linear.to_fp8 swaps in fp8_linear)
 
-    @boundary(arguments.swiglu_layer)
+    @boundary(arguments.swiglu_forward)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return swiglu(x, self.w_gate.weight, self.w_up.weight, self.w_down.weight, self.linear)

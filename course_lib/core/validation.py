@@ -49,7 +49,7 @@ def boundary(validator: Callable[..., None]) -> Callable[[F], F]:
 
 class NonFiniteError(ValueError):
     """NaN or inf where a layer needs finite values (hidden states, router scores, FP8 operands): the input, or
-    during training the weights or activations before it, diverged. ``train.train_step`` turns it into
+    during training the weights or activations before it, diverged. ``training.step.train_step`` turns it into
     ``TrainingDiverged``."""
 
 

@@ -8,9 +8,10 @@ Each layer has Multi-head Latent Attention (MLA, [V3] 2.1.1) and either a dense 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from course_lib.core.validation import check_int
+from course_lib.core.validation import boundary
+from course_lib.headline import arguments
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,7 @@ class ModelSizes:
     tie_word_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "tie_word_embeddings":
-                if not isinstance(value, bool):
-                    raise TypeError(f"tie_word_embeddings must be a bool, got {value!r}")
-                continue
-            if f.name == "q_lora_rank" and value is None:
-                continue
-            check_int(f.name, value, 1 if f.name == "q_lora_rank" else 0)  # q_lora_rank: None or >= 1
-        if self.first_k_dense_replace > self.num_hidden_layers:
-            raise ValueError(f"first_k_dense_replace ({self.first_k_dense_replace}) exceeds num_hidden_layers "
-                             f"({self.num_hidden_layers})")
-        if self.num_experts_per_tok > self.n_routed_experts:
-            raise ValueError(f"num_experts_per_tok ({self.num_experts_per_tok}) exceeds n_routed_experts "
-                             f"({self.n_routed_experts})")
+        arguments.model_sizes(self)
 
 
 # [V3] 4.2 and the released config.json of deepseek-ai/DeepSeek-V3.
@@ -61,31 +48,23 @@ DEEPSEEK_V3 = ModelSizes(
 )
 
 
+@boundary(arguments.moe_ffn_params)
 def moe_ffn_params(dim: int, expert_dim: int, n_routed: int, n_shared: int, top_k: int) -> tuple[int, int]:
     """Parameters of one DeepSeekMoE layer's FFN part: (total, activated for one token).
 
     Every expert is a SwiGLU FFN with three dim x expert_dim matrices; the router holds one centroid of
     size dim per routed expert and is used by every token. A token activates the shared experts, its
-    top_k routed experts and the router. Raises TypeError for non-ints, ValueError for negative sizes.
+    top_k routed experts and the router. Raises TypeError for non-ints, ValueError for negative sizes
+    (``arguments.moe_ffn_params``).
     """
-    for name, value in (("dim", dim), ("expert_dim", expert_dim), ("n_routed", n_routed), ("n_shared", n_shared),
-                        ("top_k", top_k)):
-        check_int(name, value, 0)
-    if top_k > n_routed:
-        raise ValueError(f"top_k ({top_k}) cannot exceed the number of routed experts ({n_routed})")
     expert = 3 * dim * expert_dim
     router = n_routed * dim
     return (n_routed + n_shared) * expert + router, (top_k + n_shared) * expert + router
 
 
-def _check_sizes(s: object) -> None:
-    if not isinstance(s, ModelSizes):
-        raise TypeError(f"expected a ModelSizes (e.g. param_count.DEEPSEEK_V3), got {type(s).__name__}")
-
-
+@boundary(arguments.attention_params)
 def attention_params(s: ModelSizes) -> int:
     """Parameters of one MLA attention block, its two low-rank RMSNorms included."""
-    _check_sizes(s)
     qk_head_dim = s.qk_nope_head_dim + s.qk_rope_head_dim
     if s.q_lora_rank is None:
         query = s.hidden_size * s.num_attention_heads * qk_head_dim
@@ -97,13 +76,13 @@ def attention_params(s: ModelSizes) -> int:
     return query + key_value + output
 
 
+@boundary(arguments.param_breakdown)
 def param_breakdown(s: ModelSizes) -> dict[str, tuple[int, int]]:
     """Parameters by component: name -> (total, activated for one token).
 
     The embedding table is counted as activated, by the common convention, although a token reads only its
     own row of it.
     """
-    _check_sizes(s)
     n_moe = s.num_hidden_layers - s.first_k_dense_replace
     expert = 3 * s.hidden_size * s.moe_intermediate_size
     embedding = s.vocab_size * s.hidden_size
@@ -127,8 +106,8 @@ def param_breakdown(s: ModelSizes) -> dict[str, tuple[int, int]]:
     }
 
 
+@boundary(arguments.count_params)
 def count_params(s: ModelSizes) -> tuple[int, int]:
     """(total, activated for one token) parameters of the whole model."""
-    _check_sizes(s)
     parts = param_breakdown(s).values()
     return sum(total for total, _ in parts), sum(active for _, active in parts)

@@ -137,7 +137,21 @@ def cache_length(self: ModelCache, length: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the block
-def transformer_block(self: nn.Module, x: Any, cache: Any) -> None:
+def transformer_block(dim: Any, n_heads: Any, ffn: Any, ffn_hidden: Any, max_seq_len: Any, rope_base: Any,
+                      attn: Any) -> None:
+    """``TransformerBlock(...)``: ffn or ffn_hidden (an int >= 1), not both; dim an int >= 1; an attn of width dim.
+    The default attention's and FFN's own constructors check n_heads, max_seq_len, rope_base and ffn_hidden."""
+    if ffn is not None and ffn_hidden is not None:
+        raise ValueError("give either ffn (a module) or ffn_hidden (the size of the default SwiGLU), not both")
+    if ffn_hidden is not None:
+        check_int("ffn_hidden", ffn_hidden, 1)
+    check_int("dim", dim, 1)
+    if attn is not None and getattr(attn, "dim", None) != dim:
+        raise ValueError(f"attn must work on width dim={dim}, got {type(attn).__name__} of dim "
+                         f"{getattr(attn, 'dim', None)}")
+
+
+def transformer_block_forward(self: nn.Module, x: Any, cache: Any) -> None:
     """``TransformerBlock.forward``: x float [batch >= 1, 1 <= T <= max_seq_len, dim]."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"TransformerBlock expects a floating-point tensor [batch, T, {self.dim}], "

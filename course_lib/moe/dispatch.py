@@ -42,7 +42,7 @@ def expert_loop(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, w
 
     The assignments are sorted by expert, so each expert gathers its own rows, runs once on them, and adds its
     weighted outputs back to those tokens (``index_add_``). An expert that received no token is skipped.
-    ``linear`` is the product each expert's projections use (``fp8.fp8_linear`` for FP8 experts).
+    ``linear`` is the product each expert's projections use (``precision.linear.fp8_linear`` for FP8 experts).
     """
     top_k = indices.shape[1]
     order = indices.reshape(-1).argsort(stable=True)  # [T * top_k] assignments grouped by expert
@@ -87,8 +87,8 @@ def routed_experts(x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
 
     implementation: "auto" (the grouped GEMMs where ``grouped_mm_available``, else the loop), "grouped_mm"
     or "loop". Both give the same outputs and gradients up to float rounding. ``linear``: the product of the
-    experts' projections; any other than ``F.linear`` (the FP8 simulation's ``fp8.fp8_linear``) runs the loop,
-    since the grouped GEMMs are plain products. Raises ValueError for an unknown implementation, and for
+    experts' projections; any other than ``F.linear`` (the FP8 simulation's ``precision.linear.fp8_linear``) runs
+    the loop, since the grouped GEMMs are plain products. Raises ValueError for an unknown implementation, and for
     "grouped_mm" where it cannot run (another linear, or ``grouped_mm_available`` says no).
     """
     grouped = implementation == "grouped_mm" or (

@@ -46,7 +46,7 @@ class RoutingStateModule(nn.Module):
     their dtype and values under every cast (``.to(dtype)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``,
     ``.double()``, ``.type(...)``) and when a state_dict in another dtype is loaded. ``DeepSeekMoE`` registers both
     buffers in its ``__init__`` (its expert-parallel part, ``expert_parallel.layer.ExpertParallelMoE``, is a
-    DeepSeekMoE). ``train.StepRollback`` finds the routing state to restore through this class.
+    DeepSeekMoE). ``training.step.StepRollback`` finds the routing state to restore through this class.
     """
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
@@ -88,7 +88,7 @@ class DeepSeekMoE(RoutingStateModule):
         self.dim, self.expert_dim = dim, expert_dim
         self.n_routed_experts, self.n_shared_experts, self.top_k = n_routed_experts, n_shared_experts, top_k
         self.n_groups, self.topk_groups, self.route_scale = n_groups, topk_groups, route_scale
-        self.expert_linear = F.linear  # the routed experts' GEMM (fp8.to_fp8 swaps in fp8_linear)
+        self.expert_linear = F.linear  # the routed experts' GEMM (precision.linear.to_fp8 swaps in fp8_linear)
 
         def uniform(*shape: int) -> nn.Parameter:  # nn.Linear's default initialisation, fan_in = shape[-1]
             bound = 1 / math.sqrt(shape[-1])

@@ -142,3 +142,22 @@ def expert_parallel_moe(moe: Any, rank: int, world_size: int, ranks_per_node: in
     if moe.n_groups > 1 and moe.n_groups != n_nodes:
         raise ValueError(f"group-limited routing needs groups = nodes: n_groups={moe.n_groups}, but "
                          f"{world_size} ranks / {ranks_per_node} per node = {n_nodes} nodes")
+
+
+def all_to_all(x: Any, recv_splits: Any, send_splits: Any) -> None:
+    """``expert_parallel.layer.all_to_all``: x holds sum(send_splits) rows."""
+    if x.shape[0] != sum(send_splits):
+        raise ValueError(f"x has {x.shape[0]} rows but send_splits {send_splits} sum to {sum(send_splits)}")
+
+
+def check_process_group(rank: int, world_size: int) -> None:
+    """Raise RuntimeError unless the default process group exists and is rank ``rank`` of ``world_size`` (what an
+    ``ExpertParallelMoE`` was built for; a host-side check, no device read-back)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("ExpertParallelMoE needs a process group: call distributed.init_process_group (or "
+                           "init_from_env under torchrun) on every rank first")
+    if dist.get_world_size() != world_size or dist.get_rank() != rank:
+        raise RuntimeError(f"this layer was built for rank {rank} of {world_size}, but the process "
+                           f"group says rank {dist.get_rank()} of {dist.get_world_size()}")

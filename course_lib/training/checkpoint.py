@@ -19,7 +19,7 @@ from course_lib.core.runtime import get_device
 from course_lib.core.validation import check_int
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.training.config import History, TrainConfig, make_optimizer
-from course_lib.training.data import CharTokenizer
+from course_lib.training.data import CharTokenizer, Corpus
 
 if TYPE_CHECKING:
     from course_lib.training.loop import Trainer
@@ -208,6 +208,16 @@ def check_same_config(expected: ModelConfig, found: ModelConfig, path: str | Pat
     differences = [f"{k}: checkpoint {b[k]!r}, expected {a[k]!r}" for k in a if a[k] != b[k]]
     if differences:
         raise CheckpointError(f"{path} was saved from another model configuration: " + "; ".join(differences))
+
+
+def check_same_data(meta: dict[str, Any], corpus: Corpus, path: str | Path = "the checkpoint") -> None:
+    """Raise CheckpointError unless ``corpus`` has the alphabet and the split sizes of the data a checkpoint (its
+    ``meta``) was trained on."""
+    if meta["chars"] != corpus.tokenizer.chars or (meta["n_train"], meta["n_val"]) != (len(corpus.train),
+                                                                                       len(corpus.val)):
+        raise CheckpointError(f"{path} was trained on other data ({meta['n_train']} training tokens, "
+                              f"{len(meta['chars'])} characters) than the corpus given ({len(corpus.train)}, "
+                              f"{corpus.tokenizer.vocab_size}): resume it with the same corpus")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TinyDeepSeek, CharTokenizer]:

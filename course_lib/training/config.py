@@ -4,7 +4,6 @@ the checkpoints (``checkpoint``) share them."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,25 +83,9 @@ class History:
 
     @classmethod
     def from_dict(cls, values: Any) -> History:
-        """Build from ``dataclasses.asdict`` output, checking it: ValueError names what is wrong."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(values, dict) or set(values) != set(names):
-            got = sorted(values) if isinstance(values, dict) else type(values).__name__
-            raise ValueError(f"expected a dict with the fields {names}, got {got}")
-        for name in names:
-            column = values[name]
-            if not isinstance(column, list):
-                raise ValueError(f"{name} must be a list, got {type(column).__name__}")
-            if name == "loads" and not all(isinstance(row, list) and all(isinstance(r, list) for r in row)
-                                           for row in column):
-                raise ValueError("loads must be a list (steps) of lists (layers) of lists (experts)")
-            flat = [x for row in column for layer in row for x in layer] if name == "loads" else column
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
-                raise ValueError(f"{name} must hold numbers only")
-        for group in (names[:9], names[9:]):  # per-step columns, per-validation columns
-            lengths = {len(values[name]) for name in group}
-            if len(lengths) > 1:
-                raise ValueError(f"the columns {group} have different lengths {sorted(lengths)}")
+        """Build from ``dataclasses.asdict`` output (a checkpoint's history), checking it first: ValueError
+        (``arguments.history_from_dict``) names what is wrong."""
+        arguments.history_from_dict(values)
         return cls(**values)
 
 

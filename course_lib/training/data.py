@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from course_lib.core.validation import check_int, check_number
+from course_lib.core.validation import boundary
+from course_lib.training import arguments
 
 ASCII_ALPHABET = "\n" + "".join(chr(code) for code in range(32, 127))  # 96 characters
 _ASCII_SET = frozenset(ASCII_ALPHABET)
@@ -32,21 +33,18 @@ _TO_ASCII = {"\t": "    ", "–": "-", "—": "-", "‘": "'", "’": "'", "“"
              "ß": "ss", "\u00a0": " "}
 
 
+@boundary(arguments.to_ascii)
 def to_ascii(text: str) -> str:
     """Map the typographic characters of the documentation to ASCII; any other non-ASCII character becomes '?'."""
-    if not isinstance(text, str):
-        raise TypeError(f"to_ascii expects a str, got {type(text).__name__}")
     return "".join(c if c in _ASCII_SET else _TO_ASCII.get(c, "?") for c in text)
 
 
 class CharTokenizer:
-    """One token per character of a fixed alphabet: token id = position of the character in ``chars``."""
+    """One token per character of a fixed alphabet: token id = position of the character in ``chars``. Raises
+    ValueError (``arguments.char_tokenizer``) unless ``chars`` is a non-empty string without repeats."""
 
     def __init__(self, chars: str = ASCII_ALPHABET) -> None:
-        if not isinstance(chars, str) or not chars:
-            raise ValueError(f"chars must be a non-empty string, got {chars!r:.60}")
-        if len(set(chars)) != len(chars):
-            raise ValueError("chars must not repeat a character: each one is exactly one token")
+        arguments.char_tokenizer(chars)
         self.chars = chars
         self._ids = {c: i for i, c in enumerate(chars)}
 
@@ -58,26 +56,17 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars[:12]!r}...)" if len(
             self.chars) > 12 else f"CharTokenizer(vocab_size={self.vocab_size}, chars={self.chars!r})"
 
+    @boundary(arguments.encode)
     def encode(self, text: str) -> torch.Tensor:
         """text -> int64 tensor [len(text)] of token ids. Raises ValueError naming a character outside the alphabet,
-        TypeError for anything but a str."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        try:
-            return torch.tensor([self._ids[c] for c in text], dtype=torch.long)
-        except KeyError as missing:
-            raise ValueError(f"character {missing.args[0]!r} is not in the tokenizer's alphabet; "
-                             f"map the text with data.to_ascii first") from None
+        TypeError for anything but a str (``arguments.encode``)."""
+        return torch.tensor([self._ids[c] for c in text], dtype=torch.long)
 
+    @boundary(arguments.decode)
     def decode(self, ids: torch.Tensor | list[int]) -> str:
-        """ids [n] (tensor or list) -> text."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise TypeError(f"token ids must be ints (an integer tensor or a list of int), got {ids[:5]!r}")
-        bad = [i for i in ids if not 0 <= i < len(self.chars)]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {len(self.chars) - 1}]")
-        return "".join(self.chars[i] for i in ids)
+        """ids [n] (an integer tensor or a sequence of int) -> text. Raises TypeError for ids that are not ints,
+        ValueError for ids outside the vocabulary (``arguments.decode``)."""
+        return "".join(self.chars[i] for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids))
 
 
 @dataclass
@@ -86,7 +75,8 @@ class Corpus:
 
     train, val: int64 [n_train], [n_val]; train_domains, val_domains: int64 of the same shapes or None;
     domain_names: the name of each domain label; val_shifted: int64 [n_shifted] or None, a second held-out set
-    from a different distribution than the training text.
+    from a different distribution than the training text. Raises TypeError / ValueError (``arguments.corpus``)
+    for ids that are not int64 [n >= 1] in the tokenizer's vocabulary, or domain labels of another shape.
     """
 
     tokenizer: CharTokenizer
@@ -98,22 +88,7 @@ class Corpus:
     val_shifted: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tokenizer, CharTokenizer):
-            raise TypeError(f"tokenizer must be a CharTokenizer, got {type(self.tokenizer).__name__}")
-        for name in ("train", "val"):
-            ids = getattr(self, name)
-            if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or ids.dim() != 1:
-                raise TypeError(f"{name} must be a 1-D int64 tensor of token ids, got {ids!r:.80}")
-            if ids.numel() == 0:
-                raise ValueError(f"the {name} split is empty: it needs token ids")
-            if ids.min() < 0 or ids.max() >= self.tokenizer.vocab_size:
-                raise ValueError(f"{name} token ids must lie in [0, {self.tokenizer.vocab_size}) (the tokenizer's "
-                                 f"vocabulary), got ids from {int(ids.min())} to {int(ids.max())}")
-            domains = getattr(self, f"{name}_domains")
-            if domains is not None and (not isinstance(domains, torch.Tensor) or domains.shape != ids.shape
-                                        or domains.dtype != torch.int64):
-                raise ValueError(f"{name}_domains must be an int64 tensor of the shape of {name} "
-                                 f"{list(ids.shape)}, got {domains!r:.80}")
+        arguments.corpus(self)
 
     def __repr__(self) -> str:
         domains = f", domains {list(self.domain_names)}" if self.domain_names else ""
@@ -121,48 +96,39 @@ class Corpus:
         return (f"Corpus({len(self.train):,} training and {len(self.val):,}{shifted} validation tokens, "
                 f"vocab_size={self.tokenizer.vocab_size}{domains})")
 
+    @boundary(arguments.split)
     def split(self, name: str) -> torch.Tensor:
         """The token ids of split ``name``: "train", "val" or "val_shifted" (when the corpus has one)."""
-        if name == "val_shifted" and self.val_shifted is not None:
-            return self.val_shifted
-        if name not in ("train", "val"):
-            expected = "'train', 'val' or 'val_shifted'" if self.val_shifted is not None else "'train' or 'val'"
-            raise ValueError(f"split must be {expected}, got {name!r}")
-        return self.train if name == "train" else self.val
+        return {"train": self.train, "val": self.val, "val_shifted": self.val_shifted}[name]
 
+    @boundary(arguments.get_batch)
     def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-        """Random windows: int64 [batch_size, seq_len + 1] (inputs t_1..t_T and the next token t_{T+1})."""
+        """Random windows: int64 [batch_size, seq_len + 1] (inputs t_1..t_T and the next token t_{T+1}). Raises
+        TypeError / ValueError (``arguments.get_batch``) for an unknown split, sizes that are not ints >= 1, or a
+        split too short for one window."""
         return self.get_batch_with_domains(split, batch_size, seq_len, generator)[0]
 
+    @boundary(arguments.get_batch_with_domains)
     def get_batch_with_domains(self, split: str, batch_size: int, seq_len: int,
                                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Like ``get_batch``, plus the windows' domain labels [batch_size, seq_len + 1] (None without labels)."""
         ids = self.split(split)
-        check_int("batch_size", batch_size)
-        check_int("seq_len", seq_len)
-        if batch_size < 1 or seq_len < 1:
-            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
-        if len(ids) < seq_len + 2:
-            raise ValueError(f"the {split} split has {len(ids)} tokens: too few for windows of {seq_len + 1}")
         starts = torch.randint(len(ids) - seq_len, (batch_size,), generator=generator)  # [batch]
         index = starts[:, None] + torch.arange(seq_len + 1)  # [batch, seq_len + 1]
         domains = {"train": self.train_domains, "val": self.val_domains}.get(split)
         return ids[index], (domains[index] if domains is not None else None)
 
+    @boundary(arguments.eval_batches)
     def eval_batches(self, batch_size: int, seq_len: int, max_tokens: int | None = None,
                      split: str = "val") -> Iterator[torch.Tensor]:
         """Consecutive non-overlapping windows of a held-out split ("val" or "val_shifted"), always the same ones:
-        int64 [<= batch_size, seq_len + 1] each, covering at most ``max_tokens`` predicted tokens."""
-        check_int("batch_size", batch_size, 1)
-        check_int("seq_len", seq_len, 1)
-        if max_tokens is not None:
-            check_int("max_tokens", max_tokens, 1)
+        int64 [<= batch_size, seq_len + 1] each, covering at most ``max_tokens`` predicted tokens. Raises
+        TypeError / ValueError (``arguments.eval_batches``, when called) for sizes that are not ints >= 1, an
+        unknown split or one too short for a window."""
         ids = self.split(split)
         n_windows = (len(ids) - 1) // seq_len
         if max_tokens is not None:
             n_windows = min(n_windows, max(1, max_tokens // seq_len))
-        if n_windows < 1:
-            raise ValueError(f"the {split} split has {len(ids)} tokens: too few for one window of {seq_len + 1}")
         index = torch.arange(n_windows)[:, None] * seq_len + torch.arange(seq_len + 1)  # [windows, seq_len + 1]
         for first in range(0, n_windows, batch_size):
             yield ids[index[first:first + batch_size]]
@@ -193,14 +159,15 @@ def python_docs(val_fraction: float = 0.1, tokenizer: CharTokenizer | None = Non
       a ``val_fraction`` of the blocks spread evenly through it (every 10th by default): the same distribution as
       the training text;
     - ``train``: the rest.
+
+    Raises ValueError (``arguments.python_docs``) for fractions outside (0, 1) or block_chars < 1, and when the
+    fraction leaves no validation or no training block; ``tokenizer.encode``'s errors for a tokenizer without a
+    character of the text (the validator is called here, not as a ``boundary``, so that ``encode`` inside checks
+    the text against the user's tokenizer).
     """
     from pydoc_data.topics import topics
 
-    for name, fraction in (("val_fraction", val_fraction), ("shifted_fraction", shifted_fraction)):
-        if not 0 < fraction < 1:
-            raise ValueError(f"{name} must lie strictly between 0 and 1, got {fraction}")
-    if block_chars < 1:
-        raise ValueError(f"block_chars must be >= 1, got {block_chars}")
+    arguments.python_docs(val_fraction, tokenizer, shifted_fraction, block_chars)
     tokenizer = tokenizer or CharTokenizer()
     names = sorted(topics)
     # A fifth of the documentation repeats paragraphs of other topics word for word: keep each paragraph once, so
@@ -254,13 +221,12 @@ SYNTHETIC_DOMAINS: dict[str, Callable[[random.Random], str]] = {
 }
 
 
+@boundary(arguments.synthetic_lines)
 def synthetic_lines(n_lines: int, seed: int = 0) -> tuple[list[str], list[int]]:
     """``n_lines`` lines of the synthetic task, each from a domain drawn uniformly; returns (lines, domain ids)
     with ids indexing ``list(SYNTHETIC_DOMAINS)``. Examples: 'add 12+30=42', 'rev abc=cba', 'srt cab=abc',
-    'rep XY#=XY#XY#XY#'."""
-    check_int("n_lines", n_lines)
-    if n_lines < 1:
-        raise ValueError(f"n_lines must be >= 1, got {n_lines}")
+    'rep XY#=XY#XY#XY#'. Raises TypeError / ValueError (``arguments.synthetic_lines``) unless n_lines is an
+    int >= 1."""
     rng = random.Random(seed)
     generators = list(SYNTHETIC_DOMAINS.values())
     domains = [rng.randrange(len(generators)) for _ in range(n_lines)]
@@ -270,11 +236,10 @@ def synthetic_lines(n_lines: int, seed: int = 0) -> tuple[list[str], list[int]]:
 def synthetic_task(n_lines: int = 20_000, seed: int = 0, val_fraction: float = 0.1,
                    tokenizer: CharTokenizer | None = None) -> Corpus:
     """The synthetic multi-domain corpus: one line per example, every character (and the line's newline)
-    labelled with its line's domain. The last ``val_fraction`` of the lines are the validation set."""
-    check_int("n_lines", n_lines, 2)  # one line for each split at least
-    check_number("val_fraction", val_fraction, 0, strict=True)
-    if not val_fraction < 1:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    labelled with its line's domain. The last ``val_fraction`` of the lines are the validation set. Raises
+    TypeError / ValueError (``arguments.synthetic_task``, called here as in ``python_docs``) for n_lines < 2 or a
+    fraction outside (0, 1), ``tokenizer.encode``'s errors for a tokenizer without a character of the task."""
+    arguments.synthetic_task(n_lines, seed, val_fraction, tokenizer)
     tokenizer = tokenizer or CharTokenizer()
     lines, domains = synthetic_lines(n_lines, seed)
     n_val = max(1, round(n_lines * val_fraction))

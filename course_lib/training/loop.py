@@ -17,7 +17,7 @@ from course_lib.core.validation import boundary
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from course_lib.moe import balance
 from course_lib.training import arguments
-from course_lib.training.checkpoint import CheckpointError, check_same_config, open_checkpoint, save_checkpoint
+from course_lib.training.checkpoint import check_same_config, check_same_data, open_checkpoint, save_checkpoint
 from course_lib.training.config import History, TrainConfig, lr_at, make_optimizer
 from course_lib.training.data import Corpus
 from course_lib.training.step import StepResult, TrainingDiverged, autocast, train_step
@@ -181,12 +181,7 @@ class Trainer:
         ckpt = open_checkpoint(path)
         if model_config is not None:
             check_same_config(model_config, ckpt.model_config, path)
-        meta = ckpt.meta
-        if meta["chars"] != corpus.tokenizer.chars or (meta["n_train"], meta["n_val"]) != (len(corpus.train),
-                                                                                           len(corpus.val)):
-            raise CheckpointError(f"{path} was trained on other data ({meta['n_train']} training tokens, "
-                                  f"{len(meta['chars'])} characters) than the corpus given ({len(corpus.train)}, "
-                                  f"{corpus.tokenizer.vocab_size}): resume it with the same corpus")
+        check_same_data(ckpt.meta, corpus, path)
         cfg = ckpt.train_config if steps is None else dataclasses.replace(ckpt.train_config, steps=steps)
         trainer = cls(ckpt.model, corpus, cfg, device)
         trainer.optimizer.load_state_dict(ckpt.state["optimizer"])  # checked by open_checkpoint on a copy
@@ -194,6 +189,6 @@ class Trainer:
         torch.set_rng_state(ckpt.state["torch_rng"])
         if ckpt.state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt.state["cuda_rng"])
-        trainer.step = meta["step"]
+        trainer.step = ckpt.meta["step"]
         trainer.history = ckpt.history
         return trainer

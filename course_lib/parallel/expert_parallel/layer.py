@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from course_lib.core.validation import boundary
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe import dispatch
 from course_lib.moe.layer import DeepSeekMoE
@@ -41,16 +42,16 @@ class _AllToAll(torch.autograd.Function):
         return _AllToAll.apply(grad.contiguous(), ctx.send_splits, ctx.recv_splits), None, None
 
 
+@boundary(arguments.all_to_all)
 def all_to_all(x: torch.Tensor, recv_splits: list[int], send_splits: list[int]) -> torch.Tensor:
     """Exchange rows between all ranks of the default group, with gradients.
 
     x: [sum(send_splits), ...], rows for rank 0 first, then rank 1, ... -> [sum(recv_splits), ...], rows from
     rank 0 first. send_splits[r]: rows this rank sends rank r; recv_splits[r]: rows it receives from rank r (which
     must equal rank r's send_splits[this rank]: exchange the sizes first). The gradient of the output goes back
-    by the reverse exchange. Every rank must call it.
+    by the reverse exchange. Every rank must call it. Raises ValueError (``arguments.all_to_all``) when x does not
+    hold sum(send_splits) rows.
     """
-    if x.shape[0] != sum(send_splits):
-        raise ValueError(f"x has {x.shape[0]} rows but send_splits {send_splits} sum to {sum(send_splits)}")
     return _AllToAll.apply(x, list(recv_splits), list(send_splits))
 
 
@@ -106,20 +107,11 @@ class ExpertParallelMoE(DeepSeekMoE):
         """The parameters every rank holds a copy of: the router's centroids and the shared expert."""
         return [self.centroids] + (list(self.shared.parameters()) if self.shared is not None else [])
 
-    def check_process_group(self) -> None:
-        """Raise RuntimeError unless the default process group exists and is the one this layer was built for."""
-        if not dist.is_initialized():
-            raise RuntimeError("ExpertParallelMoE needs a process group: call distributed.init_process_group (or "
-                               "init_from_env under torchrun) on every rank first")
-        if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
-            raise RuntimeError(f"this layer was built for rank {self.rank} of {self.world_size}, but the process "
-                               f"group says rank {dist.get_rank()} of {dist.get_world_size()}")
-
     def routed_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
                        load: torch.Tensor) -> torch.Tensor:
         """Dispatch, local experts, combine. x: [tokens, dim]; weights, indices: [tokens, top_k]; load: [n_routed]
         this rank's pairs per expert -> [tokens, dim], sum over chosen i of g_{i,t} FFN_i(x_t) as in DeepSeekMoE."""
-        self.check_process_group()
+        arguments.check_process_group(self.rank, self.world_size)
         w, e_r = self.world_size, self.experts_per_rank
         order = indices.reshape(-1).argsort(stable=True)  # pairs by expert = by destination rank (contiguous)
         send_counts = load.to(device=x.device, dtype=torch.long).view(w, e_r)  # [dest rank, its local expert]
@@ -148,7 +140,7 @@ class ExpertParallelMoE(DeepSeekMoE):
         """
         used = self.load.clone()
         if global_load:
-            self.check_process_group()
+            arguments.check_process_group(self.rank, self.world_size)
             dist.all_reduce(used, op=dist.ReduceOp.SUM)
         return super().update_bias(gamma, used)
 

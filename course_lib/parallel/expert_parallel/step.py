@@ -61,20 +61,20 @@ def expert_parallel_step(model: TinyDeepSeek, optimizer: torch.optim.Optimizer, 
 
     tokens: int64 [B_r, T_r + 1], this rank's windows; the ranks' shares may differ in windows and in length.
     Each rank backpropagates its loss weighted by its share of the global input positions,
-    B_r T_r / sum_s B_s T_s (``train.loss_positions``, SUM-all-reduced with the losses): the main loss and every
-    MTP depth's loss divide their sums by B T ([V3] eq. 24), so the weighted sum over ranks is the loss of the
-    whole batch. The replicated parameters' gradients are SUM-all-reduced, the experts' gradients are already
-    complete (the combine's backward brings each rank's weighted share), so the step equals ``train.train_step``
-    on the whole batch with ``balance_mode="loss_free"`` (or on the ranks' shares as micro-batches, when their
-    lengths differ; tested). The gradient norm for clipping is global. Then each MoE layer's bias is updated from
-    the global load (``ExpertParallelMoE.update_bias``).
+    B_r T_r / sum_s B_s T_s (``training.step.loss_positions``, SUM-all-reduced with the losses): the main loss and
+    every MTP depth's loss divide their sums by B T ([V3] eq. 24), so the weighted sum over ranks is the loss of
+    the whole batch. The replicated parameters' gradients are SUM-all-reduced, the experts' gradients are already
+    complete (the combine's backward brings each rank's weighted share), so the step equals
+    ``training.step.train_step`` on the whole batch with ``balance_mode="loss_free"`` (or on the ranks' shares as
+    micro-batches, when their lengths differ; tested). The gradient norm for clipping is global. Then each MoE
+    layer's bias is updated from the global load (``ExpertParallelMoE.update_bias``).
 
-    Raises train.TrainingDiverged (on every rank) when the loss or the gradient norm is not finite. Any exception
-    (that, an error in a hook or in the optimizer, KeyboardInterrupt, ...) leaves this rank's weights, optimizer
-    state and every layer's bias and load as they were (``train.StepRollback``), and so on every rank: a rank
-    that fails leaves the others waiting in a collective, which raises (the peer is gone, or the process group's
-    timeout passes) and rolls them back too. The step ends with a barrier, so no rank keeps a step that another
-    rank failed after the last exchange of data.
+    Raises training.step.TrainingDiverged (on every rank) when the loss or the gradient norm is not finite. Any
+    exception (that, an error in a hook or in the optimizer, KeyboardInterrupt, ...) leaves this rank's weights,
+    optimizer state and every layer's bias and load as they were (``training.step.StepRollback``), and so on every
+    rank: a rank that fails leaves the others waiting in a collective, which raises (the peer is gone, or the
+    process group's timeout passes) and rolls them back too. The step ends with a barrier, so no rank keeps a step
+    that another rank failed after the last exchange of data.
     """
     with StepRollback(model, optimizer) as rollback:
         model.train()
