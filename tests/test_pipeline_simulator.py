@@ -8,7 +8,7 @@ import pytest
 
 from course_lib.parallel.pipeline.schedules import (BACKWARD, BACKWARD_INPUT, FORWARD, Op, Schedule, dualpipe,
                                                     dualpipev, gpipe, one_f_one_b, parts, zb1p)
-from course_lib.parallel.pipeline.simulator import Costs, key, needs, simulate
+from course_lib.parallel.pipeline.simulator import Costs, needs, provides, simulate
 
 STAGES = (2, 4, 8, 16)
 
@@ -120,10 +120,7 @@ def reference_times(schedule, costs):
                    for need in inputs):
                 start[r].append(tick)
                 free[r] = tick + costs.of(steps[pointer[r]])
-                for op in parts(steps[pointer[r]]):
-                    ready[key(op)] = (r, free[r])
-                    if op.kind == BACKWARD_INPUT:
-                        ready[(BACKWARD, op.micro_batch, op.stage)] = (r, free[r])
+                ready.update({made: (r, free[r]) for op in parts(steps[pointer[r]]) for made in provides(op)})
                 pointer[r] += 1
         tick += 1
         assert tick < 10_000

@@ -92,7 +92,7 @@ class Timeline:
 
 
 def needs(op: Op, n_stages: int) -> list[tuple[str, int, int]]:
-    """What ``op`` waits for, as (``"F"`` or ``"B"`` for any backward, micro_batch, stage) keys."""
+    """What ``op`` waits for, as (kind, micro_batch, stage) keys; ``"B"`` stands for any backward."""
     m, s = op.micro_batch, op.stage
     if op.kind == FORWARD:
         return [(FORWARD, m, s - 1)] if s > 0 else []
@@ -101,9 +101,11 @@ def needs(op: Op, n_stages: int) -> list[tuple[str, int, int]]:
     return [(FORWARD, m, s)] + ([(BACKWARD, m, s + 1)] if s < n_stages - 1 else [])
 
 
-def key(op: Op) -> tuple[str, int, int]:
-    """The key other steps wait on: a ``BI`` also stands for the backward that the previous stage waits for."""
-    return (FORWARD if op.kind == FORWARD else op.kind, op.micro_batch, op.stage)
+def provides(op: Op) -> list[tuple[str, int, int]]:
+    """The keys of what ``op`` makes, as ``needs`` names them: a ``BI`` is also the backward that the previous
+    stage waits for."""
+    made = [(op.kind, op.micro_batch, op.stage)]
+    return made + [(BACKWARD, op.micro_batch, op.stage)] if op.kind == BACKWARD_INPUT else made
 
 
 @boundary(arguments.simulate)
@@ -129,10 +131,7 @@ def simulate(schedule: Schedule, costs: Costs) -> Timeline:
                 begin = max([end[r][-1] if end[r] else 0.0, *ready])
                 start[r].append(begin)
                 end[r].append(begin + costs.of(step))
-                for op in ops:
-                    done[key(op)] = (r, end[r][-1])
-                    if op.kind == BACKWARD_INPUT:
-                        done[(BACKWARD, op.micro_batch, op.stage)] = (r, end[r][-1])
+                done.update({made: (r, end[r][-1]) for op in ops for made in provides(op)})
                 pointer[r] += 1
                 progress = True
         if not progress:
@@ -142,7 +141,8 @@ def simulate(schedule: Schedule, costs: Costs) -> Timeline:
     return Timeline(schedule, costs, tuple(map(tuple, start)), tuple(map(tuple, end)), held(schedule, start, end))
 
 
-def held(schedule: Schedule, start: list[list[float]], end: list[list[float]]) -> tuple:
+def held(schedule: Schedule, start: list[list[float]],
+         end: list[list[float]]) -> tuple[tuple[tuple[float, int], ...], ...]:
     """Each rank's activations over time: +1 when a forward starts, -1 when its backward ends, as a tuple of
     (time, count) after each change, in time order (frees before allocations at the same time)."""
     timelines = []
