@@ -129,12 +129,17 @@ def test_dualpipe_feeds_half_the_micro_batches_from_each_end_and_mirrors_its_ran
 
 
 def test_dualpipe_at_the_readme_figure_size_starts_as_the_figure():
-    """README figure: 8 ranks, 20 micro-batches. Rank 0 first runs 6 forwards of direction 0, then alternates
-    directions; the middle ranks start with one forward of each direction's first micro-batch."""
+    """deepseek-ai/DualPipe README figure (8 ranks, 20 micro-batches; it leaves direction 1's numbers out, here
+    10-19), read cell by cell: device 0 runs F0-F6, then F10 BI10 W10, F11 BI11 W11, F12 BI12 W12, F13, then
+    the first overlapped pair F7 with B13; device 7 is its mirror; device 3, a middle rank, alternates directions
+    and runs its first main-step pair as a plain full backward B10."""
     schedule = dualpipe(8, 20)
-    assert [str(op) for op in schedule.ranks[0][:8]] == ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F10"]
-    assert [str(op) for op in schedule.ranks[3][:4]] == ["F0", "F10", "F1", "F11"]
-    assert [str(op) for op in schedule.ranks[4][:4]] == ["F10", "F0", "F11", "F1"]
+
+    def start(rank, n):
+        return " ".join(map(str, schedule.ranks[rank][:n]))
+    assert start(0, 18) == "F0 F1 F2 F3 F4 F5 F6 F10 BI10 W10 F11 BI11 W11 F12 BI12 W12 F13 F7&B13"
+    assert start(7, 18) == "F10 F11 F12 F13 F14 F15 F16 F0 BI0 W0 F1 BI1 W1 F2 BI2 W2 F3 F17&B3"
+    assert start(3, 12) == "F0 F10 F1 F11 F2 F12 F3 F13 F4 B10 F14&B0 F5&B11"
 
 
 @pytest.mark.parametrize("n_stages, n_micro_batches", [(2, 2), (4, 4), (4, 7), (8, 10), (8, 16), (16, 20)])
