@@ -29,6 +29,7 @@ from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer 
 from course_lib.parallel import distributed
 from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
+from course_lib.parallel.pipeline import schedules as pipeline, simulator as pipeline_simulator
 from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
@@ -419,6 +420,20 @@ CASES = [  # (name, call, error type, fragment of the message)
                                                             8, 4, 2, 16), ValueError, "9"),
     ("all_to_all rows and splits differ", lambda: ep_layer.all_to_all(torch.ones(3, 2), [3], [2]), ValueError,
      "x has 3 rows but send_splits [2] sum to 2"),
+    # pipeline schedules and their simulator
+    ("gpipe no stages", lambda: pipeline.gpipe(0, 4), ValueError, "n_stages must be an int >= 1"),
+    ("one_f_one_b too few micro-batches", lambda: pipeline.one_f_one_b(4, 3), ValueError,
+     "1F1B with n_stages=4 needs n_micro_batches >= 4, got 3"),
+    ("zb1p float micro-batches", lambda: pipeline.zb1p(4, 8.0), TypeError, "n_micro_batches must be an int"),
+    ("dualpipe odd stage count", lambda: pipeline.dualpipe(5, 20), ValueError, "DualPipe needs an even n_stages"),
+    ("dualpipe odd micro-batch count", lambda: pipeline.dualpipe(4, 9), ValueError, "even n_micro_batches"),
+    ("dualpipe too few micro-batches", lambda: pipeline.dualpipe(8, 10), ValueError, "n_micro_batches >= 16"),
+    ("dualpipev too few micro-batches", lambda: pipeline.dualpipev(8, 6), ValueError, "n_micro_batches >= 8"),
+    ("simulate not a schedule", lambda: pipeline_simulator.simulate([["F0"]], pipeline_simulator.Costs()), TypeError,
+     "schedule must be a Schedule"),
+    ("Costs negative", lambda: pipeline_simulator.Costs(F=-1.0), ValueError, "F must be >= 0"),
+    ("Costs W longer than B", lambda: pipeline_simulator.Costs(B=1.0, W=2.0), ValueError, "W=2.0, B=1.0"),
+    ("Costs send string", lambda: pipeline_simulator.Costs(send="1"), TypeError, "send must be a number"),
     # FP8 and speculative decoding's acceptance rules
     ("fp8_max not an FP8 dtype", lambda: quantization.fp8_max(torch.float16), TypeError, "float8_e4m3fn"),
     ("fp8_grid not an FP8 dtype", lambda: quantization.fp8_grid(torch.float32), TypeError, "float8_e4m3fn"),
