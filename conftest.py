@@ -47,7 +47,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "08_speculative_decoding": {"steps": 30, "new_tokens": 24},
     "09_expert_parallelism": {"steps": 10},
     "10_fp8_training": {"steps": 10},
-    "11_long_context_yarn": {"steps": 20, "finetune_steps": 5},
+    "11_long_context_yarn": {"steps": 20, "finetune_steps": 5, "needle_steps": 20},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
 SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {}
