@@ -6,13 +6,10 @@ import math
 import pytest
 import torch
 
+from checking import rejected_with, stub
 from course_lib.attention.yarn import yarn_frequencies
 from course_lib.checks import CheckFailed, check_yarn_frequencies, check_yarn_softmax_scale, outcome
 from course_lib.checks.yarn import yarn_softmax_scale
-
-
-def stub(*args):
-    raise NotImplementedError()
 
 
 def learner_yarn(dim, base, factor, original_seq_len, beta_fast, beta_slow, *, reverse=False, betas_as_freq=False,
@@ -59,16 +56,14 @@ def test_stubs_return_false(capsys):
     ("unrounded", "not rounded"),
 ])
 def test_frequency_mistakes_are_named(flag, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_yarn_frequencies(lambda *args: learner_yarn(*args, **{flag: True}))
+    rejected_with(check_yarn_frequencies, lambda *args: learner_yarn(*args, **{flag: True}), hint)
 
 
 def test_ntk_is_named():
     def ntk(dim, base, factor, original_seq_len, beta_fast, beta_slow):
         new_base = base * factor ** (dim / (dim - 2))
         return torch.tensor([new_base ** (-2 * i / dim) for i in range(dim // 2)])
-    with pytest.raises(CheckFailed, match="NTK-aware"):
-        check_yarn_frequencies(ntk)
+    rejected_with(check_yarn_frequencies, ntk, "NTK-aware")
 
 
 @pytest.mark.parametrize("wrong, hint", [
@@ -77,8 +72,7 @@ def test_ntk_is_named():
     (lambda d, s, m: 1 / (math.sqrt(d) * (0.1 * m * math.log(s) + 1) ** 2), "divided by mscale"),
 ])
 def test_softmax_scale_mistakes_are_named(wrong, hint):
-    with pytest.raises(CheckFailed, match=hint):
-        check_yarn_softmax_scale(wrong)
+    rejected_with(check_yarn_softmax_scale, wrong, hint)
 
 
 def test_a_wrong_shape_is_explained():
