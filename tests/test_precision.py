@@ -8,12 +8,11 @@ import json
 import pytest
 import torch
 
-from course_lib.training import data
 from course_lib.training.step import train_step
 from course_lib.training.config import TrainConfig
 from course_lib.training.loop import Trainer
 from course_lib.training import cli
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from course_lib.moe.layer import DeepSeekMoE
 from tiny_models import tiny_config
 

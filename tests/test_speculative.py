@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.model.tiny import ModelConfig, TinyDeepSeek
+from course_lib.model.tiny import TinyDeepSeek
 from id_reads import id_reductions  # tests/id_reads.py
 from course_lib.inference.speculative import accept_greedy, accept_sampled, plain_generate, speculative_generate
 from tiny_models import tiny_config

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from course_lib.training import data
 from course_lib.training.step import train_step, TrainingDiverged
 from course_lib.training.config import lr_at, TrainConfig
 from course_lib.training.loop import Trainer
