@@ -39,10 +39,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
                          f"[>= T, head_dim / 2]; got x {list(x.shape)} and cos {list(cos.shape)}")
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float | None) -> None:
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float | None,
+                     mask: torch.Tensor | None = None) -> None:
     T, L = q.shape[-2], k.shape[-2]
     if L != start + T:
         raise ValueError(f"causal_attention expected start + T = {start} + {T} keys, got {L}")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                             or list(mask.shape) != [q.shape[0], T, L]):
+        got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"causal_attention expects a mask of None or bool [B, T, start + T] = "
+                         f"[{q.shape[0]}, {T}, {L}] (True: the key may be attended to), got {got}")
 
 
 def kv_cache(kind: str, entries: dict[str, tuple[int, ...]], batch_size: int, max_len: int,
@@ -216,3 +222,92 @@ def ntk_frequencies(dim: int, base: float, factor: float) -> None:
     interpolated_frequencies(dim, base, factor)
     if dim < 4:
         raise ValueError(f"NTK-aware scaling raises the base to the power dim / (dim - 2): dim must be >= 4, got {dim}")
+
+
+def lightning_indexer(dim: int, q_lora_rank: int, index_n_heads: int, index_head_dim: int,
+                      qk_rope_head_dim: int) -> None:
+    for name, value in dict(dim=dim, index_n_heads=index_n_heads, index_head_dim=index_head_dim,
+                            qk_rope_head_dim=qk_rope_head_dim).items():
+        check_int(name, value, 1)
+    if check_int("q_lora_rank", q_lora_rank) < 1:
+        raise ValueError(f"the lightning indexer reads MLA's query latent c^Q: q_lora_rank must be >= 1 (V3.2: 1536), "
+                         f"got {q_lora_rank}")
+    if index_head_dim < qk_rope_head_dim or qk_rope_head_dim % 2:
+        raise ValueError(f"the indexer does not fit the model: RoPE turns the first qk_rope_head_dim="
+                         f"{qk_rope_head_dim} features of its query and key (an even number), so index_head_dim must "
+                         f"be at least that (V3.2: 128 >= 64), got index_head_dim={index_head_dim}")
+
+
+def check_index_topk(index_topk: int) -> None:
+    if check_int("index_topk", index_topk) < 1:
+        raise ValueError(f"index_topk, the tokens each query attends to, must be >= 1 (V3.2: 2048), got {index_topk}")
+
+
+def deepseek_sparse_attention(dim: int, n_heads: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
+                              qk_rope_head_dim: int, v_head_dim: int, index_n_heads: int, index_head_dim: int,
+                              index_topk: int, max_seq_len: int, rope_base: float, yarn: Any = None) -> None:
+    multi_head_latent_attention(dim, n_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim,
+                                v_head_dim, max_seq_len, rope_base, yarn)
+    lightning_indexer(dim, q_lora_rank, index_n_heads, index_head_dim, qk_rope_head_dim)
+    check_index_topk(index_topk)
+
+
+def dsa_from_mla(mla: Any) -> None:
+    from course_lib.attention.mla import MultiHeadLatentAttention  # mla's module imports this one
+
+    if not isinstance(mla, MultiHeadLatentAttention):
+        raise TypeError(f"DeepSeek Sparse Attention is built on MLA: expected a MultiHeadLatentAttention, got "
+                        f"{type(mla).__name__}")
+
+
+def sparse_attention_forward(self: Any, x: torch.Tensor, cache: Any) -> None:
+    """``attention_forward``, and a cache holding exactly the layer's entries (a DSA cache of another model, with
+    another indexer or latent size, is refused by name)."""
+    attention_forward(self, x, cache)
+    if cache is not None:
+        expected = self.new_cache(1).entries
+        if cache.entries != expected:
+            raise ValueError(f"this cache holds {cache.entries}, the layer needs {expected}: a cache from another "
+                             f"model? Make one with the model's new_cache()")
+
+
+def _float_tensor(name: str, value: Any, dims: int) -> None:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != dims:
+        got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a floating-point tensor of {dims} dimensions, got {got}")
+
+
+def index_scores(q_index: torch.Tensor, k_index: torch.Tensor, weights: torch.Tensor, start: int) -> None:
+    _float_tensor("q_index", q_index, 4)
+    _float_tensor("k_index", k_index, 3)
+    _float_tensor("weights", weights, 3)
+    check_int("start", start, 0)
+    B, T, H, d = q_index.shape
+    if list(k_index.shape) != [B, start + T, d] or list(weights.shape) != [B, T, H]:
+        raise ValueError(f"index_scores expects q_index [B, T, H^I, d^I], k_index [B, start + T, d^I] and weights "
+                         f"[B, T, H^I]; got {list(q_index.shape)}, {list(k_index.shape)}, {list(weights.shape)} "
+                         f"with start={start}")
+
+
+def top_k_selection(scores: torch.Tensor, index_topk: int) -> None:
+    _float_tensor("scores", scores, 3)
+    check_index_topk(index_topk)
+
+
+def window_selection(T: int, L: int, window: int, device: Any) -> None:
+    for name, value in dict(T=T, L=L, window=window).items():
+        check_int(name, value, 1)
+    if T > L:
+        raise ValueError(f"window_selection: the T={T} queries are among the L={L} positions, so T <= L")
+
+
+def index_kl_loss(attention: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor) -> None:
+    _float_tensor("attention", attention, 3)
+    _float_tensor("scores", scores, 3)
+    if attention.shape != scores.shape or not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool:
+        raise ValueError(f"index_kl_loss expects attention and scores of one shape [B, T, L] and a bool mask, got "
+                         f"{list(attention.shape)}, {list(scores.shape)}, {allowed!r:.60}")
+    try:
+        allowed.expand_as(scores)
+    except RuntimeError:
+        raise ValueError(f"index_kl_loss: allowed {list(allowed.shape)} does not broadcast to {list(scores.shape)}")

@@ -21,14 +21,20 @@ from course_lib.core.validation import boundary
 
 @boundary(arguments.causal_attention)
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int = 0,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + causal mask) v, where query i sits at position start + i and key j at position j.
 
     q: [B, H, T, d_qk]; k: [B, H, start + T, d_qk]; v: [B, H, start + T, d_v] -> [B, H, T, d_v].
     scale: None = 1/sqrt(d_qk). Query i attends to keys 0..start+i (all cached ones and the new ones up to itself).
-    Raises ValueError when k does not hold start + T positions.
+    mask: None, or bool [B, T, start + T], True at the keys each query may attend to besides the causal rule (the
+    tokens DeepSeek Sparse Attention selects, ``attention.dsa``); every query must keep at least one key.
+    Raises ValueError when k does not hold start + T positions or the mask does not fit.
     """
     T, L = q.shape[-2], k.shape[-2]
+    if mask is not None:
+        positions = torch.arange(T, device=q.device)[:, None] + start  # [T, 1]
+        allowed = (positions >= torch.arange(L, device=q.device)[None, :]) & mask  # [B, T, L]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=scale)
     if start == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if T == 1:  # one new token sees every position

@@ -105,15 +105,17 @@ class MultiHeadLatentAttention(nn.Module):
         return KVCache(self.kind, {"c_kv": (self.kv_lora_rank,), "k_rope": (self.qk_rope_head_dim,)},
                        batch_size, self.max_seq_len, weight.dtype, weight.device)
 
-    def project(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, start: int = 0,
+                c_q: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eqs. 1, 3, 6-8 (or W^Q when q_lora_rank = 0) for tokens at positions start..start+T-1: x [B, T, dim] ->
-        (q_nope [B, H, T, d_h], q_rope [B, H, T, d_h^R], c_kv [B, T, d_c], k_rope [B, T, d_h^R])."""
+        (q_nope [B, H, T, d_h], q_rope [B, H, T, d_h^R], c_kv [B, T, d_c], k_rope [B, T, d_h^R]). c_q: the query
+        latent c^Q [B, T, d_c'] when the caller has it already (DeepSeek Sparse Attention's indexer reads it too)."""
         B, T, _ = x.shape
         H = self.n_heads
         cos, sin = self.cos[start:], self.sin[start:]
         dh, dr = self.qk_nope_head_dim, self.qk_rope_head_dim
         if self.q_lora_rank:
-            c_q = self.q_norm(self.w_dq(x))  # [B, T, d_c']
+            c_q = self.q_norm(self.w_dq(x)) if c_q is None else c_q  # [B, T, d_c']
             q_nope = self.w_uq(c_q).view(B, T, H, dh).transpose(1, 2)  # [B, H, T, d_h]
             q_rope = self.w_qr(c_q).view(B, T, H, dr).transpose(1, 2)  # [B, H, T, d_h^R], before RoPE
         else:
@@ -135,25 +137,26 @@ class MultiHeadLatentAttention(nn.Module):
         return self.w_o(o.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim))
 
     def attend_naive(self, q_nope: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor, k_rope: torch.Tensor,
-                     start: int = 0) -> torch.Tensor:
+                     start: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Eqs. 2, 4, 5, 9, 10 by up-projecting the latents: q_nope [B, H, T, d_h], q_rope [B, H, T, d_h^R],
-        c_kv [B, L, d_c], k_rope [B, L, d_h^R] (L = start + T) -> o [B, H, T, d_v]."""
+        c_kv [B, L, d_c], k_rope [B, L, d_h^R] (L = start + T) -> o [B, H, T, d_v]. mask: None, or bool
+        [B, T, L], the keys each query may attend to besides the causal rule (``mha.causal_attention``)."""
         B, H, L = c_kv.shape[0], self.n_heads, c_kv.shape[1]
         k_nope = self.w_uk(c_kv).view(B, L, H, self.qk_nope_head_dim).transpose(1, 2)  # k^C: [B, H, L, d_h]
         v = self.w_uv(c_kv).view(B, L, H, self.v_head_dim).transpose(1, 2)  # v^C: [B, H, L, d_v]
         k = torch.cat([k_nope, k_rope[:, None].expand(B, H, L, self.qk_rope_head_dim)], dim=-1)  # [B, H, L, d_h + d_h^R]
         q = torch.cat([q_nope, q_rope], dim=-1)  # [B, H, T, d_h + d_h^R]
-        return causal_attention(q, k, v, start, self.scale)
+        return causal_attention(q, k, v, start, self.scale, mask)
 
     def attend_absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, c_kv: torch.Tensor, k_rope: torch.Tensor,
-                        start: int = 0) -> torch.Tensor:
+                        start: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The same as ``attend_naive``, attending over the latents: q^C_i . (W^UK_i c) = ((W^UK_i)^T q^C_i) . c,
-        and sum_j a_j (W^UV_i c_j) = W^UV_i (sum_j a_j c_j). Shapes as attend_naive -> o [B, H, T, d_v]."""
+        and sum_j a_j (W^UV_i c_j) = W^UV_i (sum_j a_j c_j). Shapes and mask as attend_naive -> o [B, H, T, d_v]."""
         B, H, L = c_kv.shape[0], self.n_heads, c_kv.shape[1]
         w_uk = self.w_uk.weight.view(H, self.qk_nope_head_dim, self.kv_lora_rank)  # W^UK_i: [d_h, d_c] per head
         w_uv = self.w_uv.weight.view(H, self.v_head_dim, self.kv_lora_rank)  # W^UV_i: [d_v, d_c] per head
         q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)  # (W^UK_i)^T q^C_i: [B, H, T, d_c]
         q = torch.cat([q_latent, q_rope], dim=-1)  # [B, H, T, d_c + d_h^R]
         k = torch.cat([c_kv, k_rope], dim=-1)[:, None].expand(B, H, L, self.kv_lora_rank + self.qk_rope_head_dim)
-        o_latent = causal_attention(q, k, c_kv[:, None].expand(B, H, L, self.kv_lora_rank), start, self.scale)
+        o_latent = causal_attention(q, k, c_kv[:, None].expand(B, H, L, self.kv_lora_rank), start, self.scale, mask)
         return torch.einsum("bhtc,hvc->bhtv", o_latent, w_uv)  # W^UV_i: [B, H, T, d_v]

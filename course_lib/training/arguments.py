@@ -278,3 +278,77 @@ def synthetic_task(n_lines: Any, seed: Any, val_fraction: Any, tokenizer: Any) -
     check_number("val_fraction", val_fraction, 0, strict=True)
     if not val_fraction < 1:
         raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+
+
+def sparsify(model: Any, index_n_heads: Any, index_head_dim: Any, index_topk: Any) -> None:
+    """``sparse_attention.sparsify``: a TinyDeepSeek with MLA (query latent included), and indexer sizes that fit
+    it."""
+    from course_lib.attention import arguments as attention_arguments
+    from course_lib.model.tiny import TinyDeepSeek
+
+    if not isinstance(model, TinyDeepSeek) or model.config.attention != "mla":
+        got = model.config.attention if isinstance(model, TinyDeepSeek) else type(model).__name__
+        raise TypeError(f"sparsify adds DeepSeek Sparse Attention's indexer to MLA: it needs a TinyDeepSeek with "
+                        f"attention='mla', got {got}")
+    c = model.config
+    attention_arguments.lightning_indexer(c.dim, c.q_lora_rank, index_n_heads, index_head_dim, c.qk_rope_head_dim)
+    attention_arguments.check_index_topk(index_topk)
+
+
+def check_dsa_model(model: Any) -> None:
+    """Raise TypeError unless ``model`` is a TinyDeepSeek with DeepSeek Sparse Attention layers (``sparsify``)."""
+    from course_lib.model.tiny import TinyDeepSeek
+    from course_lib.training.sparse_attention import dsa_layers
+
+    if not isinstance(model, TinyDeepSeek) or not dsa_layers(model):
+        raise TypeError(f"expected a TinyDeepSeek whose MLA layers have indexers (sparse_attention.sparsify), got "
+                        f"{type(model).__name__}")
+
+
+def set_attention(model: Any, mode: Any, index_topk: Any, track: Any) -> None:
+    from course_lib.attention import arguments as attention_arguments
+    from course_lib.attention.dsa import MODES
+    from course_lib.training.sparse_attention import dsa_layers
+
+    if not isinstance(model, torch.nn.Module) or not dsa_layers(model):
+        raise TypeError(f"set_attention needs a model with DeepSeek Sparse Attention layers (sparsify), got "
+                        f"{type(model).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if index_topk is not None:
+        attention_arguments.check_index_topk(index_topk)
+
+
+def _optimizer(name: str, optimizer: Any) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+
+
+def indexer_warmup_step(model: Any, optimizer: Any, tokens: Any) -> None:
+    check_dsa_model(model)
+    _optimizer("optimizer", optimizer)
+    model_arguments.check_tokens(model, tokens, windows=True)
+
+
+def sparse_training_step(model: Any, optimizer: Any, indexer_optimizer: Any, tokens: Any, gamma: Any,
+                         grad_clip: Any) -> None:
+    check_dsa_model(model)
+    _optimizer("optimizer", optimizer)
+    _optimizer("indexer_optimizer", indexer_optimizer)
+    if optimizer is indexer_optimizer:
+        raise ValueError("sparse training steps the model and the indexers apart: give two optimizers, over "
+                         "model_parameters(model) and indexer_parameters(model)")
+    check_number("gamma", gamma, 0)
+    check_number("grad_clip", grad_clip, 0)
+    model_arguments.check_tokens(model, tokens, windows=True)
+
+
+def attention_recall(model: Any, tokens: Any, index_topk: Any) -> None:
+    from course_lib.attention import arguments as attention_arguments
+
+    check_dsa_model(model)
+    model_arguments.check_tokens(model, tokens)
+    attention_arguments.check_index_topk(index_topk)
+    if index_topk >= tokens.shape[1]:
+        raise ValueError(f"attention_recall measures queries with more than index_topk={index_topk} tokens to choose "
+                         f"from: give tokens longer than that, got T={tokens.shape[1]}")
