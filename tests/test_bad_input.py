@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import course_lib
-from course_lib.attention import cache as kv_cache, mha, mla, rope, yarn
+from course_lib.attention import cache as kv_cache, dsa, indexer, mha, mla, rope, yarn
 from course_lib.core import layers
 from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
@@ -30,7 +30,7 @@ from course_lib.parallel import distributed
 from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
 from course_lib.parallel.pipeline import schedules as pipeline, simulator as pipeline_simulator
-from course_lib.training import checkpoint, cli, config, data, loop, step
+from course_lib.training import checkpoint, cli, config, data, loop, sparse_attention, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
 
@@ -48,6 +48,22 @@ def scores(*shape, value=None):
 def moe_layer(**changes):
     args = dict(dim=8, expert_dim=4, n_routed_experts=4, n_shared_experts=1, top_k=2)
     return moe.DeepSeekMoE(**{**args, **changes})
+
+
+def sparse_layer(**changes):
+    args = dict(dim=8, n_heads=2, q_lora_rank=4, kv_lora_rank=4, qk_nope_head_dim=4, qk_rope_head_dim=2, v_head_dim=4,
+                index_n_heads=2, index_head_dim=4, index_topk=2)
+    return dsa.DeepSeekSparseAttention(**{**args, **changes})
+
+
+def sparse_model():
+    return sparse_attention.sparsify(tiny_model(attention="mla"), 2, 16, 4)
+
+
+def sparse_training_with_one_optimizer():
+    model = sparse_model()
+    optimizer = torch.optim.SGD(model.parameters(), 0.1)
+    return sparse_attention.sparse_training_step(model, optimizer, optimizer, torch.zeros(1, 5, dtype=torch.long))
 
 
 def tiny_corpus():
@@ -204,6 +220,41 @@ CASES = [  # (name, call, error type, fragment of the message)
      ValueError, "mha"),
     ("causal_attention too few keys", lambda: mha.causal_attention(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 1, 4),
                                                                          torch.ones(1, 1, 1, 4)), ValueError, "keys"),
+    # DeepSeek Sparse Attention
+    ("DeepSeekSparseAttention index_topk 0", lambda: sparse_layer(index_topk=0), ValueError, "index_topk"),
+    ("DeepSeekSparseAttention indexer head shorter than RoPE", lambda: sparse_layer(index_head_dim=1), ValueError,
+     "the indexer does not fit the model"),
+    ("DeepSeekSparseAttention without a query latent", lambda: sparse_layer(q_lora_rank=0), ValueError,
+     "q_lora_rank must be >= 1"),
+    ("DeepSeekSparseAttention.from_mla of MHA", lambda: dsa.DeepSeekSparseAttention.from_mla(
+        mha.MultiHeadAttention(8, 2), 2, 4, 4), TypeError, "built on MLA"),
+    ("LightningIndexer float heads", lambda: indexer.LightningIndexer(8, 4, 2.0, 4, 2), TypeError,
+     "index_n_heads must be an int"),
+    ("DeepSeekSparseAttention cache of MLA", lambda: sparse_layer()(torch.ones(1, 2, 8), mla.MultiHeadLatentAttention(
+        8, 2, 4, 4, 4, 2, 4).new_cache()), ValueError, "a cache from another model"),
+    ("DeepSeekSparseAttention cache of another indexer", lambda: sparse_layer()(torch.ones(1, 2, 8), sparse_layer(
+        index_head_dim=6).new_cache()), ValueError, "a cache from another model"),
+    ("index_scores keys of another length", lambda: indexer.index_scores(torch.ones(1, 2, 2, 4), torch.ones(1, 3, 4),
+                                                                        torch.ones(1, 2, 2)), ValueError, "start + T"),
+    ("top_k_selection k 0", lambda: indexer.top_k_selection(torch.ones(1, 2, 2), 0), ValueError, "index_topk"),
+    ("window_selection more queries than positions", lambda: indexer.window_selection(3, 2, 1), ValueError, "T <= L"),
+    ("index_kl_loss int mask", lambda: indexer.index_kl_loss(torch.ones(1, 2, 2), torch.ones(1, 2, 2),
+                                                             torch.ones(2, 2)), ValueError, "bool mask"),
+    ("causal_attention float mask", lambda: mha.causal_attention(torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4),
+                                                                 torch.ones(1, 1, 2, 4), mask=torch.ones(1, 2, 2)),
+     ValueError, "bool [B, T, start + T]"),
+    ("sparsify an MHA model", lambda: sparse_attention.sparsify(tiny_model(), 2, 16, 4), TypeError, "attention='mla'"),
+    ("sparsify k 0", lambda: sparse_attention.sparsify(tiny_model(attention="mla"), 2, 16, 0), ValueError,
+     "index_topk"),
+    ("set_attention unknown mode", lambda: sparse_attention.set_attention(sparse_model(), "strided"), ValueError,
+     "mode must be one of"),
+    ("indexer_warmup_step dense model", lambda: sparse_attention.indexer_warmup_step(
+        tiny_model(attention="mla"), torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1),
+        torch.zeros(1, 5, dtype=torch.long)), TypeError, "sparse_attention.sparsify"),
+    ("sparse_training_step one optimizer", lambda: sparse_training_with_one_optimizer(), ValueError,
+     "give two optimizers"),
+    ("attention_recall k not below T", lambda: sparse_attention.attention_recall(
+        sparse_model(), torch.zeros(1, 4, dtype=torch.long), 4), ValueError, "longer than that"),
     ("KVCache integer dtype", lambda: kv_cache.KVCache("mha", {"k": (1, 2)}, 1, 4, dtype=torch.long), TypeError,
      "floating-point"),
     ("KVCache.append a missing entry", lambda: kv_cache.KVCache("mla", {"c_kv": (4,), "k_rope": (2,)}, 1, 4).append(
