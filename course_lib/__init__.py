@@ -5,8 +5,10 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``headline``: the numbers the course cites, training compute, parameter counts (notebook 00).
 - ``moe``: DeepSeekMoE's router, load balance and auxiliary-loss-free balancing, dispatch, the layer (01-03).
 - ``model``: the Transformer block, Multi-Token Prediction and the tiny DeepSeek-style model (04-06).
-- ``training``: its data, the training step, loop, checkpoints and command line (05-06).
-- ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11).
+- ``training``: its data, the training step, loop, checkpoints and command line (05-06), and the two training
+  stages of DeepSeek Sparse Attention's indexer (15).
+- ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11),
+  DeepSeek Sparse Attention's lightning indexer and top-k selection on MLA (15).
 - ``inference``: speculative decoding with the MTP modules (08).
 - ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
   simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
