@@ -215,3 +215,17 @@ def test_warmup_raises_the_recall_of_the_indexer():
     after = sparse_attention.attention_recall(model, tokens[:, :-1], 4)
     assert sum(after.indexer) > sum(before.indexer)
     assert after.window == before.window  # the rest of the model did not move
+
+
+def test_a_sparsified_model_decodes_with_its_cache_as_the_full_forward():
+    model = tiny_model(attention="mla", mtp_depth=0)
+    sparse_attention.sparsify(model, index_n_heads=4, index_head_dim=16, index_topk=3)
+    tokens = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        sparse_attention.set_attention(model, "sparse", track=True)
+        full = model(tokens)
+        assert all(no_tie_at_boundary(layer.scores, 3) for layer in sparse_attention.dsa_layers(model))
+        sparse_attention.set_attention(model, "sparse")
+        cache = model.new_cache(1)
+        pieces = [model(tokens[:, :4], cache)] + [model(tokens[:, t:t + 1], cache) for t in range(4, 12)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
