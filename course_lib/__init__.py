@@ -7,7 +7,8 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``model``: the Transformer block, Multi-Token Prediction and the tiny DeepSeek-style model (04-06).
 - ``training``: its data, the training step, loop, checkpoints and command line (05-06).
 - ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11).
-- ``inference``: speculative decoding with the MTP modules (08).
+- ``inference``: speculative decoding with the MTP modules (08); serving: EPLB's redundant experts, per-GPU
+  loads, what a day of serving costs (13).
 - ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
   simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
 - ``precision``: FP8 with fine-grained scaling (10).
