@@ -19,7 +19,9 @@ heuristic: it does not promise the smallest possible busiest GPU (tests/test_epl
 Shapes follow eplb.py: weight [layers, n] loads; phy2log [layers, num_replicas] int64, the logical expert of each
 physical slot (slots numbered GPU by GPU: GPU g holds slots g * num_replicas / num_gpus onwards); log2phy
 [layers, n, max copies] int64, each expert's physical slots, -1 padded; logcnt [layers, n] int64, copies of each.
-Ties break towards the lower index everywhere (a stable sort, the first maximum).
+Ties break towards the lower index everywhere (a stable sort, the first maximum). eplb.py sorts without a stable
+sort, so where copies of one expert tie exactly, it may number them in another order in log2phy; phy2log and
+logcnt are the same (checked against the released code on the README's example and on random loads).
 """
 
 from __future__ import annotations
