@@ -5,6 +5,7 @@ what ``test_busiest_gpu_within_a_bound_of_the_optimum`` states)."""
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -86,12 +87,14 @@ def test_every_placement_is_a_placement(case):
 
 # ------------------------------------------------------------------------------------------- the slow loops
 def slow_packing(weights: list[float], num_packs: int) -> tuple[list[int], list[int]]:
-    """Heaviest first (lower index on a tie), each into the lightest pack with room (the first on a tie)."""
+    """Heaviest first (lower index on a tie), each into the lightest pack with room (the first on a tie); the
+    packs' totals in float32, as the loads are."""
     per_pack = len(weights) // num_packs
     if per_pack == 1:
         return list(range(len(weights))), [0] * len(weights)
+    weights = [np.float32(w) for w in weights]
     pack, rank = [None] * len(weights), [None] * len(weights)
-    totals, counts = [0.0] * num_packs, [0] * num_packs
+    totals, counts = [np.float32(0)] * num_packs, [0] * num_packs
     for item in sorted(range(len(weights)), key=lambda i: -weights[i]):
         best = None
         for p in range(num_packs):
@@ -104,6 +107,8 @@ def slow_packing(weights: list[float], num_packs: int) -> tuple[list[int], list[
 
 
 def slow_replication(weights: list[float], num_phy: int) -> tuple[list[int], list[int], list[int]]:
+    """One copy each, then each slot to the highest load per replica (the first on a tie), in float32."""
+    weights = [np.float32(w) for w in weights]
     phy2log, rank, count = list(range(len(weights))), [0] * len(weights), [1] * len(weights)
     while len(phy2log) < num_phy:
         best = 0
@@ -126,9 +131,47 @@ def test_pieces_against_slow_loops(num_packs, per_pack, rows, seed):
     num_phy = weight.shape[1] + per_pack
     phy2log, copy, count = replicate_experts(weight, num_phy)
     for row in range(rows):
-        w = weight[row].tolist()
-        expected = slow_replication([torch.tensor(x, dtype=torch.float32) for x in w], num_phy)
+        expected = slow_replication(weight[row].tolist(), num_phy)
         assert (phy2log[row].tolist(), copy[row].tolist(), count[row].tolist()) == expected
+
+
+def slow_rebalance(weight: list[float], num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int
+                   ) -> tuple[list[int], list[int], list[int]]:
+    """One layer of EPLB from the slow loops: (phy2log, copy number of each slot, copies of each expert)."""
+    if num_groups % num_nodes:  # the global policy
+        num_groups = num_nodes = 1
+    n = len(weight)
+    size = n // num_groups
+    group_load = [float(np.float32(sum(np.float32(w) for w in weight[g * size:(g + 1) * size])))
+                  for g in range(num_groups)]
+    node_of, place_of = slow_packing(group_load, num_nodes)
+    phy2log, phyrank, logcnt = [None] * num_replicas, [None] * num_replicas, [None] * n
+    per_node, per_gpu = num_replicas // num_nodes, num_replicas // num_gpus
+    for node in range(num_nodes):
+        groups = sorted((g for g in range(num_groups) if node_of[g] == node), key=lambda g: place_of[g])
+        experts = [g * size + j for g in groups for j in range(size)]
+        local, rank, count = slow_replication([weight[e] for e in experts], per_node)
+        shares = [float(np.float32(weight[experts[m]]) / np.float32(count[m])) for m in local]
+        gpu, place = slow_packing(shares, num_gpus // num_nodes)
+        for i, m in enumerate(local):
+            slot = node * per_node + gpu[i] * per_gpu + place[i]
+            phy2log[slot], phyrank[slot] = experts[m], rank[i]
+        for m, e in enumerate(experts):
+            logcnt[e] = count[m]
+    return phy2log, phyrank, logcnt
+
+
+@settings(max_examples=60, deadline=None)
+@given(deployments())
+def test_rebalance_against_a_slow_loop(case):
+    weight, num_replicas, num_groups, num_nodes, num_gpus = case
+    phy2log, log2phy, logcnt = rebalance_experts(*case)
+    for layer in range(weight.shape[0]):
+        expected, copy, count = slow_rebalance(weight[layer].tolist(), num_replicas, num_groups, num_nodes, num_gpus)
+        assert phy2log[layer].tolist() == expected
+        assert logcnt[layer].tolist() == count
+        for slot in range(num_replicas):  # log2phy: copy r of expert e sits in slot log2phy[e, r]
+            assert log2phy[layer, expected[slot], copy[slot]] == slot
 
 
 def test_placement_helpers_against_slow_loops():

@@ -154,7 +154,8 @@ def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, 
                       num_gpus: int) -> Rebalanced:
     """EPLB's entry point ([INFRA] eplb.py ``rebalance_experts``): replicate and place the experts of each layer.
 
-    weight: [layers, n] the load of each logical expert (any real dtype; computed in float32 as eplb.py does);
+    weight: [layers, n] the load of each logical expert (any real dtype, any device; computed in float32 on the CPU
+    as eplb.py does, and so are the results);
     num_replicas: physical experts per layer (n of them plus the redundant copies), a multiple of num_gpus;
     num_groups: expert groups (of group-limited routing), dividing n; num_nodes: nodes, dividing num_gpus;
     num_gpus: GPUs in all. Hierarchical policy when num_groups % num_nodes == 0, else global. Returns
