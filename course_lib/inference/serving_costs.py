@@ -21,6 +21,7 @@ from course_lib.inference import arguments
 
 SECONDS_PER_DAY = 86_400
 PER_MILLION = 1e-6
+H800_MEMORY_BYTES_PER_S = 3.35e12  # HBM3 bandwidth, NVIDIA's H100 SXM data sheet (the H800 keeps its memory)
 
 
 @dataclass(frozen=True)
