@@ -62,13 +62,13 @@ def accept_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, gener
                         f"got {u!r:.80}")
 
 
-def check_loads(name: str, load: object, dims: int) -> None:
-    """Raise TypeError unless ``load`` is a real (integer or floating-point, not bool) tensor of ``dims``
-    dimensions, ValueError for an empty one or a load that is negative, NaN or infinite."""
+def check_loads(name: str, load: object, shape: str = "[layers, n_experts]") -> None:
+    """Raise TypeError unless ``load`` is a real (integer or floating-point, not bool) tensor, ValueError unless it
+    is 2-D (``shape`` names its dimensions in the message) and non-empty, or for a load that is negative, NaN or
+    infinite."""
     if not isinstance(load, torch.Tensor) or load.dtype == torch.bool or load.is_complex():
-        raise TypeError(f"{name} must be a real tensor of loads (tokens per expert), got {load!r:.80}")
-    if load.dim() != dims or load.numel() == 0:
-        shape = "[layers, n_experts]" if dims == 2 else "[n_experts]"
+        raise TypeError(f"{name} must be a real tensor of loads (tokens), got {load!r:.80}")
+    if load.dim() != 2 or load.numel() == 0:
         raise ValueError(f"{name} must be a non-empty {shape} tensor, got shape {list(load.shape)}")
     values = load.detach().double()
     if not torch.isfinite(values).all():
@@ -91,7 +91,7 @@ def check_deployment(n_experts: int, num_replicas: int, num_gpus: int) -> None:
 
 def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
                       num_gpus: int) -> None:
-    check_loads("weight", weight, 2)
+    check_loads("weight", weight)
     n_experts = weight.shape[1]
     check_deployment(n_experts, num_replicas, num_gpus)
     check_int("num_groups", num_groups, 1)
@@ -129,7 +129,7 @@ def gpu_experts(phy2log: torch.Tensor, num_gpus: int) -> None:
 
 
 def gpu_loads(expert_load: torch.Tensor, phy2log: torch.Tensor, num_gpus: int) -> None:
-    check_loads("expert_load", expert_load, 2)
+    check_loads("expert_load", expert_load)
     check_phy2log(phy2log, num_gpus)
     layers, n = expert_load.shape
     if phy2log.shape[0] != layers:
@@ -143,7 +143,7 @@ def gpu_loads(expert_load: torch.Tensor, phy2log: torch.Tensor, num_gpus: int) -
 
 
 def imbalance(gpu_load: torch.Tensor) -> None:
-    check_loads("gpu_load", gpu_load, 2)
+    check_loads("gpu_load", gpu_load, "[layers, num_gpus]")
     if (gpu_load.detach().double().sum(dim=-1) == 0).any():
         raise ValueError("gpu_load has a layer with no load at all: max / mean is undefined")
 
