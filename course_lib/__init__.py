@@ -9,7 +9,8 @@ teaches them, each the single implementation that the notebooks, the tests and t
   stages of DeepSeek Sparse Attention's indexer (15).
 - ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11),
   DeepSeek Sparse Attention's lightning indexer and top-k selection on MLA (15).
-- ``inference``: speculative decoding with the MTP modules (08).
+- ``inference``: speculative decoding with the MTP modules (08); serving: EPLB's redundant experts, per-GPU
+  loads, what a day of serving costs (13).
 - ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
   simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
 - ``precision``: FP8 with fine-grained scaling (10).

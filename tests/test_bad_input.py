@@ -6,6 +6,7 @@ error type expected and a fragment of its message. The sweep stays complete as t
 own validator rejects, and a row that calls what the package no longer has fails by name."""
 
 import builtins
+import dataclasses
 import dis
 import importlib
 import inspect
@@ -23,7 +24,7 @@ from course_lib.attention import cache as kv_cache, dsa, indexer, mha, mla, rope
 from course_lib.core import layers
 from course_lib.core.validation import boundary, check_int
 from course_lib.headline import compute, param_count
-from course_lib.inference import speculative
+from course_lib.inference import eplb, expert_placement, serving_costs, speculative
 from course_lib.model import block as transformer, mtp
 from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
 from course_lib.parallel import distributed
@@ -511,6 +512,55 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("accept_sampled integer probabilities", lambda: speculative.accept_sampled(
         torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, 4, dtype=torch.long), torch.ones(1, 2, 4, dtype=torch.long)),
      TypeError, "floating-point probabilities"),
+    # serving: EPLB, the placement's loads, a day of serving
+    ("rebalance_experts fewer replicas than experts", lambda: eplb.rebalance_experts(torch.ones(1, 8), 4, 1, 1, 4),
+     ValueError, "at least one replica"),
+    ("rebalance_experts GPUs do not divide replicas", lambda: eplb.rebalance_experts(torch.ones(1, 8), 10, 1, 1, 4),
+     ValueError, "num_gpus (4) must divide num_replicas (10)"),
+    ("rebalance_experts groups do not divide experts", lambda: eplb.rebalance_experts(torch.ones(1, 8), 8, 3, 1, 4),
+     ValueError, "num_groups (3) must divide"),
+    ("rebalance_experts nodes do not divide GPUs", lambda: eplb.rebalance_experts(torch.ones(1, 8), 12, 2, 2, 3),
+     ValueError, "num_nodes (2) must divide num_gpus (3)"),
+    ("rebalance_experts negative load", lambda: eplb.rebalance_experts(torch.tensor([[1.0, -2.0]]), 2, 1, 1, 1),
+     ValueError, "loads >= 0"),
+    ("rebalance_experts NaN load", lambda: eplb.rebalance_experts(torch.tensor([[1.0, NAN]]), 2, 1, 1, 1),
+     ValueError, "finite loads"),
+    ("rebalance_experts inf load", lambda: eplb.rebalance_experts(torch.tensor([[INF, 1.0]]), 2, 1, 1, 1),
+     ValueError, "finite loads"),
+    ("rebalance_experts 1-D weight", lambda: eplb.rebalance_experts(torch.ones(8), 8, 1, 1, 1), ValueError,
+     "[layers, n_experts]"),
+    ("rebalance_experts list weight", lambda: eplb.rebalance_experts([[1.0, 2.0]], 2, 1, 1, 1), TypeError,
+     "real tensor"),
+    ("rebalance_experts float replicas", lambda: eplb.rebalance_experts(torch.ones(1, 2), 2.0, 1, 1, 1), TypeError,
+     "num_replicas must be an int"),
+    ("static_placement GPUs do not divide", lambda: expert_placement.static_placement(1, 6, 4), ValueError,
+     "num_gpus (4) must divide"),
+    ("gpu_experts float phy2log", lambda: expert_placement.gpu_experts(torch.zeros(1, 4), 2), TypeError,
+     "integer tensor"),
+    ("gpu_loads expert without a slot", lambda: expert_placement.gpu_loads(
+        torch.ones(1, 3), torch.tensor([[0, 1, 1, 0]]), 2), ValueError, "at least one slot"),
+    ("gpu_loads expert out of range", lambda: expert_placement.gpu_loads(
+        torch.ones(1, 2), torch.tensor([[0, 1, 2, 1]]), 2), ValueError, "[0, 1]"),
+    ("gpu_loads layers differ", lambda: expert_placement.gpu_loads(
+        torch.ones(2, 2), torch.tensor([[0, 1]]), 2), ValueError, "layers"),
+    ("imbalance no load", lambda: expert_placement.imbalance(torch.zeros(1, 4)), ValueError, "no load"),
+    ("ServingDay more hits than input", lambda: serving_costs.ServingDay(
+        1.0, 8, 2.0, 10.0, 20.0, 1.0, 0.1, 0.5, 2.0, 1e3, 1e3), ValueError, "cannot exceed input_tokens"),
+    ("ServingDay zero nodes", lambda: dataclasses.replace(serving_costs.DAY6, nodes=0.0), ValueError, "nodes"),
+    ("gpu_cost not a day", lambda: serving_costs.gpu_cost(87_072), TypeError, "ServingDay"),
+    ("revenue not a day", lambda: serving_costs.revenue({"input_tokens": 1}), TypeError, "ServingDay"),
+    ("cost_profit_margin not a day", lambda: serving_costs.cost_profit_margin(None), TypeError, "ServingDay"),
+    ("nodes_implied not a day", lambda: serving_costs.nodes_implied("day 6"), TypeError, "ServingDay"),
+    ("revenue_rounding negative step", lambda: serving_costs.revenue_rounding(serving_costs.DAY6, -1.0), ValueError,
+     "step"),
+    ("with_cache_hit_share 1", lambda: serving_costs.with_cache_hit_share(serving_costs.DAY6, 1.0), ValueError,
+     "[0, 1)"),
+    ("with_decode_speedup 0", lambda: serving_costs.with_decode_speedup(serving_costs.DAY6, 0.0), ValueError,
+     "speedup"),
+    ("kv_cache_bytes tile does not divide", lambda: serving_costs.kv_cache_bytes(100, 64, True, 128), ValueError,
+     "tile (128) must divide"),
+    ("kv_cache_bytes fp8 not bool", lambda: serving_costs.kv_cache_bytes(512, 64, "yes"), TypeError, "fp8"),
+    ("tokens_cached NaN memory", lambda: serving_costs.tokens_cached(NAN, 1152), ValueError, "memory_bytes"),
 ]
 
 

@@ -135,6 +135,44 @@ def test_layer_without_a_process_group_says_so():
         layer(torch.randn(3, 16))
 
 
+def test_layer_with_redundant_experts_holds_its_slots_and_splits_pairs_between_copies():
+    moe = _moe()
+    phy2log = torch.tensor([3, 4, 7, 3, 6, 6, 5, 2, 1, 5, 4, 0])  # EPLB's placement of 8 experts on 4 ranks
+    layer = ep_layer.ExpertParallelMoE(moe, rank=1, world_size=4, phy2log=phy2log)
+    assert torch.equal(layer.w_up, moe.w_up[[3, 6, 6]])
+    experts = torch.tensor([6, 3, 6, 6, 0, 3, 6])
+    slots = layer.replica_slots(experts)
+    assert slots.tolist() == [4, 0, 5, 4, 11, 3, 5]  # copies of 6 (slots 4, 5) and of 3 (0, 3) in turn
+    assert (phy2log[slots] == experts).all()
+    unplaced = ep_layer.ExpertParallelMoE(moe, rank=1, world_size=4)
+    assert torch.equal(unplaced.replica_slots(experts), experts)  # without redundancy, slot = expert
+    with pytest.raises(ValueError, match="without a slot"):
+        ep_layer.ExpertParallelMoE(moe, rank=0, world_size=4, phy2log=torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]))
+    with pytest.raises(ValueError, match="divisible by world_size"):
+        ep_layer.ExpertParallelMoE(moe, rank=0, world_size=4, phy2log=torch.arange(10) % 8)
+
+
+@pytest.mark.slow
+def test_layer_serving_eplb_replicas_equals_the_single_process_layer():
+    """EPLB's placement (inference.eplb) served by 4 ranks: the same outputs, and the hot expert's rows spread."""
+    from course_lib.inference.eplb import rebalance_experts
+
+    moe = _moe(top_k=2).eval()
+    x = torch.randn(4 * 12, 16, generator=torch.Generator().manual_seed(1))
+    x[:24] += 2 * moe.centroids[3].detach()  # half the tokens prefer expert 3
+    with torch.no_grad():
+        out = moe(x)
+    load = torch.bincount(moe.last_indices.reshape(-1), minlength=8)[None]
+    phy2log = rebalance_experts(load, 12, 1, 1, 4).phy2log[0]
+    served = distributed.run_ranks(workers.serve_worker, 4, (moe, x, phy2log), timeout_s=30, deadline_s=55)
+    plain = distributed.run_ranks(workers.serve_worker, 4, (moe, x, None), timeout_s=30, deadline_s=55)
+    for results in (served, plain):
+        torch.testing.assert_close(torch.cat([r["out"] for r in results]), out, rtol=0, atol=1e-5)
+    rows = [[r["recv_rows"] for r in results] for results in (served, plain)]
+    assert sum(rows[0]) == sum(rows[1]) == x.shape[0] * 2
+    assert max(rows[0]) < max(rows[1]), rows
+
+
 def test_layer_holds_its_slice_of_the_experts():
     moe = _moe()
     layer = ep_layer.ExpertParallelMoE(moe, rank=1, world_size=4)

@@ -129,13 +129,24 @@ def traffic(indices: torch.Tensor, source_rank: torch.Tensor, n_experts: int, wo
 
 
 # --------------------------------------------------------------------------------------------- the layer
-def expert_parallel_moe(moe: Any, rank: int, world_size: int, ranks_per_node: int) -> None:
-    """``ExpertParallelMoE``'s constructor: a DeepSeekMoE whose experts split over the ranks, groups = nodes."""
+def expert_parallel_moe(moe: Any, rank: int, world_size: int, ranks_per_node: int, phy2log: Any = None) -> None:
+    """``ExpertParallelMoE``'s constructor: a DeepSeekMoE whose experts (or EPLB's physical slots, ``phy2log``:
+    1-D, every expert in at least one slot) split evenly over the ranks, groups = nodes."""
     from course_lib.moe.layer import DeepSeekMoE
 
     if not isinstance(moe, DeepSeekMoE):
         raise TypeError(f"ExpertParallelMoE is built from a course_lib.moe.layer.DeepSeekMoE, got {type(moe).__name__}")
-    check_placement(moe.n_routed_experts, world_size, ranks_per_node)
+    if phy2log is None:
+        check_placement(moe.n_routed_experts, world_size, ranks_per_node)
+    else:
+        check_integer_tensor("phy2log", phy2log, "[num_replicas] ")
+        if phy2log.dim() != 1:
+            raise ValueError(f"phy2log must be 1-D [num_replicas] (one layer of EPLB's phy2log), got shape "
+                             f"{list(phy2log.shape)}")
+        check_expert_ids(phy2log, moe.n_routed_experts)
+        check_placement(len(phy2log), world_size, ranks_per_node)
+        if torch.bincount(phy2log.long().cpu(), minlength=moe.n_routed_experts).min() < 1:
+            raise ValueError("phy2log leaves an expert without a slot: every expert needs at least one copy")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     n_nodes = world_size // ranks_per_node

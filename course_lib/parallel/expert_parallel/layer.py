@@ -72,16 +72,32 @@ class ExpertParallelMoE(DeepSeekMoE):
     With group-limited routing (``moe.n_groups > 1``) the groups must be the nodes: n_groups = world_size /
     ranks_per_node. Raises TypeError unless built from a DeepSeekMoE, ValueError otherwise, or when the experts
     do not split evenly, or for a rank outside [0, world_size).
+
+    Serving with redundant experts ([V3] 3.4, notebook 13): ``phy2log`` int64 [num_replicas], EPLB's placement of
+    this layer (``inference.eplb.rebalance_experts``), puts the expert phy2log[s] in physical slot s, rank r
+    holding slots r * S .. (r + 1) * S - 1 (S = num_replicas / world_size); a replicated expert's pairs are split
+    evenly between its copies (on each rank, the k-th pair of expert e goes to copy k mod its copies). The outputs
+    are the layer's own; the copies are trained apart (each its own gradients), so use it to serve. None: expert
+    e in slot e, E_r per rank. Raises ValueError for a phy2log that is not 1-D, whose slots do not split evenly
+    over the ranks, or that leaves an expert without a slot.
     """
 
-    def __init__(self, moe: DeepSeekMoE, rank: int, world_size: int, ranks_per_node: int = 1) -> None:
-        arguments.expert_parallel_moe(moe, rank, world_size, ranks_per_node)
+    def __init__(self, moe: DeepSeekMoE, rank: int, world_size: int, ranks_per_node: int = 1,
+                 phy2log: torch.Tensor | None = None) -> None:
+        arguments.expert_parallel_moe(moe, rank, world_size, ranks_per_node, phy2log)
         with torch.device("meta"):  # DeepSeekMoE's structure and sizes; the weights are moe's, copied below
             super().__init__(moe.dim, moe.expert_dim, moe.n_routed_experts, moe.n_shared_experts, moe.top_k,
                              moe.n_groups, moe.topk_groups, moe.route_scale)
         self.rank, self.world_size, self.ranks_per_node = rank, world_size, ranks_per_node
-        self.experts_per_rank = e_r = moe.n_routed_experts // world_size
-        mine = slice(rank * e_r, (rank + 1) * e_r)
+        n = moe.n_routed_experts
+        phy2log = torch.arange(n) if phy2log is None else phy2log.detach().long().cpu()
+        self.experts_per_rank = e_r = len(phy2log) // world_size  # physical slots per rank
+        copies = torch.bincount(phy2log, minlength=n)  # [n]
+        log2phy = torch.full((n, int(copies.max())), -1, dtype=torch.int64)  # each expert's slots
+        for slot, e in enumerate(phy2log.tolist()):
+            log2phy[e, int((log2phy[e] >= 0).sum())] = slot
+        self.phy2log, self.log2phy, self.copies = phy2log, log2phy, copies
+        mine = phy2log[rank * e_r:(rank + 1) * e_r]
         self.expert_linear = moe.expert_linear
         self.centroids = nn.Parameter(moe.centroids.detach().clone())
         self.w_gate = nn.Parameter(moe.w_gate.detach()[mine].clone())
@@ -94,10 +110,20 @@ class ExpertParallelMoE(DeepSeekMoE):
         self.last_recv_splits: list[int] = []  # rows received from each rank
 
     def extra_repr(self) -> str:
+        held = self.phy2log[self.rank * self.experts_per_rank:(self.rank + 1) * self.experts_per_rank].tolist()
         return (f"rank={self.rank}, world_size={self.world_size}, ranks_per_node={self.ranks_per_node}, "
-                f"experts {self.rank * self.experts_per_rank}..{(self.rank + 1) * self.experts_per_rank - 1} "
-                f"of {self.n_routed_experts}, top_k={self.top_k}, n_groups={self.n_groups}, "
+                f"experts {held} of {self.n_routed_experts}, top_k={self.top_k}, n_groups={self.n_groups}, "
                 f"topk_groups={self.topk_groups}")
+
+    def replica_slots(self, experts: torch.Tensor) -> torch.Tensor:
+        """The physical slot of each pair: experts int64 [pairs] -> int64 [pairs]. The k-th pair of expert e (in
+        pair order) goes to copy k mod copies[e]; without redundant experts, slot = expert."""
+        by_expert = experts.argsort(stable=True)
+        ordered = experts[by_expert]
+        nth = torch.empty_like(experts)
+        nth[by_expert] = torch.arange(len(experts), device=experts.device) - torch.searchsorted(ordered, ordered)
+        log2phy, copies = self.log2phy.to(experts.device), self.copies.to(experts.device)
+        return log2phy[experts, nth % copies[experts]]
 
     def expert_parameters(self) -> list[nn.Parameter]:
         """This rank's own experts' weights (not replicated)."""
@@ -113,8 +139,9 @@ class ExpertParallelMoE(DeepSeekMoE):
         this rank's pairs per expert -> [tokens, dim], sum over chosen i of g_{i,t} FFN_i(x_t) as in DeepSeekMoE."""
         arguments.check_process_group(self.rank, self.world_size)
         w, e_r = self.world_size, self.experts_per_rank
-        order = indices.reshape(-1).argsort(stable=True)  # pairs by expert = by destination rank (contiguous)
-        send_counts = load.to(device=x.device, dtype=torch.long).view(w, e_r)  # [dest rank, its local expert]
+        slots = self.replica_slots(indices.reshape(-1))  # [pairs]: the physical expert serving each pair
+        order = slots.argsort(stable=True)  # pairs by slot = by destination rank (contiguous)
+        send_counts = torch.bincount(slots, minlength=w * e_r).view(w, e_r)  # [dest rank, its local slot]
         recv_counts = torch.empty_like(send_counts)  # [source rank, my local expert]
         dist.all_to_all_single(recv_counts, send_counts)  # sizes first: every rank learns what it will receive
         self.last_send_splits = send_counts.sum(dim=1).tolist()

@@ -60,3 +60,14 @@ def train_worker(rank: int, world_size: int, model: TinyDeepSeek, batches: list[
             for b in batches]
     losses = [expert_parallel_step(local, optimizer, tokens, gamma=gamma, grad_clip=grad_clip).loss for tokens in mine]
     return {"losses": losses, "state": {k: v.clone() for k, v in local.state_dict().items()}}
+
+
+def serve_worker(rank: int, world_size: int, moe: DeepSeekMoE, x: torch.Tensor, phy2log: torch.Tensor | None,
+                 ranks_per_node: int = 1) -> dict:
+    """Run by every rank: the expert-parallel copy of ``moe`` serving EPLB's placement ``phy2log`` (int64
+    [num_replicas], None for none) on this rank's share of the tokens (x: [world_size * n, dim], equal chunks), in
+    eval mode. Returns {"out": this rank's output rows, "recv_rows": the rows this rank's slots received}."""
+    layer = ExpertParallelMoE(moe, rank, world_size, ranks_per_node, phy2log).eval()
+    with torch.no_grad():
+        out = layer(x.chunk(world_size)[rank])
+    return {"out": out, "recv_rows": sum(layer.last_recv_splits)}
