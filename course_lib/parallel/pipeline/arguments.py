@@ -124,3 +124,11 @@ def run_pipeline(model: object, tokens: object, schedule: str, n_ranks: int, n_m
                          f"{n_micro_batches} micro-batches of equal size (their mean loss is then the batch's)")
     if not (timeout_s > 0 and deadline_s > 0):
         raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
+
+
+def gantt(timeline: object, ax: object, title: object, labels: object) -> None:
+    from course_lib.parallel.pipeline.simulator import Timeline
+    if not isinstance(timeline, Timeline):
+        raise TypeError(f"timeline must be a simulator.Timeline (from simulate), got {type(timeline).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a str or None, got {type(title).__name__}")
