@@ -8,8 +8,8 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``training``: its data, the training step, loop, checkpoints and command line (05-06).
 - ``attention``: RoPE, multi-head attention and Multi-head Latent Attention with their KV cache (07), YaRN (11).
 - ``inference``: speculative decoding with the MTP modules (08).
-- ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
-  simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
+- ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules, their
+  simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV) and the tiny model pipelined with torch's schedules (12).
 - ``precision``: FP8 with fine-grained scaling (10).
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise.
 - ``machinery``: the course's own tools: the notebook generator, the environment check, notebook costs, how kept

@@ -30,7 +30,7 @@ from course_lib.parallel import distributed
 from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
 from course_lib.parallel.pipeline import run as pipeline_run, schedules as pipeline, simulator as pipeline_simulator
-from course_lib.parallel.pipeline import stages as pipeline_stages
+from course_lib.parallel.pipeline import plots as pipeline_plots, stages as pipeline_stages
 from course_lib.training import checkpoint, cli, config, data, loop, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
@@ -435,6 +435,8 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("Costs negative", lambda: pipeline_simulator.Costs(F=-1.0), ValueError, "F must be >= 0"),
     ("Costs W longer than B", lambda: pipeline_simulator.Costs(B=1.0, W=2.0), ValueError, "W=2.0, B=1.0"),
     ("Costs send string", lambda: pipeline_simulator.Costs(send="1"), TypeError, "send must be a number"),
+    ("gantt not a timeline", lambda: pipeline_plots.gantt(pipeline.one_f_one_b(2, 2)), TypeError,
+     "timeline must be a simulator.Timeline"),
     ("StageModule model with MTP", lambda: pipeline_stages.StageModule(tiny_model(), 0, 2), ValueError,
      "build it with mtp_depth=0"),
     ("StageModule stage out of range", lambda: pipeline_stages.StageModule(tiny_model(mtp_depth=0), 2, 2), ValueError,
