@@ -48,7 +48,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "09_expert_parallelism": {"steps": 10},
     "10_fp8_training": {"steps": 10},
     "11_long_context_yarn": {"steps": 20, "finetune_steps": 5, "needle_steps": 20},
-    "12_pipeline_parallelism": {"n_micro_batches": 4, "v3_micro_batches": 32},
+    "12_pipeline_parallelism": {"n_micro_batches": 4},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
 SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {}
