@@ -49,7 +49,8 @@ def test_a_backward_that_waits_forever_for_the_last_stage_is_named():
             return learner_order(rank, n_stages, n_micro_batches)
         order = [f"F{m}" for m in range(n_stages)]  # the warm-up and the first steady forward, as 1F1B's rank 0
         order += [f"B{m}" for m in range(n_stages)]  # but then all those backwards, and only then the next forwards
-        order += [f"F{m}" for m in range(n_stages, n_micro_batches)] + [f"B{m}" for m in range(n_stages, n_micro_batches)]
+        rest = range(n_stages, n_micro_batches)
+        order += [f"F{m}" for m in rest] + [f"B{m}" for m in rest]
         return order
     rejected_with(check_one_f_one_b_order, deadlocking, "a backward before its forward reached the last stage",
                   "the pipeline stops", "deadlock")

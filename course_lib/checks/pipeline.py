@@ -101,7 +101,8 @@ def check_one_f_one_b_order(fn: Callable[[int, int, int], list]) -> None:
     @checker("one_f_one_b_order")
     def body() -> str:
         for n_stages, n_micro_batches in _CASES:
-            labels = [f"rank={rank}, n_stages={n_stages}, n_micro_batches={n_micro_batches}" for rank in range(n_stages)]
+            labels = [f"rank={rank}, n_stages={n_stages}, n_micro_batches={n_micro_batches}"
+                      for rank in range(n_stages)]
             orders = [_parse(call_learner(fn, rank, n_stages, n_micro_batches, name="Your one_f_one_b_order",
                                           label=labels[rank]), labels[rank]) for rank in range(n_stages)]
             # the most telling mistake first, whichever rank shows it

@@ -104,7 +104,7 @@ def reference_step(model: object, tokens: object) -> None:
 
 def run_pipeline(model: object, tokens: object, schedule: str, n_ranks: int, n_micro_batches: int,
                  timeout_s: float, deadline_s: float) -> None:
-    from course_lib.parallel.pipeline.run import TORCH_SCHEDULES
+    from course_lib.parallel.pipeline.torch_orders import TORCH_SCHEDULES
     if schedule not in TORCH_SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(TORCH_SCHEDULES)}, got {schedule!r}")
     check_int("n_ranks", n_ranks, 1)

@@ -3,13 +3,14 @@
 Each rank (a process of ``distributed.run_ranks``, gloo, a process group with a timeout) builds its stages
 (``stages.StageModule`` in torch's ``PipelineStage``) and runs one step of torch's schedule over the batch cut in
 micro-batches; the last stage computes ``stages.pipeline_loss`` per micro-batch, and torch averages the gradients
-over the micro-batches (``scale_grads``). The schedules (``TORCH_SCHEDULES``):
+over the micro-batches (``scale_grads``). The schedules:
 
 - ``1F1B``: ``Schedule1F1B``, one stage per rank;
 - ``ZB1P``: ``ScheduleInterleavedZeroBubble`` with one stage per rank, ZeroBubble's ZB-H1 (backward split into
   input and weight gradients);
 - ``DualPipeV``: ``ScheduleDualPipeV`` ("based on deepseek-ai/DualPipe"), two stages per rank in a V: rank r
-  holds stages r and 2 n_ranks - 1 - r, so rank 0 holds the embedding and the head.
+  holds stages r and 2 n_ranks - 1 - r, so rank 0 holds the embedding and the head
+  (``torch_orders.TORCH_SCHEDULES``, ``torch_orders.build_torch_schedule``).
 
 ``run_pipeline`` launches the ranks and gathers the micro-batch losses and every parameter's gradient under the
 whole model's names; ``stages.reference_step`` is the one-process step to compare with. A rank that fails makes
@@ -22,21 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleDualPipeV, ScheduleInterleavedZeroBubble
+from torch.distributed.pipelining import PipelineStage
 
 from course_lib.core.validation import boundary
 from course_lib.model.tiny import TinyDeepSeek
 from course_lib.parallel import distributed
 from course_lib.parallel.pipeline import arguments
 from course_lib.parallel.pipeline.stages import StageModule, pipeline_loss
-
-TORCH_SCHEDULES = {  # name -> (torch's schedule class, stages per rank)
-    "1F1B": (Schedule1F1B, 1), "ZB1P": (ScheduleInterleavedZeroBubble, 1), "DualPipeV": (ScheduleDualPipeV, 2)}
-
-
-def stages_of_rank(rank: int, n_ranks: int, stages_per_rank: int) -> list[int]:
-    """The stages rank ``rank`` holds: ``[rank]``, or with two per rank the V ``[rank, 2 n_ranks - 1 - rank]``."""
-    return [rank] if stages_per_rank == 1 else [rank, 2 * n_ranks - 1 - rank]
+from course_lib.parallel.pipeline.torch_orders import TORCH_SCHEDULES, build_torch_schedule, stages_of_rank
 
 
 def pipeline_worker(rank: int, world_size: int, model: TinyDeepSeek, tokens: torch.Tensor, schedule: str,
@@ -46,14 +40,13 @@ def pipeline_worker(rank: int, world_size: int, model: TinyDeepSeek, tokens: tor
     micro-batch losses (on the rank holding the last stage, else []), "grads": the whole model's parameter name ->
     gradient, for this rank's parameters}. ``fail_rank``: that rank raises before the step (to show that the
     others stop with an error instead of waiting forever)."""
-    schedule_class, per_rank = TORCH_SCHEDULES[schedule]
+    per_rank = TORCH_SCHEDULES[schedule][1]
     n_stages = world_size * per_rank
     mine = stages_of_rank(rank, world_size, per_rank)
     model.train()
     modules = [StageModule(model, s, n_stages) for s in mine]
     stages = [PipelineStage(m, s, n_stages, torch.device("cpu")) for m, s in zip(modules, mine)]
-    runner = schedule_class(stages if per_rank > 1 or schedule == "ZB1P" else stages[0], n_micro_batches,
-                            loss_fn=pipeline_loss)
+    runner = build_torch_schedule(schedule, stages, n_micro_batches, loss_fn=pipeline_loss)
     if rank == fail_rank:
         raise RuntimeError(f"rank {rank} fails on purpose before the pipeline step")
     inputs = (tokens[:, :-1],) if 0 in mine else ()
@@ -84,8 +77,8 @@ def run_pipeline(model: TinyDeepSeek, tokens: torch.Tensor, schedule: str = "1F1
                  n_micro_batches: int = 4, timeout_s: float = 30.0, deadline_s: float = 120.0) -> PipelineRun:
     """One training step of ``model`` (``mtp_depth = 0``; cut by ``stages.StageModule``) on the windows ``tokens``
     int64 [B, T + 1], pipelined over ``n_ranks`` local gloo processes with torch's ``schedule`` (a key of
-    ``TORCH_SCHEDULES``) in ``n_micro_batches`` micro-batches of equal size. The model is copied into each
-    process; its own gradients are not touched. ``timeout_s``: the process group's timeout (a receive waiting
+    ``torch_orders.TORCH_SCHEDULES``) in ``n_micro_batches`` micro-batches of equal size. The model is copied into
+    each process; its own gradients are not touched. ``timeout_s``: the process group's timeout (a receive waiting
     longer raises); ``deadline_s`` bounds the launch. Returns a ``PipelineRun``. Raises
     ``distributed.DistributedRunError`` when a rank fails or hangs; TypeError / ValueError for an unknown schedule,
     more stages than blocks, a batch that does not split into equal micro-batches, or fewer micro-batches than the

@@ -80,7 +80,8 @@ class StageModule(nn.Module):
         return names
 
     def extra_repr(self) -> str:
-        return f"stage={self.stage} of {self.n_stages}, blocks {self.first_block}..{self.first_block + len(self.blocks) - 1}"
+        last = self.first_block + len(self.blocks) - 1
+        return f"stage={self.stage} of {self.n_stages}, blocks {self.first_block}..{last}"
 
 
 def pipeline_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

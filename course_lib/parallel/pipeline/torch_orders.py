@@ -19,7 +19,7 @@ from torch.distributed.pipelining import schedules as torch_schedules
 from course_lib.parallel.pipeline.schedules import Op, Overlapped, Schedule, Step, parts
 
 TORCH_KIND = {"FORWARD": "F", "FULL_BACKWARD": "B", "BACKWARD_INPUT": "BI", "BACKWARD_WEIGHT": "W"}
-TORCH_CLASSES = {  # our schedule's name -> (torch's class, stages per rank)
+TORCH_SCHEDULES = {  # our schedule's name -> (torch's class, stages per rank)
     "1F1B": (torch_schedules.Schedule1F1B, 1), "ZB1P": (torch_schedules.ScheduleInterleavedZeroBubble, 1),
     "DualPipeV": (torch_schedules.ScheduleDualPipeV, 2)}
 
@@ -32,14 +32,27 @@ def stand_in_stages(n_stages: int, n_ranks: int, stage_indices: list[int]) -> li
                             submod=torch.nn.Identity()) for i in stage_indices]
 
 
+def stages_of_rank(rank: int, n_ranks: int, stages_per_rank: int) -> list[int]:
+    """The stages rank ``rank`` holds: ``[rank]``, or with two per rank the V ``[rank, 2 n_ranks - 1 - rank]``."""
+    return [rank] if stages_per_rank == 1 else [rank, 2 * n_ranks - 1 - rank]
+
+
+def build_torch_schedule(name: str, stages: list, n_micro_batches: int, **options: object):
+    """torch's schedule ``name`` (a key of ``TORCH_SCHEDULES``) over this rank's ``stages`` (``PipelineStage``s, or
+    stand-ins): Schedule1F1B takes its one stage, the others the list. ``options`` go to torch (``loss_fn``)."""
+    cls, _ = TORCH_SCHEDULES[name]
+    return cls(stages[0] if cls is torch_schedules.Schedule1F1B else stages, n_micro_batches, **options)
+
+
 def torch_schedule(name: str, n_stages: int, n_micro_batches: int) -> torch_schedules._PipelineSchedule:
-    """torch's schedule ``name`` (a key of ``TORCH_CLASSES``) for ``n_stages`` stages, built with stand-in stages;
-    its ``pipeline_order[r]`` is rank r's list of actions. Raises KeyError for another name, and what torch raises
-    for sizes it does not take (ScheduleInterleavedZeroBubble: a multiple of n_stages micro-batches)."""
-    cls, per_rank = TORCH_CLASSES[name]
+    """torch's schedule ``name`` (a key of ``TORCH_SCHEDULES``) for ``n_stages`` stages, built with rank 0's
+    stand-in stages; its ``pipeline_order[r]`` is rank r's list of actions. Raises KeyError for another name, and
+    what torch raises for sizes it does not take (ScheduleInterleavedZeroBubble: a multiple of n_stages
+    micro-batches)."""
+    per_rank = TORCH_SCHEDULES[name][1]
     n_ranks = n_stages // per_rank
-    stages = stand_in_stages(n_stages, n_ranks, [0] if per_rank == 1 else [0, n_stages - 1])
-    return cls(stages[0] if cls is torch_schedules.Schedule1F1B else stages, n_micro_batches)
+    stages = stand_in_stages(n_stages, n_ranks, stages_of_rank(0, n_ranks, per_rank))
+    return build_torch_schedule(name, stages, n_micro_batches)
 
 
 def torch_order(actions: list) -> list[Written]:
