@@ -443,6 +443,9 @@ CASES = [  # (name, call, error type, fragment of the message)
      "stage must lie in [0, n_stages=2), got 2"),
     ("reference_step float tokens", lambda: pipeline_stages.reference_step(tiny_model(mtp_depth=0), torch.ones(2, 5)),
      TypeError, "tokens must be an int64 tensor"),
+    ("reference_step uneven micro-batches", lambda: pipeline_stages.reference_step(
+        tiny_model(mtp_depth=0), torch.zeros(6, 5, dtype=torch.long), 4), ValueError,
+     "must split into n_micro_batches=4 micro-batches of equal size"),
     ("run_pipeline unknown schedule", lambda: pipeline_run.run_pipeline(tiny_model(mtp_depth=0),
                                                                         torch.zeros(4, 5, dtype=torch.long), "GPipe"),
      ValueError, "schedule must be one of ['1F1B', 'DualPipeV', 'ZB1P']"),

@@ -97,9 +97,13 @@ def check_windows(model: object, tokens: object) -> None:
         raise ValueError(f"tokens must lie in [0, vocab_size={vocab}), got {int(tokens.min())}..{int(tokens.max())}")
 
 
-def reference_step(model: object, tokens: object) -> None:
+def reference_step(model: object, tokens: object, n_micro_batches: int) -> None:
     stage_module(model, 0, 1)
     check_windows(model, tokens)
+    check_int("n_micro_batches", n_micro_batches, 1)
+    if tokens.shape[0] % n_micro_batches:
+        raise ValueError(f"the batch of {tokens.shape[0]} windows must split into n_micro_batches="
+                         f"{n_micro_batches} micro-batches of equal size")
 
 
 def run_pipeline(model: object, tokens: object, schedule: str, n_ranks: int, n_micro_batches: int,

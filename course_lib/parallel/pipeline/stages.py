@@ -93,12 +93,21 @@ def pipeline_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @boundary(arguments.reference_step)
-def reference_step(model: TinyDeepSeek, tokens: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+def reference_step(model: TinyDeepSeek, tokens: torch.Tensor,
+                   n_micro_batches: int = 1) -> tuple[float, dict[str, torch.Tensor]]:
     """The single-process step the pipeline must equal: the main loss of the windows ``tokens`` int64 [B, T + 1]
-    through the whole ``model`` (train mode), and its gradients. Returns (loss, parameter name -> gradient); the
-    model's gradients are set (zeroed first). Raises as ``StageModule`` for a model with MTP modules."""
+    through the whole ``model`` (train mode), as the mean of the losses of ``n_micro_batches`` equal micro-batches
+    (what torch's schedules compute), and its gradients. With equal micro-batches that is the whole batch's loss,
+    up to rounding: the routers score in float32 ([V3]'s gating in FP32), so a micro-batch's scores round
+    differently from the whole batch's (about 1e-9 in the gradients of the tiny model in float64). Returns (loss,
+    parameter name -> gradient); the model's gradients are set (zeroed first). Raises TypeError / ValueError for a
+    model with MTP modules, tokens that are not int64 windows, or a batch that does not split into equal
+    micro-batches."""
     model.train()
     model.zero_grad(set_to_none=True)
-    loss = pipeline_loss(model(tokens[:, :-1]), tokens)
-    loss.backward()
-    return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    total = 0.0
+    for chunk in tokens.chunk(n_micro_batches):
+        loss = pipeline_loss(model(chunk[:, :-1]), chunk) / n_micro_batches
+        loss.backward()
+        total += float(loss.detach())
+    return total, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
