@@ -53,8 +53,12 @@ def pipeline_worker(rank: int, world_size: int, model: TinyDeepSeek, tokens: tor
     target = tokens if n_stages - 1 in mine else None
     losses: list[torch.Tensor] = []
     runner.step(*inputs, target=target, losses=losses)
-    grads = {names[name]: p.grad.clone() for m in modules for names in [m.model_names()]
-             for name, p in m.named_parameters() if p.grad is not None}
+    grads = {}
+    for module in modules:
+        for name, name_in_model in module.model_names().items():
+            grad = module.get_parameter(name).grad
+            if grad is not None:
+                grads[name_in_model] = grad.clone()
     return {"stages": mine, "losses": [float(loss.detach()) for loss in losses], "grads": grads}
 
 

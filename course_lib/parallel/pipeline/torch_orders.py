@@ -37,7 +37,8 @@ def stages_of_rank(rank: int, n_ranks: int, stages_per_rank: int) -> list[int]:
     return [rank] if stages_per_rank == 1 else [rank, 2 * n_ranks - 1 - rank]
 
 
-def build_torch_schedule(name: str, stages: list, n_micro_batches: int, **options: object):
+def build_torch_schedule(name: str, stages: list, n_micro_batches: int,
+                         **options: object) -> torch_schedules._PipelineSchedule:
     """torch's schedule ``name`` (a key of ``TORCH_SCHEDULES``) over this rank's ``stages`` (``PipelineStage``s, or
     stand-ins): Schedule1F1B takes its one stage, the others the list. ``options`` go to torch (``loss_fn``)."""
     cls, _ = TORCH_SCHEDULES[name]
