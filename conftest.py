@@ -48,6 +48,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "09_expert_parallelism": {"steps": 10},
     "10_fp8_training": {"steps": 10},
     "11_long_context_yarn": {"steps": 20, "finetune_steps": 5, "needle_steps": 20},
+    "12_pipeline_parallelism": {"n_micro_batches": 4},
     "13_serving": {"steps": 10, "eval_tokens": 4096},
     "15_sparse_attention": {"steps": 10, "warmup_steps": 6, "sparse_steps": 3, "cost_context": 1024},
 }

@@ -11,8 +11,8 @@ teaches them, each the single implementation that the notebooks, the tests and t
   DeepSeek Sparse Attention's lightning indexer and top-k selection on MLA (15).
 - ``inference``: speculative decoding with the MTP modules (08); serving: EPLB's redundant experts, per-GPU
   loads, what a day of serving costs (13).
-- ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
-  simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
+- ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules, their
+  simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV) and the tiny model pipelined with torch's schedules (12).
 - ``precision``: FP8 with fine-grained scaling (10).
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise.
 - ``machinery``: the course's own tools: the notebook generator, the environment check, notebook costs, how kept

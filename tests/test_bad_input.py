@@ -30,7 +30,8 @@ from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer 
 from course_lib.parallel import distributed
 from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
-from course_lib.parallel.pipeline import schedules as pipeline, simulator as pipeline_simulator
+from course_lib.parallel.pipeline import run as pipeline_run, schedules as pipeline, simulator as pipeline_simulator
+from course_lib.parallel.pipeline import plots as pipeline_plots, stages as pipeline_stages
 from course_lib.training import checkpoint, cli, config, data, loop, sparse_attention, step
 from course_lib.model.tiny import ModelConfig, TinyDeepSeek
 from tiny_models import tiny_config, tiny_model
@@ -486,6 +487,26 @@ CASES = [  # (name, call, error type, fragment of the message)
     ("Costs negative", lambda: pipeline_simulator.Costs(F=-1.0), ValueError, "F must be >= 0"),
     ("Costs W longer than B", lambda: pipeline_simulator.Costs(B=1.0, W=2.0), ValueError, "W=2.0, B=1.0"),
     ("Costs send string", lambda: pipeline_simulator.Costs(send="1"), TypeError, "send must be a number"),
+    ("gantt not a timeline", lambda: pipeline_plots.gantt(pipeline.one_f_one_b(2, 2)), TypeError,
+     "timeline must be a simulator.Timeline"),
+    ("StageModule model with MTP", lambda: pipeline_stages.StageModule(tiny_model(), 0, 2), ValueError,
+     "build it with mtp_depth=0"),
+    ("StageModule stage out of range", lambda: pipeline_stages.StageModule(tiny_model(mtp_depth=0), 2, 2), ValueError,
+     "stage must lie in [0, n_stages=2), got 2"),
+    ("reference_step float tokens", lambda: pipeline_stages.reference_step(tiny_model(mtp_depth=0), torch.ones(2, 5)),
+     TypeError, "tokens must be an int64 tensor"),
+    ("reference_step uneven micro-batches", lambda: pipeline_stages.reference_step(
+        tiny_model(mtp_depth=0), torch.zeros(6, 5, dtype=torch.long), 4), ValueError,
+     "must split into n_micro_batches=4 micro-batches of equal size"),
+    ("run_pipeline unknown schedule", lambda: pipeline_run.run_pipeline(tiny_model(mtp_depth=0),
+                                                                        torch.zeros(4, 5, dtype=torch.long), "GPipe"),
+     ValueError, "schedule must be one of ['1F1B', 'DualPipeV', 'ZB1P']"),
+    ("run_pipeline uneven micro-batches", lambda: pipeline_run.run_pipeline(
+        tiny_model(mtp_depth=0), torch.zeros(6, 5, dtype=torch.long), "1F1B", 2, 4), ValueError,
+     "must split into n_micro_batches=4 micro-batches of equal size"),
+    ("run_pipeline too few micro-batches for DualPipeV", lambda: pipeline_run.run_pipeline(
+        tiny_model(mtp_depth=0), torch.zeros(4, 5, dtype=torch.long), "DualPipeV", 2, 2), ValueError,
+     "DualPipeV with n_stages=4 needs n_micro_batches >= 4, got 2"),
     # FP8 and speculative decoding's acceptance rules
     ("fp8_max not an FP8 dtype", lambda: quantization.fp8_max(torch.float16), TypeError, "float8_e4m3fn"),
     ("fp8_grid not an FP8 dtype", lambda: quantization.fp8_grid(torch.float32), TypeError, "float8_e4m3fn"),

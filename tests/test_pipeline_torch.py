@@ -1,42 +1,13 @@
 """The pipeline schedules against torch.distributed.pipelining's (issue 22): each torch schedule's per-rank order,
-``pipeline_order``, is built on the CPU without processes (stand-in stages give torch the sizes it reads) and
-compared with ours, step by step. Torch's actions: F forward, B full backward, I backward-for-input (our BI),
-W backward-for-weights, OVERLAP_F_B an overlapped forward and backward (our F&B); None (a wait) and REDUCE_GRAD
-(the gradient reduction after the last backward) have no counterpart here and are left out."""
-
-from types import SimpleNamespace
+``pipeline_order``, is built on the CPU without processes and compared with ours, step by step
+(``parallel.pipeline.torch_orders``)."""
 
 import pytest
-import torch
 from torch.distributed.pipelining import schedules as torch_schedules
 
-from course_lib.parallel.pipeline.schedules import Overlapped, dualpipev, one_f_one_b, parts, zb1p
-
-TORCH_KIND = {"FORWARD": "F", "FULL_BACKWARD": "B", "BACKWARD_INPUT": "BI", "BACKWARD_WEIGHT": "W"}
-
-
-def stand_in_stages(n_stages, n_ranks, stage_indices):
-    """What torch's schedule constructors read of rank 0's stages: sizes and indices, no process group."""
-    return [SimpleNamespace(num_stages=n_stages, group_size=n_ranks, group_rank=0, stage_index=i,
-                            submod=torch.nn.Identity()) for i in stage_indices]
-
-
-def torch_order(actions):
-    """Torch's actions of one rank as ours read: 'F3@1' (kind, micro-batch, stage), a pair as a tuple."""
-    def one(action):
-        return f"{TORCH_KIND[action.computation_type.name]}{action.microbatch_index}@{action.stage_index}"
-    order = []
-    for action in actions:
-        if action is None or action.computation_type.name == "REDUCE_GRAD":
-            continue
-        order.append(tuple(map(one, action.sub_actions)) if action.sub_actions else one(action))
-    return order
-
-
-def our_order(steps):
-    def one(op):
-        return f"{op.kind}{op.micro_batch}@{op.stage}"
-    return [tuple(map(one, parts(step))) if isinstance(step, Overlapped) else one(step) for step in steps]
+from course_lib.parallel.pipeline.schedules import dualpipev, one_f_one_b, zb1p
+from course_lib.parallel.pipeline.torch_orders import (first_difference, our_order, stand_in_stages, torch_order,
+                                                       torch_schedule)
 
 
 @pytest.mark.parametrize("n_stages, n_micro_batches", [(2, 4), (4, 8), (4, 9), (8, 16)])
@@ -76,3 +47,10 @@ def test_dualpipev_equals_torch_schedule_dualpipev(n_stages, n_micro_batches):
     ours = dualpipev(n_stages, n_micro_batches)
     for r in range(n_stages // 2):
         assert torch_order(torch_v.pipeline_order[r]) == our_order(ours.ranks[r]), f"rank {r}"
+
+
+def test_first_difference_names_the_last_rank_of_torch_schedule1f1b_only():
+    """What notebook 12 shows: DualPipeV and ZB1P equal throughout, 1F1B off on the last rank at its first step."""
+    assert first_difference(dualpipev(8, 20), torch_schedule("DualPipeV", 8, 20)) == {r: None for r in range(4)}
+    assert first_difference(zb1p(4, 8), torch_schedule("ZB1P", 4, 8)) == {r: None for r in range(4)}
+    assert first_difference(one_f_one_b(4, 8), torch_schedule("1F1B", 4, 8)) == {0: None, 1: None, 2: None, 3: 0}

@@ -5,6 +5,8 @@ a wrong value, with a message that names the argument, what was expected and wha
 
 from __future__ import annotations
 
+import torch
+
 from course_lib.core.validation import check_int, check_number
 
 
@@ -63,3 +65,74 @@ def simulate(schedule: object, costs: object) -> None:
                         f"{type(schedule).__name__}")
     if not isinstance(costs, Costs):
         raise TypeError(f"costs must be a Costs(F, B, W, F_and_B, send), got {type(costs).__name__}")
+
+
+# --------------------------------------------------------------------------------------------- the real pipeline
+def stage_module(model: object, stage: int, n_stages: int) -> None:
+    """``stages.StageModule``: a TinyDeepSeek without MTP modules, a stage in [0, n_stages), a block per stage."""
+    from course_lib.model.tiny import TinyDeepSeek
+    if not isinstance(model, TinyDeepSeek):
+        raise TypeError(f"model must be a course_lib.model.tiny.TinyDeepSeek, got {type(model).__name__}")
+    check_int("n_stages", n_stages, 1)
+    check_int("stage", stage, 0)
+    if stage >= n_stages:
+        raise ValueError(f"stage must lie in [0, n_stages={n_stages}), got {stage}")
+    if model.config.n_layers < n_stages:
+        raise ValueError(f"n_stages={n_stages} stages need at least as many blocks, the model has n_layers="
+                         f"{model.config.n_layers}")
+    if model.config.mtp_depth:
+        raise ValueError(f"the pipelined model is the main model: build it with mtp_depth=0, got mtp_depth="
+                         f"{model.config.mtp_depth} (the MTP modules share the embedding of stage 0 and the head of "
+                         f"the last stage)")
+
+
+def check_windows(model: object, tokens: object) -> None:
+    """Raise TypeError / ValueError unless tokens is int64 [B >= 1, T + 1 >= 2] of the model's vocabulary."""
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64:
+        raise TypeError(f"tokens must be an int64 tensor [B, T + 1] of windows, got {tokens!r:.80}")
+    if tokens.dim() != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [B >= 1, T + 1 >= 2], got shape {list(tokens.shape)}")
+    vocab = model.config.vocab_size
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise ValueError(f"tokens must lie in [0, vocab_size={vocab}), got {int(tokens.min())}..{int(tokens.max())}")
+
+
+def reference_step(model: object, tokens: object, n_micro_batches: int) -> None:
+    stage_module(model, 0, 1)
+    check_windows(model, tokens)
+    check_int("n_micro_batches", n_micro_batches, 1)
+    if tokens.shape[0] % n_micro_batches:
+        raise ValueError(f"the batch of {tokens.shape[0]} windows must split into n_micro_batches="
+                         f"{n_micro_batches} micro-batches of equal size")
+
+
+def run_pipeline(model: object, tokens: object, schedule: str, n_ranks: int, n_micro_batches: int,
+                 timeout_s: float, deadline_s: float) -> None:
+    from course_lib.parallel.pipeline.torch_orders import TORCH_SCHEDULES
+    if schedule not in TORCH_SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(TORCH_SCHEDULES)}, got {schedule!r}")
+    check_int("n_ranks", n_ranks, 1)
+    check_int("n_micro_batches", n_micro_batches, 1)
+    n_stages = n_ranks * TORCH_SCHEDULES[schedule][1]
+    if schedule == "DualPipeV":
+        dualpipev(n_stages, n_micro_batches)
+    else:
+        one_f_one_b(n_stages, n_micro_batches)
+    if schedule == "ZB1P" and n_micro_batches % n_stages:
+        raise ValueError(f"torch's ScheduleInterleavedZeroBubble needs n_micro_batches divisible by n_stages="
+                         f"{n_stages}, got {n_micro_batches}")
+    stage_module(model, n_stages - 1, n_stages)
+    check_windows(model, tokens)
+    if tokens.shape[0] % n_micro_batches:
+        raise ValueError(f"the batch of {tokens.shape[0]} windows must split into n_micro_batches="
+                         f"{n_micro_batches} micro-batches of equal size (their mean loss is then the batch's)")
+    if not (timeout_s > 0 and deadline_s > 0):
+        raise ValueError(f"timeout_s and deadline_s must be > 0, got {timeout_s} and {deadline_s}")
+
+
+def gantt(timeline: object, ax: object, title: object, labels: object) -> None:
+    from course_lib.parallel.pipeline.simulator import Timeline
+    if not isinstance(timeline, Timeline):
+        raise TypeError(f"timeline must be a simulator.Timeline (from simulate), got {type(timeline).__name__}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a str or None, got {type(title).__name__}")
