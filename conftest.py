@@ -48,6 +48,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "09_expert_parallelism": {"steps": 10},
     "10_fp8_training": {"steps": 10},
     "11_long_context_yarn": {"steps": 20, "finetune_steps": 5, "needle_steps": 20},
+    "14_grpo": {"pretrain_steps": 40, "rl_steps": 3, "prompts_per_step": 4, "group_size": 4, "n_held_out": 8},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).
 SOLUTION_TEST_PARAMETERS: dict[str, dict[str, int]] = {}

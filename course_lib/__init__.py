@@ -11,6 +11,7 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules and their
   simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV).
 - ``precision``: FP8 with fine-grained scaling (10).
+- ``post_training``: GRPO, group sampling with the KV cache, rule-based rewards, routing replay (14).
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise.
 - ``machinery``: the course's own tools: the notebook generator, the environment check, notebook costs, how kept
   outputs print numbers, the notebooks' diagrams.
