@@ -20,7 +20,7 @@ No value model: the group's mean reward is the baseline, and with outcome reward
   unbiased too but negative for many tokens; its gradient is not the KL's.
 - ``grpo_loss``: -J on per-token log-probabilities of sampled completions [n, T] (n = n_prompts * G), masked.
   Each completion's tokens are averaged first (1/|o_i|), then the n completions ([DSM]'s normalisation). DAPO
-  (arXiv 2503.14476) and TRL's default average over all tokens of the batch instead (sum over tokens / total
+  (arXiv 2503.14476) and TRL's token-level loss types average over all tokens of the batch instead (sum over tokens / total
   tokens): long completions then weigh more, and the loss of a single update with beta = 0 is no longer 0.
 """
 
