@@ -50,6 +50,7 @@ LEARNER_TEST_PARAMETERS: dict[str, dict[str, int]] = {
     "11_long_context_yarn": {"steps": 20, "finetune_steps": 5, "needle_steps": 20},
     "12_pipeline_parallelism": {"n_micro_batches": 4},
     "13_serving": {"steps": 10, "eval_tokens": 4096},
+    "14_grpo": {"pretrain_steps": 40, "rl_steps": 3, "prompts_per_step": 4, "group_size": 4, "n_held_out": 8},
     "15_sparse_attention": {"steps": 10, "warmup_steps": 6, "sparse_steps": 3, "cost_context": 1024},
 }
 # Size knobs of the solution notebooks' test run (only notebooks whose kept outputs do not depend on them).

@@ -14,6 +14,7 @@ teaches them, each the single implementation that the notebooks, the tests and t
 - ``parallel``: torch.distributed process groups and expert parallelism (09), pipeline schedules, their
   simulator (GPipe, 1F1B, ZB1P, DualPipe, DualPipeV) and the tiny model pipelined with torch's schedules (12).
 - ``precision``: FP8 with fine-grained scaling (10).
+- ``post_training``: GRPO, group sampling with the KV cache, rule-based rewards, routing replay (14).
 - ``checks``: the exercise checkers, one ``check_<exercise>`` per exercise.
 - ``machinery``: the course's own tools: the notebook generator, the environment check, notebook costs, how kept
   outputs print numbers, the notebooks' diagrams.

@@ -28,6 +28,7 @@ from course_lib.inference import eplb, expert_placement, serving_costs, speculat
 from course_lib.model import block as transformer, mtp
 from course_lib.moe import arguments as moe_arguments, balance, dispatch, layer as moe, routing, toy as toy_moe
 from course_lib.parallel import distributed
+from course_lib.post_training import grpo, loop as grpo_loop, rewards as grpo_rewards, routing_replay, sampling
 from course_lib.precision import accumulation, linear, quantization
 from course_lib.parallel.expert_parallel import layer as ep_layer, placement, traffic
 from course_lib.parallel.pipeline import run as pipeline_run, schedules as pipeline, simulator as pipeline_simulator
@@ -582,6 +583,37 @@ CASES = [  # (name, call, error type, fragment of the message)
      "tile (128) must divide"),
     ("kv_cache_bytes fp8 not bool", lambda: serving_costs.kv_cache_bytes(512, 64, "yes"), TypeError, "fp8"),
     ("tokens_cached NaN memory", lambda: serving_costs.tokens_cached(NAN, 1152), ValueError, "memory_bytes"),
+    # post-training (GRPO)
+    ("group_advantages groups of one", lambda: grpo.group_advantages(torch.ones(4, 1)), ValueError, "G >= 2"),
+    ("group_advantages NaN", lambda: grpo.group_advantages(nan_tensor(2, 4)), ValueError, "NaN"),
+    ("kl_estimator shapes", lambda: grpo.kl_estimator(torch.zeros(3), torch.zeros(2)), ValueError, "same shape"),
+    ("grpo_loss empty completion", lambda: grpo.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3),
+                                                          torch.ones(2), torch.tensor([[True] * 3, [False] * 3])),
+     ValueError, "no token in the mask"),
+    ("grpo_loss mismatched shapes", lambda: grpo.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 3),
+                                                           torch.ones(2), torch.ones(2, 3, dtype=torch.bool)),
+     ValueError, "old_logp must have logp's shape"),
+    ("grpo_loss clip_eps 0", lambda: grpo.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3),
+                                                    torch.ones(2), torch.ones(2, 3, dtype=torch.bool), clip_eps=0.0),
+     ValueError, "clip_eps"),
+    ("sample_groups too long", lambda: sampling.sample_groups(tiny_model(), torch.zeros(1, 30, dtype=torch.long), 2, 8),
+     ValueError, "exceed the model's context"),
+    ("completion_log_probs prompt_len 0", lambda: sampling.completion_log_probs(
+        tiny_model(), torch.zeros(2, 6, dtype=torch.long), 0), ValueError, "prompt_len"),
+    ("routing_disagreement shapes", lambda: routing_replay.routing_disagreement(
+        [torch.zeros(1, 2, 2, dtype=torch.long)], [torch.zeros(1, 3, 2, dtype=torch.long)]), ValueError,
+     "same tokens"),
+    ("replay_routing float experts", lambda: routing_replay.replay_routing(tiny_model(), [torch.zeros(1, 2, 2)]).__enter__(),
+     TypeError, "int64"),
+    ("sorting_examples too many", lambda: grpo_rewards.sorting_examples(30, word_len=1), ValueError, "only 26 exist"),
+    ("group_rewards not a rollout", lambda: grpo_rewards.group_rewards("abc", ["a"], data.CharTokenizer()), TypeError,
+     "Rollout"),
+    ("GRPOConfig group of one", lambda: grpo_loop.GRPOConfig(group_size=1), ValueError, "group_size"),
+    ("grpo_train prompts of two lengths", lambda: grpo_loop.grpo_train(
+        tiny_model(), [("ab", "a"), ("abc", "a")], data.CharTokenizer(), grpo_loop.GRPOConfig(prompts_per_step=1)),
+     ValueError, "same length"),
+    ("topk_route replayed indices of another shape", lambda: routing.topk_route(
+        scores(3, 4), 2, indices=torch.zeros(3, 1, dtype=torch.long)), ValueError, "indices (the experts to replay)"),
 ]
 
 

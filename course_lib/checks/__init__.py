@@ -11,7 +11,8 @@ one wrapper around a call to the learner's code), ``comparison`` (``compare``, `
 ``function`` (``check_function``). The checkers, one module per topic: ``headline`` (notebook 00), ``routing`` (the
 top-k route, 01 and 03), ``balance`` (load, MaxVio, bias update, balance losses, 02-03), ``mtp`` (04),
 ``training`` (05), ``attention`` (07), ``speculative`` (08; its inputs and catalogue in ``speculative_cases``),
-``expert_parallel`` (09), ``fp8`` (10), ``yarn`` (11), ``pipeline`` (12), ``eplb`` (13), ``sparse_attention`` (15).
+``expert_parallel`` (09), ``fp8`` (10), ``yarn`` (11), ``pipeline`` (12), ``eplb`` (13), ``grpo`` (14),
+``sparse_attention`` (15).
 
 Names are imported on first use (module ``__getattr__``): importing notebook 01's checkers loads neither
 torch.distributed's expert parallelism, nor training, nor FP8.
@@ -38,6 +39,7 @@ _WHERE = {  # every public name of the package -> the module that defines it
     "check_verify_sampled": "speculative",
     "check_one_f_one_b_order": "pipeline",
     "check_replicate": "eplb", "check_pack": "eplb",
+    "check_group_advantages": "grpo", "check_grpo_loss": "grpo",
     "check_index_scores": "sparse_attention", "check_top_k_mask": "sparse_attention",
 }
 __all__ = sorted(_WHERE)

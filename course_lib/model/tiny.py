@@ -114,6 +114,20 @@ def temperature_softmax(logits: torch.Tensor, temperature: float) -> torch.Tenso
     return F.softmax((wide - wide.amax(-1, keepdim=True)) / temperature, dim=-1)
 
 
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sampling step of decoding: the next token of each row from softmax(logits / temperature)
+    (``temperature_softmax``) restricted to the row's top_k most likely tokens (all when None).
+
+    logits: float [B, V] on the CPU (``generator`` is a CPU torch.Generator) -> int64 [B, 1]. ``generate`` and
+    the batched sampling of ``post_training.sampling`` share it; their boundaries validate the settings.
+    """
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(temperature_softmax(logits, temperature), 1, generator=generator)
+
+
 class ModelCache:
     """The KV cache of a whole TinyDeepSeek (make it with ``model.new_cache(batch_size)``).
 
@@ -302,11 +316,8 @@ class TinyDeepSeek(nn.Module):
         new = tokens[-context:]  # what the cache has not read yet
         with eval_mode(self):
             for step in range(max_new_tokens):
-                logits = self(new[None], cache)[0, -1].cpu()  # [vocab]
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.numel())).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                choice = torch.multinomial(temperature_softmax(logits, temperature), 1, generator=generator).to(device)
+                logits = self(new[None], cache)[0, -1:].cpu()  # [1, vocab]
+                choice = sample_next(logits, temperature, top_k, generator)[0].to(device)  # [1]
                 tokens = torch.cat([tokens, choice])
                 if cache is not None and cache.length < context:
                     new = choice

@@ -91,7 +91,7 @@ def group_limit(choice: torch.Tensor, n_groups: int, topk_groups: int) -> None:
 
 
 def topk_route(scores: torch.Tensor, k: int, bias: torch.Tensor | None, n_groups: int, topk_groups: int,
-               route_scale: float) -> None:
+               route_scale: float, indices: torch.Tensor | None = None) -> None:
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point torch tensor [tokens, n_experts], got {scores!r:.80}")
     if scores.dim() != 2:
@@ -110,6 +110,12 @@ def topk_route(scores: torch.Tensor, k: int, bias: torch.Tensor | None, n_groups
         if not bias.is_floating_point():
             raise TypeError(f"bias must be a floating-point tensor (float32), got {bias.dtype}")
         check_finite("bias", bias, "contains NaN or inf: every expert's bias must be a finite number")
+    if indices is not None:
+        check_integer_tensor("indices", indices, f"[{tokens}, {k}] ")
+        if indices.shape != (tokens, k):
+            raise ValueError(f"indices (the experts to replay) must be [tokens, k] = [{tokens}, {k}], got shape "
+                             f"{list(indices.shape)}")
+        check_expert_ids(indices, n_experts)
 
 
 # --------------------------------------------------------------------------------------------- balance

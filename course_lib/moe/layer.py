@@ -12,6 +12,11 @@ Training loop with auxiliary-loss-free balancing ([V3] 2.1.2, [LF]):
     loss.backward(); optimizer.step()
     moe.update_bias(gamma=0.001)       # once per optimizer step, after all micro-batches; resets moe.load
 
+Routing replay ([V32] 3.1, "Keep Routing"): while ``replay_indices`` holds a tensor [..., top_k] (the experts chosen
+for the same tokens in an earlier forward, read from its ``last_indices``), the forward uses those experts instead
+of the router's choice, with gate weights from the current scores (``routing.topk_route``'s ``indices``).
+``post_training.routing_replay.replay_routing`` sets and clears it around a training forward.
+
 The routing statistics of the last forward (``last_scores``, ``last_weights``, ``last_indices``, ``last_load``)
 are kept for plots and for the balance losses: in a training forward ``last_scores`` keeps its gradient, so
 ``balance.sequence_balance_loss(moe.last_scores, moe.top_k, alpha)`` (input [batch, T, dim]) or
@@ -105,6 +110,7 @@ class DeepSeekMoE(RoutingStateModule):
         self.last_weights: torch.Tensor | None = None  # [..., top_k] gate weights (detached)
         self.last_indices: torch.Tensor | None = None  # [..., top_k] chosen experts, int64
         self.last_load: torch.Tensor | None = None  # [n_routed] float32 assignments of the last forward
+        self.replay_indices: torch.Tensor | None = None  # [..., top_k] experts to use instead of the router's choice
 
     def __getstate__(self) -> dict:
         """For copy.deepcopy and pickle: ``last_scores`` is stored without its autograd graph (a non-leaf tensor
@@ -121,11 +127,13 @@ class DeepSeekMoE(RoutingStateModule):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scores and routing of flat tokens. x: [tokens, dim] -> (scores [tokens, n_routed] float32,
-        weights [tokens, top_k] float32, indices [tokens, top_k] int64). Float32 also under torch.autocast."""
+        weights [tokens, top_k] float32, indices [tokens, top_k] int64). Float32 also under torch.autocast.
+        The experts are ``replay_indices`` (flattened) when set, the router's top-k otherwise."""
+        replay = None if self.replay_indices is None else self.replay_indices.reshape(-1, self.top_k).to(x.device)
         with torch.autocast(device_type=x.device.type, enabled=False):
             scores = torch.sigmoid(F.linear(x.float(), self.centroids.float()))
             weights, indices = topk_route(scores, self.top_k, self.bias, self.n_groups, self.topk_groups,
-                                          self.route_scale)
+                                          self.route_scale, indices=replay)
         return scores, weights, indices
 
     @boundary(arguments.moe_forward)
@@ -133,6 +141,9 @@ class DeepSeekMoE(RoutingStateModule):
         """x: [..., dim] -> [..., dim]. Raises TypeError for x that is not a floating-point tensor, ValueError for
         a wrong last dimension, an empty x, or NaN or inf in it (checked where a user calls the layer)."""
         lead = x.shape[:-1]
+        if self.replay_indices is not None and self.replay_indices.shape != (*lead, self.top_k):
+            raise ValueError(f"replay_indices are {list(self.replay_indices.shape)}, but this forward routes tokens "
+                             f"{list(lead)}: replay the routing of the same tokens ([..., top_k={self.top_k}])")
         flat = x.reshape(-1, self.dim)  # [tokens, dim]
         scores, weights, indices = self.route(flat)
         load = balance.expert_load(indices, self.n_routed_experts)  # [n_routed] float32

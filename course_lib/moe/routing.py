@@ -57,6 +57,7 @@ def topk_route(
     n_groups: int = 1,
     topk_groups: int = 1,
     route_scale: float = 1.0,
+    indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose k experts per token and their gate weights, as DeepSeek-V3's router does.
 
@@ -66,16 +67,23 @@ def topk_route(
     are the UNBIASED scores of the chosen experts divided by their sum (so they sum to 1 per token), times
     ``route_scale``. Gradients flow from the weights to ``scores``, never to ``bias``.
 
+    ``indices`` [tokens, k] int64, when given, are the experts to use instead of the router's own choice (bias
+    and groups then play no part), with the weights computed as above from ``scores``: routing replay, what
+    [V32] 3.1 calls "Keep Routing" (the experts chosen while sampling kept in the training forward,
+    ``post_training.routing_replay``).
+
     Raises TypeError for scores or a bias that are not floating-point tensors, ValueError for scores that are
     empty, not 2-D, NaN, infinite or negative, a bias of the wrong shape or not finite, a route_scale that is
-    not a finite number > 0, and impossible k / group settings (``arguments.check_route_config``).
+    not a finite number > 0, impossible k / group settings (``arguments.check_route_config``), and indices
+    that are not integer [tokens, k] expert ids.
     """
-    choice = scores.detach()
-    if bias is not None:
-        choice = choice + bias.detach().to(scores.device)
-    if n_groups > 1:
-        choice = group_limit(choice, n_groups, topk_groups)
-    indices = choice.topk(k, dim=-1).indices  # [tokens, k], by decreasing biased score
+    if indices is None:
+        choice = scores.detach()
+        if bias is not None:
+            choice = choice + bias.detach().to(scores.device)
+        if n_groups > 1:
+            choice = group_limit(choice, n_groups, topk_groups)
+        indices = choice.topk(k, dim=-1).indices  # [tokens, k], by decreasing biased score
     chosen = scores.gather(1, indices)  # [tokens, k] unbiased
     weights = chosen / chosen.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
     return weights * route_scale, indices
