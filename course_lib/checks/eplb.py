@@ -62,8 +62,8 @@ def _as_ints(value: Any) -> list[int] | None:
     """``value`` as a list of Python ints (from a list, tuple, integer tensor or NumPy array); None otherwise."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
         value = value.tolist()
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-                                                for v in value):
+    integer = (int, np.integer)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, integer) and not isinstance(v, bool) for v in value):
         return [int(v) for v in value]
     return None
 
