@@ -85,3 +85,9 @@ def test_topk_without_min_explains_the_crash():
 def test_a_float_mask_and_float64_scores_pass():
     assert outcome(check_top_k_mask, lambda scores, k: learner_top_k(scores, k).float()) is True
     assert outcome(check_index_scores, lambda q, k, w: index_scores(q, k, w).double()) is True
+
+
+def test_half_precision_scores_are_explained():
+    """Scores returned in float16 or bfloat16 print like the expected ones at 4 digits: the message names the dtype."""
+    for dtype in (torch.float16, torch.bfloat16):
+        rejected_with(check_index_scores, lambda q, k, w: index_scores(q, k, w).to(dtype), f"dtype {dtype}")
