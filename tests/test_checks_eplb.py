@@ -68,3 +68,20 @@ def test_packing_mistakes_are_named(flag, hint):
 
 def test_a_placement_that_is_not_lists_of_ints_is_explained():
     rejected_with(check_pack, lambda load, copies, g: "GPU 0: 1, 2", "a list of each GPU's experts")
+
+
+def test_numpy_and_tensor_answers_pass():
+    """A right answer as a NumPy array, NumPy ints or a tensor is right: the checker compares values, not types."""
+    import numpy as np
+    import torch
+
+    assert outcome(check_replicate, lambda load, r: np.array(learner_replicate(load, r))) is True
+    assert outcome(check_replicate, lambda load, r: [np.int64(c) for c in learner_replicate(load, r)]) is True
+    assert outcome(check_pack, lambda *args: np.array(learner_pack(*args))) is True
+    assert outcome(check_pack, lambda *args: torch.tensor(learner_pack(*args))) is True
+
+
+def test_float_copies_and_sets_of_experts_are_explained():
+    rejected_with(check_replicate, lambda load, r: [float(c) for c in learner_replicate(load, r)], "a list of ints")
+    rejected_with(check_pack, lambda *args: [set(gpu) for gpu in learner_pack(*args)],
+                  "a set keeps one copy of an expert")

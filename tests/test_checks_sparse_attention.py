@@ -71,3 +71,23 @@ def test_score_mistakes_are_named(flag, hint):
 ])
 def test_selection_mistakes_are_named(flags, hint):
     rejected_with(check_top_k_mask, lambda *args: learner_top_k(*args, **flags), hint)
+
+
+def test_topk_without_min_explains_the_crash():
+    """torch.topk(index_topk) on fewer keys than index_topk raises; the checker names the missing min(k, T)."""
+    def no_min(scores, index_topk):
+        chosen = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, scores.topk(index_topk, dim=-1).indices, True)
+        return chosen & (scores > float("-inf"))
+
+    rejected_with(check_top_k_mask, no_min, "k = min(index_topk, T)")
+
+
+def test_a_float_mask_and_float64_scores_pass():
+    assert outcome(check_top_k_mask, lambda scores, k: learner_top_k(scores, k).float()) is True
+    assert outcome(check_index_scores, lambda q, k, w: index_scores(q, k, w).double()) is True
+
+
+def test_half_precision_scores_are_explained():
+    """Scores returned in float16 or bfloat16 print like the expected ones at 4 digits: the message names the dtype."""
+    for dtype in (torch.float16, torch.bfloat16):
+        rejected_with(check_index_scores, lambda q, k, w: index_scores(q, k, w).to(dtype), f"dtype {dtype}")

@@ -18,6 +18,7 @@ import torch
 from course_lib.machinery.formatting import format_number, format_tensor
 
 DIGITS = 4  # significant digits of a tensor's values in a message (a single number gets DIGITS + 2)
+HALF_PRECISION = (torch.float16, torch.bfloat16)  # a result in these cannot meet a float32 tolerance
 
 
 def format_value(value: Any) -> str:
@@ -99,6 +100,9 @@ def _compare_tensors(got: Any, expected: torch.Tensor, *, rtol: float, atol: flo
             return None
     elif torch.equal(got_c.to(exp_c.dtype), exp_c):
         return None
+    if got.dtype in HALF_PRECISION and expected.dtype in (torch.float32, torch.float64):
+        return (f"{what} has dtype {got.dtype}, whose ~3 significant digits cannot hold the {expected.dtype} result "
+                f"to the checker's tolerance; compute and return it in {expected.dtype}")
     if got_c.dim() == 0:
         return f"{what} is {format_value(got_c)}, but it should be {format_value(exp_c)}"
     # Point at the first row that differs: it is what a learner can compare by hand.

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from course_lib.checks.cases import Case, Mistake
@@ -58,10 +59,12 @@ _REPLICATE_CASES = [
 
 
 def _as_ints(value: Any) -> list[int] | None:
-    if isinstance(value, torch.Tensor):
+    """``value`` as a list of Python ints (from a list, tuple, integer tensor or NumPy array); None otherwise."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
         value = value.tolist()
-    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return list(value)
+    integer = (int, np.integer)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, integer) and not isinstance(v, bool) for v in value):
+        return [int(v) for v in value]
     return None
 
 
@@ -141,7 +144,7 @@ _PACK_CASES = [
 
 def canonical(gpus: Any) -> list[list[int]] | None:
     """A placement as a sorted list of each GPU's sorted experts (None when it is not a list of lists of ints)."""
-    if isinstance(gpus, torch.Tensor):
+    if isinstance(gpus, (torch.Tensor, np.ndarray)):
         gpus = gpus.tolist()
     if not isinstance(gpus, (list, tuple)) or not all(_as_ints(g) is not None for g in gpus):
         return None
@@ -151,6 +154,9 @@ def canonical(gpus: Any) -> list[list[int]] | None:
 def _compare_placement(got: Any, expected: list[list[int]]) -> str | None:
     placed, wanted = canonical(got), canonical(expected)
     if placed is None:
+        if isinstance(got, (list, tuple)) and any(isinstance(g, (set, frozenset)) for g in got):
+            return ("your pack returned sets, but a set keeps one copy of an expert that has two replicas on one GPU: "
+                    "return a list of each GPU's experts (lists of ints, an expert once per copy)")
         return f"your pack returned {got!r:.80}, but a list of each GPU's experts (lists of ints) was expected"
     if placed == wanted:
         return None

@@ -105,5 +105,8 @@ def check_top_k_mask(fn) -> None:
     highest score of each query t."""
     return check_function(
         fn, name="top_k_mask", reference=top_k_selection, cases=_SELECTION_CASES, mistakes=_SELECTION_MISTAKES,
+        crash_hints={"selected index k out of range": "index_topk is larger than the number of keys T (a short "
+                                                      "sequence, or the first queries): torch.topk needs "
+                                                      "k = min(index_topk, T)."},
         generic_hint="for each query (each row, the last axis), mark the index_topk highest scores (torch.topk "
                      "with k = min(index_topk, T)) and keep only those that are finite (not future tokens).")
